@@ -1,0 +1,215 @@
+"""AceDataCloud's Flux API (``https://api.acedata.cloud``), the primary provider.
+
+Submits go to ``POST /flux/images`` with ``async: true`` (and ``callback_url`` when configured), so the
+answer is a task id at once; tasks are followed with ``POST /flux/tasks`` ``retrieve_batch``, 50 ids per
+request. Task records have no state field: see :func:`task_status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from bot.settings import Provider
+
+from .base import FluxClient
+from .catalog import ModelSpec
+from .errors import CallbackError, FluxAPIError, FluxError, UpstreamError, error_for
+from .http import retry_after_seconds
+from .models import EditRequest, GenerateRequest, ResultImage, Submission, TaskState, TaskStatus
+
+__all__ = ["BATCH_SIZE", "AceDataClient", "task_status"]
+
+log = logging.getLogger(__name__)
+
+#: The most ids one ``retrieve_batch`` carries (the vendor's own tools never send more).
+BATCH_SIZE = 50
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class AceError(_Lenient):
+    code: str | None = None
+    message: str | None = None
+
+
+def _error_object(value: Any) -> Any:
+    """``error`` has been seen as a bare string as well as ``{code, message}``."""
+    return {"message": value} if isinstance(value, str) else value
+
+
+class AceImage(_Lenient):
+    image_url: str | None = None
+    prompt: str | None = None
+    seed: int | None = None
+    #: Sometimes an integer, sometimes ``{"inference": 3.3}``.
+    timings: float | dict[str, Any] | None = None
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _int_or_none(cls, value: Any) -> int | None:
+        try:
+            return int(value) if value is not None and not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            return None  # seed 000 documents a seed of "pop upbeat"
+
+
+class AceImagesResponse(_Lenient):
+    """The synchronous answer of ``/flux/images``, also a task's ``response`` and a callback's body."""
+
+    success: bool | None = None
+    task_id: str | None = None
+    trace_id: str | None = None
+    data: list[AceImage] | None = None
+    error: AceError | None = None
+
+    _error = field_validator("error", mode="before")(_error_object)
+
+
+class AceTask(_Lenient):
+    id: str
+    trace_id: str | None = None
+    response: AceImagesResponse | None = None
+
+
+class AceBatch(_Lenient):
+    items: list[AceTask] = []
+
+
+class AceErrorBody(_Lenient):
+    success: bool | None = None
+    error: AceError | None = None
+    trace_id: str | None = None
+
+    _error = field_validator("error", mode="before")(_error_object)
+
+
+def task_status(handle: str, response: AceImagesResponse | None, trace_id: str | None = None) -> TaskStatus:
+    """A task's state from its ``response``: absent means pending; ``success: false`` or an error means
+    failed; image URLs mean succeeded; anything else is treated as still pending (until the deadline)."""
+    trace_id = (response.trace_id if response else None) or trace_id
+    if response is None:
+        return TaskStatus(handle, TaskState.PENDING, trace_id=trace_id)
+    if response.success is False or response.error is not None:
+        error = response.error or AceError()
+        failure = error_for(status=None, code=error.code, message=error.message, trace_id=trace_id)
+        return TaskStatus(handle, TaskState.FAILED, error=failure, trace_id=trace_id)
+    images = tuple(ResultImage(url=item.image_url, seed=item.seed) for item in response.data or () if item.image_url)
+    state = TaskState.SUCCEEDED if images else TaskState.PENDING
+    return TaskStatus(handle, state, images=images, trace_id=trace_id)
+
+
+class AceDataClient(FluxClient):
+    provider: ClassVar[Provider] = Provider.ACEDATA
+    supports_callbacks: ClassVar[bool] = True
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "authorization": f"Bearer {self._api_key.get_secret_value()}",
+            "accept": "application/json",
+        }
+
+    def _parse_error(self, status: int, body: Any, headers: Mapping[str, str]) -> FluxAPIError:
+        try:
+            envelope = AceErrorBody.model_validate(body) if isinstance(body, dict) else AceErrorBody()
+        except ValidationError:
+            envelope = AceErrorBody()
+        error = envelope.error or AceError()
+        return error_for(
+            status=status,
+            code=error.code,
+            message=error.message,
+            trace_id=envelope.trace_id,
+            retry_after=retry_after_seconds(headers),
+        )
+
+    async def _submit_generate(self, request: GenerateRequest, spec: ModelSpec) -> Submission:
+        payload = {
+            "action": "generate",
+            "prompt": request.prompt,
+            "model": spec.name,
+            "size": request.size,
+            "count": request.count,
+        }
+        return await self._submit_images(payload)
+
+    async def _submit_edit(self, request: EditRequest, spec: ModelSpec) -> Submission:
+        payload = {
+            "action": "edit",
+            "prompt": request.prompt,
+            "model": spec.name,
+            "image_url": request.image_url,
+            # Documented as optional, but the service rejects a request without a size.
+            "size": request.size or "1:1",
+        }
+        return await self._submit_images(payload)
+
+    async def _submit_images(self, payload: dict[str, Any]) -> Submission:
+        payload["async"] = True
+        if self.callback_url:
+            payload["callback_url"] = self.callback_url
+        body = await self._post(f"{self.base_url}/flux/images", payload, submit=True)
+        try:
+            answer = AceImagesResponse.model_validate(body)
+        except ValidationError as exc:
+            raise UpstreamError(f"/flux/images answered an unexpected shape: {exc.error_count()} errors") from exc
+        if answer.task_id:
+            return Submission(handle=answer.task_id, trace_id=answer.trace_id)
+        status = task_status("", answer)
+        if status.error is not None:
+            raise status.error
+        raise UpstreamError("/flux/images answered without a task_id", trace_id=answer.trace_id)
+
+    async def statuses(self, handles: Sequence[str]) -> dict[str, TaskStatus]:
+        """One ``retrieve_batch`` per 50 handles, sent concurrently."""
+        unique = list(dict.fromkeys(handles))
+        chunks = [unique[start : start + BATCH_SIZE] for start in range(0, len(unique), BATCH_SIZE)]
+        answers = await asyncio.gather(*(self._retrieve_batch(chunk) for chunk in chunks), return_exceptions=True)
+        found: dict[str, TaskStatus] = {}
+        failures: list[FluxError] = []
+        for answer in answers:
+            if isinstance(answer, FluxError):
+                failures.append(answer)
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                found.update(answer)
+        if failures and len(failures) == len(chunks):
+            raise failures[0]
+        for failure in failures:
+            log.warning("a status batch failed; its tasks are asked again next time: %s", failure)
+        return found
+
+    async def _retrieve_batch(self, ids: Sequence[str]) -> dict[str, TaskStatus]:
+        body = await self._poll("POST", f"{self.base_url}/flux/tasks", {"action": "retrieve_batch", "ids": list(ids)})
+        try:
+            batch = AceBatch.model_validate(body)
+        except ValidationError as exc:
+            raise UpstreamError(f"/flux/tasks answered an unexpected shape: {exc.error_count()} errors") from exc
+        wanted = set(ids)
+        return {
+            task.id: task_status(task.id, task.response, task.trace_id) for task in batch.items if task.id in wanted
+        }
+
+    def parse_callback(self, body: Any) -> TaskStatus:
+        """Read a callback POST (the synchronous response shape with ``task_id``).
+
+        Callbacks are not signed: the caller must only act on one whose ``handle`` matches a task it
+        submitted itself, and keeps polling as the fallback.
+        """
+        try:
+            answer = AceImagesResponse.model_validate(body)
+        except ValidationError as exc:
+            raise CallbackError("callback body is not a Flux result") from exc
+        if not answer.task_id:
+            raise CallbackError("callback body has no task_id")
+        status = task_status(answer.task_id, answer)
+        if status.state is TaskState.PENDING:
+            raise CallbackError("callback body carries neither images nor an error")
+        return status

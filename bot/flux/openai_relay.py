@@ -1,0 +1,127 @@
+"""OpenAI-style relays: ``POST {base}/v1/images/generations`` (seeds 003 and 004).
+
+These are synchronous: the connection is held while the image is made (10 s to 2 minutes), so the submit
+timeout is long, and the result comes back in the submit's answer, as a URL or inline ``b64_json``.
+Kontext edits send the source image as ``input_image``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from bot.settings import Provider
+
+from .base import FluxClient
+from .catalog import ModelSpec
+from .errors import FluxAPIError, UpstreamError, error_for
+from .http import Timeouts, retry_after_seconds
+from .models import EditRequest, GenerateRequest, ResultImage, Submission, TaskState, TaskStatus
+
+__all__ = ["OpenAIRelayClient"]
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class RelayImage(_Lenient):
+    url: str | None = None
+    b64_json: str | None = None
+    revised_prompt: str | None = None
+
+
+class RelayImagesResponse(_Lenient):
+    created: int | None = None
+    data: list[RelayImage] | None = None
+
+
+class RelayError(_Lenient):
+    message: str | None = None
+    type: str | None = None
+    code: str | None = None
+
+
+class RelayErrorBody(_Lenient):
+    error: RelayError | None = None
+
+    @field_validator("error", mode="before")
+    @classmethod
+    def _bare_string(cls, value: Any) -> Any:
+        return {"message": value} if isinstance(value, str) else value
+
+
+class OpenAIRelayClient(FluxClient):
+    provider: ClassVar[Provider] = Provider.OPENAI
+
+    @classmethod
+    def default_timeouts(cls) -> Timeouts:
+        return Timeouts(submit=aiohttp.ClientTimeout(total=180, connect=10))
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "authorization": f"Bearer {self._api_key.get_secret_value()}",
+            "accept": "application/json",
+        }
+
+    def _parse_error(self, status: int, body: Any, headers: Mapping[str, str]) -> FluxAPIError:
+        try:
+            envelope = RelayErrorBody.model_validate(body) if isinstance(body, dict) else RelayErrorBody()
+        except ValidationError:
+            envelope = RelayErrorBody()
+        error = envelope.error or RelayError()
+        return error_for(
+            status=status,
+            code=error.code or error.type,
+            message=error.message,
+            retry_after=retry_after_seconds(headers),
+        )
+
+    async def _submit_generate(self, request: GenerateRequest, spec: ModelSpec) -> Submission:
+        payload: dict[str, Any] = {"model": spec.name, "prompt": request.prompt, "aspect_ratio": request.size}
+        if request.count > 1:
+            payload["n"] = request.count  # relays that ignore it return one image; only delivered ones count
+        return await self._generate(payload, request.seed)
+
+    async def _submit_edit(self, request: EditRequest, spec: ModelSpec) -> Submission:
+        payload: dict[str, Any] = {"model": spec.name, "prompt": request.prompt, "input_image": request.image_url}
+        if request.size:
+            payload["aspect_ratio"] = request.size
+        return await self._generate(payload, request.seed)
+
+    async def _generate(self, payload: dict[str, Any], seed: int | None) -> Submission:
+        payload["output_format"] = "png"
+        if seed is not None:
+            payload["seed"] = seed  # omitted rather than sent as the string "null" (seed 003's example)
+        body = await self._post(f"{self.base_url}/v1/images/generations", payload, submit=True)
+        try:
+            answer = RelayImagesResponse.model_validate(body)
+        except ValidationError as exc:
+            raise UpstreamError(f"the relay answered an unexpected shape: {exc.error_count()} errors") from exc
+        images = tuple(image for item in answer.data or () if (image := _result_image(item, seed)))
+        if not images:
+            raise UpstreamError("the relay answered without any image")
+        handle = f"relay-{uuid.uuid4().hex}"
+        return Submission(handle=handle, finished=TaskStatus(handle, TaskState.SUCCEEDED, images=images))
+
+    async def statuses(self, handles: Sequence[str]) -> dict[str, TaskStatus]:
+        """Relays finish inside the submit; there is never a task to ask about."""
+        return {}
+
+
+def _result_image(item: RelayImage, seed: int | None) -> ResultImage | None:
+    """The image of one ``data`` entry: its URL, or its inline bytes. Gateways send both keys, one empty."""
+    if item.url:
+        return ResultImage(url=item.url, seed=seed)
+    if item.b64_json:
+        try:
+            return ResultImage(data=base64.b64decode(item.b64_json, validate=True), seed=seed)
+        except (binascii.Error, ValueError):
+            return None
+    return None

@@ -1,0 +1,107 @@
+"""Runtime configuration, read from the environment and an optional ``.env`` file.
+
+The variable names are part of the bot's public interface: operators and deployment tools rely on them,
+so they are spelled out here exactly as the README documents them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Provider", "Settings", "SettingsError", "load_settings"]
+
+
+class Provider(StrEnum):
+    ACEDATA = "acedata"
+    OPENAI = "openai"
+    BFL = "bfl"
+
+
+DEFAULT_API_BASES: dict[Provider, str] = {
+    Provider.ACEDATA: "https://api.acedata.cloud",
+    Provider.BFL: "https://api.bfl.ai",
+}
+
+
+class Settings(BaseSettings):
+    """Everything the bot can be configured with. Secrets are :class:`SecretStr` and never printed."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        hide_input_in_errors=True,
+    )
+
+    discord_token: SecretStr = Field(alias="DISCORD_TOKEN")
+    flux_api_key: SecretStr = Field(alias="FLUX_API_KEY")
+    flux_provider: Provider = Field(Provider.ACEDATA, alias="FLUX_PROVIDER")
+    flux_api_base: str | None = Field(None, alias="FLUX_API_BASE")
+    database_url: str = Field("sqlite:///data/fluxbot.db", alias="DATABASE_URL")
+    discord_api_base: str = Field("https://discord.com/api/v10", alias="DISCORD_API_BASE")
+    discord_gateway_url: str = Field("wss://gateway.discord.gg/", alias="DISCORD_GATEWAY_URL")
+    flux_poll_interval: float = Field(5.0, ge=0, alias="FLUX_POLL_INTERVAL")
+    flux_job_timeout: float = Field(600.0, gt=0, alias="FLUX_JOB_TIMEOUT")
+    flux_max_concurrency: int = Field(8, ge=1, alias="FLUX_MAX_CONCURRENCY")
+    callback_public_url: str | None = Field(None, alias="CALLBACK_PUBLIC_URL")
+    callback_listen: str = Field("0.0.0.0:8080", alias="CALLBACK_LISTEN")
+    log_level: str = Field("INFO", alias="LOG_LEVEL")
+
+    @model_validator(mode="after")
+    def _resolve_api_base(self) -> Self:
+        if self.flux_api_base is None:
+            if self.flux_provider is Provider.OPENAI:
+                raise ValueError(
+                    "FLUX_API_BASE is required when FLUX_PROVIDER=openai "
+                    "(the part of the relay's URL before /v1/images/generations)"
+                )
+            self.flux_api_base = DEFAULT_API_BASES[self.flux_provider]
+        self.flux_api_base = self.flux_api_base.rstrip("/")
+        return self
+
+    @property
+    def api_base(self) -> str:
+        """The provider's base URL, resolved from ``FLUX_API_BASE`` or the provider's default."""
+        assert self.flux_api_base is not None  # set by the validator
+        return self.flux_api_base
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file named by ``DATABASE_URL`` (``sqlite:///relative`` or ``sqlite:////absolute``)."""
+        prefix = "sqlite:///"
+        if not self.database_url.startswith(prefix):
+            raise ValueError(f"DATABASE_URL must start with {prefix!r}")
+        return Path(self.database_url.removeprefix(prefix))
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used; ``str()`` is one line fit for an operator's terminal."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's report into one line that names every bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        missing: list[str] = []
+        invalid: list[str] = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"])
+            cause = error.get("ctx", {}).get("error")
+            reason = str(cause) if isinstance(cause, ValueError) else error["msg"]
+            if error["type"] == "missing":
+                missing.append(name)
+            else:
+                invalid.append(f"{name}: {reason}" if name else reason)
+        parts = []
+        if missing:
+            parts.append("missing required environment variables: " + ", ".join(missing))
+        if invalid:
+            parts.append("invalid settings: " + "; ".join(invalid))
+        raise SettingsError("; ".join(parts)) from None

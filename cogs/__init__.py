@@ -1,0 +1,4 @@
+"""The Discord face of fluxbot: each module is an extension with ``async def setup(bot)``."""
+
+#: The extensions the bot loads at start, in order.
+EXTENSIONS: tuple[str, ...] = ()
