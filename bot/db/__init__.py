@@ -1,0 +1,98 @@
+"""The bot's SQLite store: jobs that survive restarts, per-member usage, and per-server settings.
+
+Open it once with ``store = await Store.open(path)``; every repository function takes the store first::
+
+    job_or_refusal = await create_job(store, new_job, limits)
+    await mark_submitting(store, job.id)
+"""
+
+from bot.db.guilds import (
+    BLOCKLIST_FIELD,
+    SETTING_FIELDS,
+    SettingsChanges,
+    add_blocked_term,
+    blocked_terms,
+    get_guild_settings,
+    normalize_term,
+    recent_limit_changes,
+    remove_blocked_term,
+    reset_guild_settings,
+    update_guild_settings,
+)
+from bot.db.jobs import (
+    active_jobs,
+    create_job,
+    get_job,
+    jobs_in,
+    mark_failed,
+    mark_lost,
+    mark_posted,
+    mark_submitted,
+    mark_submitting,
+    mark_succeeded,
+    queue_position,
+)
+from bot.db.models import (
+    ACTIVE_STATUSES,
+    INTERACTION_LIFETIME,
+    GuildSettings,
+    Job,
+    JobKind,
+    JobStatus,
+    LimitChange,
+    LimitKind,
+    NewJob,
+    Provider,
+    QuotaLimits,
+    QuotaRefusal,
+    UsageSummary,
+)
+from bot.db.schema import Migration, MigrationError, SchemaTooNewError, load_migrations
+from bot.db.store import Store, Transaction
+from bot.db.usage import guild_usage_today, user_usage
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "BLOCKLIST_FIELD",
+    "INTERACTION_LIFETIME",
+    "SETTING_FIELDS",
+    "GuildSettings",
+    "Job",
+    "JobKind",
+    "JobStatus",
+    "LimitChange",
+    "LimitKind",
+    "Migration",
+    "MigrationError",
+    "NewJob",
+    "Provider",
+    "QuotaLimits",
+    "QuotaRefusal",
+    "SchemaTooNewError",
+    "SettingsChanges",
+    "Store",
+    "Transaction",
+    "UsageSummary",
+    "active_jobs",
+    "add_blocked_term",
+    "blocked_terms",
+    "create_job",
+    "get_guild_settings",
+    "get_job",
+    "guild_usage_today",
+    "jobs_in",
+    "load_migrations",
+    "mark_failed",
+    "mark_lost",
+    "mark_posted",
+    "mark_submitted",
+    "mark_submitting",
+    "mark_succeeded",
+    "normalize_term",
+    "queue_position",
+    "recent_limit_changes",
+    "remove_blocked_term",
+    "reset_guild_settings",
+    "update_guild_settings",
+    "user_usage",
+]

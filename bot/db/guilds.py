@@ -1,0 +1,261 @@
+"""Per-server settings, the prompt blocklist, and the audit trail of changes to both.
+
+Every change writes one ``limit_changes`` row per field that actually changed, in the same transaction
+as the change. Column names come from :data:`SETTING_FIELDS` and the SQL is static: user input only
+ever travels as parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, TypedDict, TypeGuard, Unpack, cast
+
+from bot.db.models import GuildSettings, LimitChange
+from bot.db.store import Reader, Store, Transaction
+
+__all__ = [
+    "BLOCKLIST_FIELD",
+    "SETTING_FIELDS",
+    "SettingsChanges",
+    "add_blocked_term",
+    "blocked_terms",
+    "get_guild_settings",
+    "normalize_term",
+    "recent_limit_changes",
+    "remove_blocked_term",
+    "reset_guild_settings",
+    "update_guild_settings",
+]
+
+#: The settings a server may override, i.e. the only accepted keys of :func:`update_guild_settings`.
+SETTING_FIELDS: tuple[str, ...] = (
+    "user_daily",
+    "guild_daily",
+    "max_count",
+    "max_concurrent",
+    "cooldown_seconds",
+    "allowed_models",
+    "allowed_channels",
+)
+
+#: The ``field`` of audit rows for blocklist changes.
+BLOCKLIST_FIELD = "blocklist"
+
+_MINIMUM = {"user_daily": 0, "guild_daily": 0, "max_count": 1, "max_concurrent": 1}
+
+_Value = int | float | tuple[str, ...] | tuple[int, ...] | None
+
+
+class SettingsChanges(TypedDict, total=False):
+    """The keyword arguments :func:`update_guild_settings` accepts; ``None`` restores the default."""
+
+    user_daily: int | None
+    guild_daily: int | None
+    max_count: int | None
+    max_concurrent: int | None
+    cooldown_seconds: float | None
+    allowed_models: Sequence[str] | None
+    allowed_channels: Sequence[int] | None
+
+
+async def get_guild_settings(store: Store, guild_id: int) -> GuildSettings:
+    """The server's overrides; all ``None`` if it never changed anything."""
+    return await _read_settings(store, guild_id)
+
+
+async def update_guild_settings(
+    store: Store, guild_id: int, changed_by: int, **changes: Unpack[SettingsChanges]
+) -> GuildSettings:
+    """Change only the given settings, auditing each one that really changed; return the result.
+
+    Raises :class:`ValueError` for an unknown setting or an invalid value, before writing anything.
+    """
+    wanted = {name: _validate(name, value) for name, value in changes.items()}
+    async with store.transaction() as tx:
+        current = await _read_settings(tx, guild_id)
+        changed = {name: value for name, value in wanted.items() if getattr(current, name) != value}
+        if not changed:
+            return current
+        now = store.now()
+        updated = dataclasses.replace(current, **cast("dict[str, Any]", changed), updated_at=now, updated_by=changed_by)
+        await _write_settings(tx, updated)
+        for name, value in changed.items():
+            await _audit(tx, guild_id, name, getattr(current, name), value, by=changed_by, at=now)
+    return updated
+
+
+async def reset_guild_settings(store: Store, guild_id: int, changed_by: int) -> GuildSettings:
+    """Drop every override (the blocklist stays), auditing each setting that was set."""
+    async with store.transaction() as tx:
+        current = await _read_settings(tx, guild_id)
+        await tx.execute("DELETE FROM guild_settings WHERE guild_id = ?", (guild_id,))
+        now = store.now()
+        for name in SETTING_FIELDS:
+            old = getattr(current, name)
+            if old is not None:
+                await _audit(tx, guild_id, name, old, None, by=changed_by, at=now)
+    return GuildSettings(guild_id=guild_id)
+
+
+def normalize_term(term: str) -> str:
+    """How blocklist terms are stored and compared: trimmed and case-folded."""
+    return term.strip().casefold()
+
+
+async def add_blocked_term(store: Store, guild_id: int, term: str, *, changed_by: int) -> bool:
+    """Block ``term`` in the server's prompts. False if it was already blocked."""
+    normal = _nonempty_term(term)
+    async with store.transaction() as tx:
+        added = await tx.execute(
+            """
+            INSERT INTO blocklist (guild_id, term, added_by, added_at) VALUES (?, ?, ?, ?)
+            ON CONFLICT (guild_id, term) DO NOTHING
+            """,
+            (guild_id, normal, changed_by, store.now()),
+        )
+        if added:
+            await _audit(tx, guild_id, BLOCKLIST_FIELD, None, normal, by=changed_by, at=store.now())
+    return bool(added)
+
+
+async def remove_blocked_term(store: Store, guild_id: int, term: str, *, changed_by: int) -> bool:
+    """Unblock ``term`` (matched case-insensitively). False if it was not blocked."""
+    normal = _nonempty_term(term)
+    async with store.transaction() as tx:
+        removed = await tx.execute("DELETE FROM blocklist WHERE guild_id = ? AND term = ?", (guild_id, normal))
+        if removed:
+            await _audit(tx, guild_id, BLOCKLIST_FIELD, normal, None, by=changed_by, at=store.now())
+    return bool(removed)
+
+
+async def blocked_terms(store: Store, guild_id: int) -> list[str]:
+    """The server's blocked terms (normalized, see :func:`normalize_term`), alphabetically."""
+    rows = await store.fetch_all("SELECT term FROM blocklist WHERE guild_id = ? ORDER BY term", (guild_id,))
+    return [row[0] for row in rows]
+
+
+async def recent_limit_changes(store: Store, guild_id: int, limit: int = 25) -> list[LimitChange]:
+    """The server's latest settings and blocklist changes, newest first."""
+    rows = await store.fetch_all(
+        "SELECT * FROM limit_changes WHERE guild_id = ? ORDER BY id DESC LIMIT ?", (guild_id, limit)
+    )
+    return [
+        LimitChange(
+            row["id"], row["guild_id"], row["user_id"], row["field"], row["old_value"], row["new_value"], row["at"]
+        )
+        for row in rows
+    ]
+
+
+def _validate(name: str, value: object) -> _Value:
+    """The stored form of one setting, or ValueError."""
+    if name not in SETTING_FIELDS:
+        raise ValueError(f"unknown guild setting {name!r}; known: {', '.join(SETTING_FIELDS)}")
+    if value is None:
+        return None
+    if name in _MINIMUM:
+        if not _is_int(value) or value < _MINIMUM[name]:
+            raise ValueError(f"{name} must be a whole number of at least {_MINIMUM[name]}, not {value!r}")
+        return value
+    if name == "cooldown_seconds":
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"cooldown_seconds must be a number of seconds >= 0, not {value!r}")
+        return float(value)
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence) or not value:
+        raise ValueError(f"{name} must be a non-empty list (or None to allow all), not {value!r}")
+    if name == "allowed_models":
+        if not all(isinstance(item, str) and item for item in value):
+            raise ValueError(f"allowed_models must list model names, not {value!r}")
+        return tuple(dict.fromkeys(str(item) for item in value))
+    if not all(_is_int(item) for item in value):
+        raise ValueError(f"allowed_channels must list channel ids, not {value!r}")
+    return tuple(dict.fromkeys(int(item) for item in value))
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _nonempty_term(term: str) -> str:
+    normal = normalize_term(term)
+    if not normal:
+        raise ValueError("a blocked term cannot be empty")
+    return normal
+
+
+def _json(value: _Value | str) -> str | None:
+    return None if value is None else json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def _json_list(text: str | None) -> list[Any] | None:
+    return None if text is None else list(json.loads(text))
+
+
+async def _read_settings(db: Reader, guild_id: int) -> GuildSettings:
+    row = await db.fetch_one("SELECT * FROM guild_settings WHERE guild_id = ?", (guild_id,))
+    return GuildSettings(guild_id=guild_id) if row is None else _settings(row)
+
+
+def _settings(row: sqlite3.Row) -> GuildSettings:
+    models = _json_list(row["allowed_models"])
+    channels = _json_list(row["allowed_channels"])
+    return GuildSettings(
+        guild_id=row["guild_id"],
+        user_daily=row["user_daily"],
+        guild_daily=row["guild_daily"],
+        max_count=row["max_count"],
+        max_concurrent=row["max_concurrent"],
+        cooldown_seconds=row["cooldown_seconds"],
+        allowed_models=None if models is None else tuple(str(model) for model in models),
+        allowed_channels=None if channels is None else tuple(int(channel) for channel in channels),
+        updated_at=row["updated_at"],
+        updated_by=row["updated_by"],
+    )
+
+
+async def _write_settings(tx: Transaction, settings: GuildSettings) -> None:
+    await tx.execute(
+        """
+        INSERT INTO guild_settings (
+            guild_id, user_daily, guild_daily, max_count, max_concurrent, cooldown_seconds,
+            allowed_models, allowed_channels, updated_at, updated_by)
+        VALUES (
+            :guild_id, :user_daily, :guild_daily, :max_count, :max_concurrent, :cooldown_seconds,
+            :allowed_models, :allowed_channels, :updated_at, :updated_by)
+        ON CONFLICT (guild_id) DO UPDATE SET
+            user_daily = excluded.user_daily,
+            guild_daily = excluded.guild_daily,
+            max_count = excluded.max_count,
+            max_concurrent = excluded.max_concurrent,
+            cooldown_seconds = excluded.cooldown_seconds,
+            allowed_models = excluded.allowed_models,
+            allowed_channels = excluded.allowed_channels,
+            updated_at = excluded.updated_at,
+            updated_by = excluded.updated_by
+        """,
+        {
+            "guild_id": settings.guild_id,
+            "user_daily": settings.user_daily,
+            "guild_daily": settings.guild_daily,
+            "max_count": settings.max_count,
+            "max_concurrent": settings.max_concurrent,
+            "cooldown_seconds": settings.cooldown_seconds,
+            "allowed_models": _json(settings.allowed_models),
+            "allowed_channels": _json(settings.allowed_channels),
+            "updated_at": settings.updated_at,
+            "updated_by": settings.updated_by,
+        },
+    )
+
+
+async def _audit(
+    tx: Transaction, guild_id: int, field: str, old: _Value | str, new: _Value | str, *, by: int, at: float
+) -> None:
+    await tx.execute(
+        "INSERT INTO limit_changes (guild_id, user_id, field, old_value, new_value, at) VALUES (?, ?, ?, ?, ?, ?)",
+        (guild_id, by, field, _json(old), _json(new), at),
+    )

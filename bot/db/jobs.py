@@ -1,0 +1,313 @@
+"""What happens to a job in the database: accepting it under quota, its lifecycle, and lookups.
+
+Lifecycle (every ``mark_*`` is one guarded ``UPDATE ... WHERE status IN (...)``, so a call from the
+wrong status changes nothing and returns ``False``)::
+
+    queued -> submitting -> submitted -> succeeded -> posted
+    submitting -> succeeded            (providers that answer the submit with the images)
+    queued | submitting | submitted | succeeded -> failed
+    submitting -> lost
+
+Settling the reservation happens in the same transaction as the transition that ends the job:
+``posted`` charges what was delivered, ``failed`` and ``lost`` charge nothing. Because a terminal job can
+never transition again, repeating a call can never charge or release twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Sequence
+
+from bot.db.days import utc_day
+from bot.db.models import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, QuotaRefusal
+from bot.db.store import Store, Transaction
+from bot.db.usage import daily_use, evaluate_quota, release, reserve
+
+__all__ = [
+    "active_jobs",
+    "create_job",
+    "get_job",
+    "jobs_in",
+    "mark_failed",
+    "mark_lost",
+    "mark_posted",
+    "mark_submitted",
+    "mark_submitting",
+    "mark_succeeded",
+    "queue_position",
+]
+
+log = logging.getLogger(__name__)
+
+#: error_code given to jobs marked lost.
+LOST_ERROR_CODE = "lost"
+
+
+async def create_job(store: Store, new: NewJob, limits: QuotaLimits) -> Job | QuotaRefusal:
+    """Check every limit and, if all pass, record the job as queued and reserve its images.
+
+    One write transaction: two requests (from coroutines or processes) cannot both see the same
+    remaining quota. Returns the new :class:`Job`, or a :class:`QuotaRefusal` naming the limit.
+    """
+    now = store.now()
+    day = utc_day(now)
+    async with store.transaction() as tx:
+        member_today, guild_today = await daily_use(tx, new.guild_id, new.user_id, day)
+        activity = await tx.fetch_one(
+            """
+            SELECT count(*) FILTER (WHERE status IN ('queued', 'submitting', 'submitted', 'succeeded')),
+                   max(created_at)
+            FROM jobs WHERE guild_id = ? AND user_id = ?
+            """,
+            (new.guild_id, new.user_id),
+        )
+        assert activity is not None
+        refusal = evaluate_quota(
+            limits,
+            requested=new.count,
+            member_today=member_today,
+            guild_today=guild_today,
+            active_jobs=int(activity[0]),
+            last_job_at=activity[1],
+            now=now,
+        )
+        if refusal is not None:
+            log.debug("job refused for user %d in guild %d: %s", new.user_id, new.guild_id, refusal)
+            return refusal
+        row = await tx.fetch_one(
+            """
+            INSERT INTO jobs (
+                guild_id, channel_id, user_id, kind, prompt, model, size, count, seed,
+                source_image_url, parent_job_id, interaction_application_id, interaction_token,
+                interaction_created_at, provider, status, created_at, reserved_images, usage_day)
+            VALUES (
+                :guild_id, :channel_id, :user_id, :kind, :prompt, :model, :size, :count, :seed,
+                :source_image_url, :parent_job_id, :interaction_application_id, :interaction_token,
+                :interaction_created_at, :provider, 'queued', :now, :count, :day)
+            RETURNING *
+            """,
+            {
+                "guild_id": new.guild_id,
+                "channel_id": new.channel_id,
+                "user_id": new.user_id,
+                "kind": new.kind.value,
+                "prompt": new.prompt,
+                "model": new.model,
+                "size": new.size,
+                "count": new.count,
+                "seed": new.seed,
+                "source_image_url": new.source_image_url,
+                "parent_job_id": new.parent_job_id,
+                "interaction_application_id": new.interaction_application_id,
+                "interaction_token": new.interaction_token,
+                "interaction_created_at": _interaction_time(new, now),
+                "provider": new.provider.value,
+                "now": now,
+                "day": day,
+            },
+        )
+        assert row is not None
+        await reserve(tx, new.guild_id, new.user_id, day, new.count)
+    job = _job(row)
+    log.info("job %d queued: %d image(s) for user %d in guild %d", job.id, job.count, job.user_id, job.guild_id)
+    return job
+
+
+async def mark_submitting(store: Store, job_id: int) -> bool:
+    """queued -> submitting, just before the submit request is sent. False if not queued."""
+    async with store.transaction() as tx:
+        row = await tx.fetch_one(
+            "UPDATE jobs SET status = 'submitting' WHERE id = ? AND status = 'queued' RETURNING id",
+            (job_id,),
+        )
+        return await _done(tx, job_id, row, JobStatus.SUBMITTING)
+
+
+async def mark_submitted(store: Store, job_id: int, task_id: str) -> bool:
+    """submitting -> submitted, storing the provider's task handle (opaque; a URL for BFL)."""
+    async with store.transaction() as tx:
+        row = await tx.fetch_one(
+            """
+            UPDATE jobs SET status = 'submitted', provider_task_id = ?, submitted_at = ?
+            WHERE id = ? AND status = 'submitting' RETURNING id
+            """,
+            (task_id, store.now(), job_id),
+        )
+        return await _done(tx, job_id, row, JobStatus.SUBMITTED)
+
+
+async def mark_succeeded(store: Store, job_id: int, image_urls: Sequence[str], seed: int | None) -> bool:
+    """submitted (or submitting, for providers that answer at once) -> succeeded, storing the result."""
+    if isinstance(image_urls, str) or not image_urls:
+        raise ValueError("mark_succeeded needs a non-empty sequence of image URLs")
+    result = json.dumps({"images": list(image_urls), "seed": seed})
+    async with store.transaction() as tx:
+        row = await tx.fetch_one(
+            """
+            UPDATE jobs SET status = 'succeeded', result = ?, finished_at = ?
+            WHERE id = ? AND status IN ('submitting', 'submitted') RETURNING id
+            """,
+            (result, store.now(), job_id),
+        )
+        return await _done(tx, job_id, row, JobStatus.SUCCEEDED)
+
+
+async def mark_posted(store: Store, job_id: int, message_id: int, delivered: int) -> bool:
+    """succeeded -> posted: release the reservation and charge the ``delivered`` images.
+
+    ``delivered`` must be between 0 and the images reserved. A second call returns False and charges
+    nothing.
+    """
+    if delivered < 0:
+        raise ValueError(f"delivered cannot be negative ({delivered})")
+    async with store.transaction() as tx:
+        row = await tx.fetch_one(
+            """
+            UPDATE jobs SET status = 'posted', posted_message_id = ?, posted_at = ?, charged_images = ?
+            WHERE id = ? AND status = 'succeeded' AND ? <= reserved_images
+            RETURNING guild_id, user_id, usage_day, reserved_images
+            """,
+            (message_id, store.now(), delivered, job_id, delivered),
+        )
+        if row is None:
+            reserved = await tx.fetch_one(
+                "SELECT reserved_images FROM jobs WHERE id = ? AND status = 'succeeded'", (job_id,)
+            )
+            if reserved is not None:
+                raise ValueError(f"job {job_id} reserved {reserved[0]} image(s); cannot charge {delivered}")
+            return await _done(tx, job_id, row, JobStatus.POSTED)
+        await _settle(tx, row, used=delivered)
+        return True
+
+
+async def mark_failed(store: Store, job_id: int, code: str, message: str) -> bool:
+    """Any non-terminal status -> failed, releasing the reservation (nothing is charged)."""
+    async with store.transaction() as tx:
+        row = await tx.fetch_one(
+            """
+            UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, finished_at = ?
+            WHERE id = ? AND status IN ('queued', 'submitting', 'submitted', 'succeeded')
+            RETURNING guild_id, user_id, usage_day, reserved_images
+            """,
+            (code, message, store.now(), job_id),
+        )
+        if row is not None:
+            await _settle(tx, row, used=0)
+        return await _done(tx, job_id, row, JobStatus.FAILED)
+
+
+async def mark_lost(store: Store, job_id: int, message: str) -> bool:
+    """submitting -> lost (the outcome of the submit is unknown after a restart); nothing is charged."""
+    async with store.transaction() as tx:
+        row = await tx.fetch_one(
+            """
+            UPDATE jobs SET status = 'lost', error_code = ?, error_message = ?, finished_at = ?
+            WHERE id = ? AND status = 'submitting'
+            RETURNING guild_id, user_id, usage_day, reserved_images
+            """,
+            (LOST_ERROR_CODE, message, store.now(), job_id),
+        )
+        if row is not None:
+            await _settle(tx, row, used=0)
+        return await _done(tx, job_id, row, JobStatus.LOST)
+
+
+async def get_job(store: Store, job_id: int) -> Job | None:
+    """The job with this id, or None."""
+    row = await store.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    return None if row is None else _job(row)
+
+
+async def jobs_in(store: Store, *statuses: JobStatus) -> list[Job]:
+    """Every job in any of ``statuses``, oldest first (e.g. to resume work after a restart)."""
+    rows = await store.fetch_all(
+        "SELECT * FROM jobs WHERE status IN (SELECT value FROM json_each(?)) ORDER BY id",
+        (json.dumps([JobStatus(status).value for status in statuses]),),
+    )
+    return [_job(row) for row in rows]
+
+
+async def queue_position(store: Store, job_id: int) -> int | None:
+    """The job's 1-based place among queued jobs, or None if it is not queued."""
+    row = await store.fetch_one(
+        """
+        SELECT (SELECT count(*) FROM jobs AS ahead WHERE ahead.status = 'queued' AND ahead.id <= job.id)
+        FROM jobs AS job WHERE job.id = ? AND job.status = 'queued'
+        """,
+        (job_id,),
+    )
+    return None if row is None else int(row[0])
+
+
+async def active_jobs(store: Store, guild_id: int, user_id: int) -> list[Job]:
+    """The member's jobs in this server that have not ended yet (what ``max_concurrent`` counts)."""
+    rows = await store.fetch_all(
+        """
+        SELECT * FROM jobs
+        WHERE guild_id = ? AND user_id = ? AND status IN ('queued', 'submitting', 'submitted', 'succeeded')
+        ORDER BY id
+        """,
+        (guild_id, user_id),
+    )
+    return [_job(row) for row in rows]
+
+
+async def _settle(tx: Transaction, row: sqlite3.Row, *, used: int) -> None:
+    await release(tx, row["guild_id"], row["user_id"], row["usage_day"], reserved=row["reserved_images"], used=used)
+
+
+async def _done(tx: Transaction, job_id: int, row: sqlite3.Row | None, target: JobStatus) -> bool:
+    """Report whether the guarded UPDATE matched; log why not if it did not."""
+    if row is not None:
+        log.debug("job %d is now %s", job_id, target)
+        return True
+    current = await tx.fetch_one("SELECT status FROM jobs WHERE id = ?", (job_id,))
+    if current is None:
+        log.warning("job %d: cannot mark %s: no such job", job_id, target)
+    else:
+        log.warning("job %d: cannot mark %s from status %s", job_id, target, current[0])
+    return False
+
+
+def _interaction_time(new: NewJob, now: float) -> float | None:
+    if new.interaction_created_at is not None:
+        return new.interaction_created_at
+    return now if new.interaction_token is not None else None
+
+
+def _job(row: sqlite3.Row) -> Job:
+    result = json.loads(row["result"]) if row["result"] is not None else {}
+    return Job(
+        id=row["id"],
+        guild_id=row["guild_id"],
+        channel_id=row["channel_id"],
+        user_id=row["user_id"],
+        kind=JobKind(row["kind"]),
+        prompt=row["prompt"],
+        model=row["model"],
+        size=row["size"],
+        count=row["count"],
+        seed=row["seed"],
+        source_image_url=row["source_image_url"],
+        parent_job_id=row["parent_job_id"],
+        interaction_application_id=row["interaction_application_id"],
+        interaction_token=row["interaction_token"],
+        interaction_created_at=row["interaction_created_at"],
+        provider=Provider(row["provider"]),
+        provider_task_id=row["provider_task_id"],
+        status=JobStatus(row["status"]),
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        created_at=row["created_at"],
+        submitted_at=row["submitted_at"],
+        finished_at=row["finished_at"],
+        posted_at=row["posted_at"],
+        image_urls=tuple(result.get("images", ())),
+        result_seed=result.get("seed"),
+        posted_message_id=row["posted_message_id"],
+        reserved_images=row["reserved_images"],
+        charged_images=row["charged_images"],
+        usage_day=row["usage_day"],
+    )

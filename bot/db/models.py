@@ -1,0 +1,250 @@
+"""The rows the store hands out: small frozen dataclasses and the enums they use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from bot.settings import Provider
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "INTERACTION_LIFETIME",
+    "GuildSettings",
+    "Job",
+    "JobKind",
+    "JobStatus",
+    "LimitChange",
+    "LimitKind",
+    "NewJob",
+    "Provider",
+    "QuotaLimits",
+    "QuotaRefusal",
+    "UsageSummary",
+]
+
+#: Discord accepts edits of an interaction response for this many seconds after the interaction.
+INTERACTION_LIFETIME = 15 * 60.0
+
+
+class JobKind(StrEnum):
+    GENERATE = "generate"
+    EDIT = "edit"
+
+
+class JobStatus(StrEnum):
+    """Where a job is. ``queued -> submitting -> submitted -> succeeded -> posted``; see ``bot/db/jobs.py``."""
+
+    QUEUED = "queued"
+    """Recorded; waiting for a provider slot."""
+    SUBMITTING = "submitting"
+    """The submit request may be in flight. After a crash its outcome is unknown: never re-send it."""
+    SUBMITTED = "submitted"
+    """The provider accepted it; ``provider_task_id`` is being polled."""
+    SUCCEEDED = "succeeded"
+    """The images are ready (``image_urls``) but not yet posted to Discord."""
+    POSTED = "posted"
+    """Terminal: the images were posted (``posted_message_id``) and charged."""
+    FAILED = "failed"
+    """Terminal: ``error_code``/``error_message`` say why; nothing charged."""
+    LOST = "lost"
+    """Terminal: the bot stopped while submitting, so the outcome is unknown; nothing charged."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for posted, failed and lost: nothing will happen to the job any more."""
+        return self not in ACTIVE_STATUSES
+
+
+#: The statuses of jobs that hold a reservation and count towards ``max_concurrent``.
+ACTIVE_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.SUCCEEDED}
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewJob:
+    """A job request, as :func:`bot.db.create_job` records it. ``guild_id`` is 0 in direct messages."""
+
+    guild_id: int
+    channel_id: int
+    user_id: int
+    kind: JobKind
+    prompt: str
+    model: str
+    size: str
+    count: int
+    provider: Provider
+    seed: int | None = None
+    source_image_url: str | None = None
+    parent_job_id: int | None = None
+    interaction_application_id: int | None = None
+    interaction_token: str | None = field(default=None, repr=False)
+    interaction_created_at: float | None = None
+    """When the interaction was created; defaults to the time the job is recorded if a token is given."""
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"a job needs at least one image, not {self.count}")
+        if self.kind is JobKind.EDIT and not self.source_image_url:
+            raise ValueError("an edit job needs a source_image_url")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Job:
+    """One row of ``jobs``. Timestamps are unix seconds; ``usage_day`` holds the job's reservation."""
+
+    id: int
+    guild_id: int
+    channel_id: int
+    user_id: int
+    kind: JobKind
+    prompt: str
+    model: str
+    size: str
+    count: int
+    seed: int | None
+    source_image_url: str | None
+    parent_job_id: int | None
+    interaction_application_id: int | None
+    interaction_token: str | None = field(repr=False)
+    interaction_created_at: float | None
+    provider: Provider
+    provider_task_id: str | None
+    status: JobStatus
+    error_code: str | None
+    error_message: str | None
+    created_at: float
+    submitted_at: float | None
+    finished_at: float | None
+    posted_at: float | None
+    image_urls: tuple[str, ...]
+    """The result images, once succeeded."""
+    result_seed: int | None
+    """The seed the provider reports having used, when it does."""
+    posted_message_id: int | None
+    reserved_images: int
+    charged_images: int
+    usage_day: str
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job is posted, failed or lost."""
+        return self.status.is_terminal
+
+    @property
+    def interaction_expires_at(self) -> float | None:
+        """Until when the interaction token can edit the original response, if there is one."""
+        if self.interaction_token is None or self.interaction_created_at is None:
+            return None
+        return self.interaction_created_at + INTERACTION_LIFETIME
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaLimits:
+    """The limits :func:`bot.db.create_job` enforces; ``None`` (or a cooldown of 0) means no limit.
+
+    Daily limits count images (used + reserved today, UTC). ``max_concurrent`` counts the member's
+    active jobs in the server. ``cooldown`` is seconds since the member's previous job in the server.
+    """
+
+    user_daily: int | None = None
+    guild_daily: int | None = None
+    max_concurrent: int | None = None
+    cooldown: float = 0.0
+
+
+class LimitKind(StrEnum):
+    USER_DAILY = "user_daily"
+    GUILD_DAILY = "guild_daily"
+    MAX_CONCURRENT = "max_concurrent"
+    COOLDOWN = "cooldown"
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRefusal:
+    """Why a job was refused: which limit, its value, the current use, and when it resets.
+
+    ``current`` is images used + reserved today for daily limits, active jobs for ``max_concurrent``,
+    and seconds since the previous job for ``cooldown``. ``resets_at`` is unix time (next UTC midnight,
+    or the end of the cooldown) and ``None`` for ``max_concurrent``, which frees up when a job ends.
+    """
+
+    kind: LimitKind
+    limit: float
+    current: float
+    requested: int
+    resets_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """A member's images in one server: today (UTC) and this month, each as used + reserved."""
+
+    day: str
+    used_today: int
+    reserved_today: int
+    used_month: int
+    reserved_month: int
+
+    @property
+    def today(self) -> int:
+        """Images counted against today's limit (used + reserved)."""
+        return self.used_today + self.reserved_today
+
+    @property
+    def month(self) -> int:
+        """Images used or reserved this month."""
+        return self.used_month + self.reserved_month
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuildSettings:
+    """A server's overrides. ``None`` means "use the bot's default"; no row at all means all ``None``."""
+
+    guild_id: int
+    user_daily: int | None = None
+    guild_daily: int | None = None
+    max_count: int | None = None
+    max_concurrent: int | None = None
+    cooldown_seconds: float | None = None
+    allowed_models: tuple[str, ...] | None = None
+    """``None`` allows every model."""
+    allowed_channels: tuple[int, ...] | None = None
+    """``None`` allows every channel."""
+    updated_at: float | None = None
+    updated_by: int | None = None
+
+    def quota_limits(self, defaults: QuotaLimits) -> QuotaLimits:
+        """The limits to enforce in this server: each override, or else the bot's default."""
+        return QuotaLimits(
+            user_daily=_first(self.user_daily, defaults.user_daily),
+            guild_daily=_first(self.guild_daily, defaults.guild_daily),
+            max_concurrent=_first(self.max_concurrent, defaults.max_concurrent),
+            cooldown=self.cooldown_seconds if self.cooldown_seconds is not None else defaults.cooldown,
+        )
+
+    def allows_model(self, model: str) -> bool:
+        """Whether ``model`` may be used here."""
+        return self.allowed_models is None or model in self.allowed_models
+
+    def allows_channel(self, channel_id: int) -> bool:
+        """Whether the bot may be used in ``channel_id`` here."""
+        return self.allowed_channels is None or channel_id in self.allowed_channels
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChange:
+    """One audit row: ``user_id`` changed ``field`` from ``old_value`` to ``new_value`` (JSON text)."""
+
+    id: int
+    guild_id: int
+    user_id: int
+    field: str
+    old_value: str | None
+    new_value: str | None
+    at: float
+
+
+def _first(value: int | None, default: int | None) -> int | None:
+    return value if value is not None else default

@@ -1,0 +1,212 @@
+"""The SQLite connection: opening, migrating, and serialising write transactions.
+
+One :class:`Store` holds one aiosqlite connection shared by every coroutine of the bot. SQLite has one
+transaction per connection, so two coroutines must never interleave statements of their transactions:
+:meth:`Store.transaction` holds an :class:`asyncio.Lock` from ``BEGIN IMMEDIATE`` to ``COMMIT``, and the
+read helpers take the same lock so they never see another coroutine's uncommitted work. Between
+processes (or several Store instances on one file) ``BEGIN IMMEDIATE`` plus ``busy_timeout`` make
+writers queue up inside SQLite instead of failing.
+
+The repository functions live next to this module (``jobs``, ``usage``, ``guilds``) and take the store
+as their first argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+
+import aiosqlite
+
+from bot.db.days import utc_day
+from bot.db.schema import Migration, MigrationError, load_migrations, pending
+
+__all__ = ["BUSY_TIMEOUT_MS", "Params", "Reader", "Store", "Transaction"]
+
+log = logging.getLogger(__name__)
+
+#: How long a writer waits for another process's write transaction before giving up.
+BUSY_TIMEOUT_MS = 5000
+
+#: Positional (``?``) or named (``:name``) SQL parameters.
+Params = Sequence[object] | Mapping[str, object]
+
+
+class Reader(Protocol):
+    """Anything that runs queries: the :class:`Store` itself, or a :class:`Transaction` inside it."""
+
+    async def fetch_one(self, sql: str, params: Params = ...) -> sqlite3.Row | None: ...
+
+    async def fetch_all(self, sql: str, params: Params = ...) -> list[sqlite3.Row]: ...
+
+
+class Transaction:
+    """The statements of one write transaction; only valid inside ``async with store.transaction()``."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        """Run one statement (a SELECT or a ``... RETURNING``) and return its first row."""
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """Run one statement (a SELECT or a ``... RETURNING``) and return all its rows."""
+        return list(await self._conn.execute_fetchall(sql, params))
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement and return how many rows it changed."""
+        cursor = await self._conn.execute(sql, params)
+        try:
+            return cursor.rowcount
+        finally:
+            await cursor.close()
+
+
+class Store:
+    """The bot's database. Create it with ``await Store.open(path)``; close it with :meth:`close`."""
+
+    def __init__(self, conn: aiosqlite.Connection, clock: Callable[[], float], schema_version: int) -> None:
+        """Wrap an open, migrated connection; use :meth:`open` rather than calling this directly."""
+        self._conn = conn
+        self._clock = clock
+        self._schema_version = schema_version
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[object] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        migrations: Sequence[Migration] | None = None,
+    ) -> Self:
+        """Open (creating if needed) the database at ``path`` and apply pending migrations.
+
+        ``clock`` returns unix seconds and is the only source of time for timestamps and usage days.
+        ``migrations`` defaults to the files shipped in ``bot/db/migrations``.
+        Raises :class:`~bot.db.schema.SchemaTooNewError` if the file is newer than this code.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        known = list(migrations) if migrations is not None else load_migrations()
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+            rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+            if str(rows[0][0]).lower() != "wal":
+                raise MigrationError(f"could not switch {path} to WAL journal mode (got {rows[0][0]!r})")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            version = await _migrate(conn, known, path)
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, clock, version)
+
+    async def close(self) -> None:
+        """Wait for the running transaction, if any, then close the connection."""
+        async with self._lock:
+            await self._conn.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version (``PRAGMA user_version``) the database is at."""
+        return self._schema_version
+
+    def now(self) -> float:
+        """The current time in unix seconds, from the store's clock."""
+        return self._clock()
+
+    def today(self) -> str:
+        """Today's UTC date (``YYYY-MM-DD``), from the store's clock: the key of daily usage."""
+        return utc_day(self._clock())
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """``async with store.transaction() as tx:`` - one ``BEGIN IMMEDIATE`` ... ``COMMIT``.
+
+        Any exception (or cancellation) inside the block rolls the transaction back. Transactions do not
+        nest; inside one, use ``tx`` for every statement (the store's read helpers also work).
+        """
+        if self._owns_lock():
+            raise RuntimeError("store transactions do not nest; use the Transaction you already have")
+        async with self._lock:
+            self._owner = asyncio.current_task()
+            try:
+                try:
+                    await self._conn.execute("BEGIN IMMEDIATE")
+                    yield Transaction(self._conn)
+                    await self._conn.execute("COMMIT")
+                except BaseException:
+                    await self._rollback()
+                    raise
+            finally:
+                self._owner = None
+
+    async def fetch_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        """Run one read-only statement outside a transaction and return its first row."""
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
+
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """Run one read-only statement and return all its rows (only committed data is visible)."""
+        if self._owns_lock():
+            return list(await self._conn.execute_fetchall(sql, params))
+        async with self._lock:
+            return list(await self._conn.execute_fetchall(sql, params))
+
+    def _owns_lock(self) -> bool:
+        return self._owner is not None and self._owner is asyncio.current_task()
+
+    async def _rollback(self) -> None:
+        # SQLite may already have rolled back by itself (SQLITE_FULL, SQLITE_BUSY on BEGIN, ...).
+        with contextlib.suppress(sqlite3.Error, ValueError):
+            await self._conn.execute("ROLLBACK")
+
+
+async def _migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration], path: Path) -> int:
+    """Apply the pending migrations and set ``user_version`` in one transaction; return the version."""
+    await conn.execute("BEGIN IMMEDIATE")  # taken before reading the version: two processes can't both migrate
+    try:
+        rows = list(await conn.execute_fetchall("PRAGMA user_version"))
+        current = int(rows[0][0])
+        todo = pending(migrations, current)
+        for migration in todo:
+            log.info("applying migration %04d_%s to %s", migration.version, migration.name, path)
+            for statement in migration.statements():
+                try:
+                    await conn.execute(statement)
+                except sqlite3.Error as exc:
+                    raise MigrationError(
+                        f"migration {migration.version:04d}_{migration.name}.sql failed: {exc}"
+                    ) from exc
+        if todo:
+            await conn.execute(f"PRAGMA user_version = {todo[-1].version:d}")
+        await conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            await conn.execute("ROLLBACK")
+        raise
+    return todo[-1].version if todo else current

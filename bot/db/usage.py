@@ -1,0 +1,111 @@
+"""Images per member and day: reading usage, deciding quotas, reserving and settling images.
+
+A job reserves its images on the day it is accepted (``jobs.usage_day``); posting moves what was
+delivered from ``reserved`` to ``used``, failing releases it. Daily use is ``used + reserved``.
+"""
+
+from __future__ import annotations
+
+from bot.db.days import month_bounds, next_utc_midnight, utc_day
+from bot.db.models import LimitKind, QuotaLimits, QuotaRefusal, UsageSummary
+from bot.db.store import Reader, Store, Transaction
+
+__all__ = ["evaluate_quota", "guild_usage_today", "release", "reserve", "user_usage"]
+
+
+def evaluate_quota(
+    limits: QuotaLimits,
+    *,
+    requested: int,
+    member_today: int,
+    guild_today: int,
+    active_jobs: int,
+    last_job_at: float | None,
+    now: float,
+) -> QuotaRefusal | None:
+    """The first limit a request for ``requested`` images would break, or ``None`` if it may proceed.
+
+    Checked in the order user_daily, guild_daily, max_concurrent, cooldown, so that a member hears about
+    the longest wait first. A request that does not fit whole is refused whole.
+    """
+    midnight = next_utc_midnight(now)
+    if limits.user_daily is not None and member_today + requested > limits.user_daily:
+        return QuotaRefusal(LimitKind.USER_DAILY, limits.user_daily, member_today, requested, midnight)
+    if limits.guild_daily is not None and guild_today + requested > limits.guild_daily:
+        return QuotaRefusal(LimitKind.GUILD_DAILY, limits.guild_daily, guild_today, requested, midnight)
+    if limits.max_concurrent is not None and active_jobs >= limits.max_concurrent:
+        return QuotaRefusal(LimitKind.MAX_CONCURRENT, limits.max_concurrent, active_jobs, requested, None)
+    if limits.cooldown > 0 and last_job_at is not None and now - last_job_at < limits.cooldown:
+        return QuotaRefusal(
+            LimitKind.COOLDOWN, limits.cooldown, now - last_job_at, requested, last_job_at + limits.cooldown
+        )
+    return None
+
+
+async def daily_use(db: Reader, guild_id: int, user_id: int, day: str) -> tuple[int, int]:
+    """Images used + reserved on ``day``: by the member, and by the whole server."""
+    row = await db.fetch_one(
+        """
+        SELECT coalesce(sum(used + reserved) FILTER (WHERE user_id = :user), 0),
+               coalesce(sum(used + reserved), 0)
+        FROM usage
+        WHERE guild_id = :guild AND day = :day
+        """,
+        {"guild": guild_id, "user": user_id, "day": day},
+    )
+    assert row is not None  # an aggregate always returns a row
+    return int(row[0]), int(row[1])
+
+
+async def reserve(tx: Transaction, guild_id: int, user_id: int, day: str, images: int) -> None:
+    """Add ``images`` to the member's reservation on ``day``."""
+    await tx.execute(
+        """
+        INSERT INTO usage (guild_id, user_id, day, reserved) VALUES (:guild, :user, :day, :images)
+        ON CONFLICT (guild_id, user_id, day) DO UPDATE SET reserved = reserved + excluded.reserved
+        """,
+        {"guild": guild_id, "user": user_id, "day": day, "images": images},
+    )
+
+
+async def release(tx: Transaction, guild_id: int, user_id: int, day: str, *, reserved: int, used: int) -> None:
+    """Settle a job: take ``reserved`` images off the reservation and count ``used`` ones as used."""
+    changed = await tx.execute(
+        """
+        UPDATE usage SET reserved = reserved - :reserved, used = used + :used
+        WHERE guild_id = :guild AND user_id = :user AND day = :day
+        """,
+        {"guild": guild_id, "user": user_id, "day": day, "reserved": reserved, "used": used},
+    )
+    if changed != 1:
+        raise RuntimeError(f"no usage row for guild {guild_id}, user {user_id}, day {day} to settle")
+
+
+async def user_usage(store: Store, guild_id: int, user_id: int) -> UsageSummary:
+    """The member's images in this server today and this month (UTC, by the store's clock)."""
+    now = store.now()
+    day = utc_day(now)
+    first, following = month_bounds(now)
+    row = await store.fetch_one(
+        """
+        SELECT coalesce(sum(used) FILTER (WHERE day = :day), 0),
+               coalesce(sum(reserved) FILTER (WHERE day = :day), 0),
+               coalesce(sum(used), 0),
+               coalesce(sum(reserved), 0)
+        FROM usage
+        WHERE guild_id = :guild AND user_id = :user AND day >= :first AND day < :following
+        """,
+        {"guild": guild_id, "user": user_id, "day": day, "first": first, "following": following},
+    )
+    assert row is not None
+    return UsageSummary(day, int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+
+async def guild_usage_today(store: Store, guild_id: int) -> int:
+    """Images used + reserved in the server today (UTC): what ``guild_daily`` is compared with."""
+    row = await store.fetch_one(
+        "SELECT coalesce(sum(used + reserved), 0) FROM usage WHERE guild_id = ? AND day = ?",
+        (guild_id, store.today()),
+    )
+    assert row is not None
+    return int(row[0])

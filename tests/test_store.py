@@ -1,0 +1,636 @@
+"""The store, specified against real SQLite files: migrations, the job lifecycle, quotas, and settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bot.db import (
+    ACTIVE_STATUSES,
+    GuildSettings,
+    Job,
+    JobKind,
+    JobStatus,
+    LimitKind,
+    Migration,
+    MigrationError,
+    NewJob,
+    Provider,
+    QuotaLimits,
+    QuotaRefusal,
+    SchemaTooNewError,
+    Store,
+    active_jobs,
+    add_blocked_term,
+    blocked_terms,
+    create_job,
+    get_guild_settings,
+    get_job,
+    guild_usage_today,
+    jobs_in,
+    load_migrations,
+    mark_failed,
+    mark_lost,
+    mark_posted,
+    mark_submitted,
+    mark_submitting,
+    mark_succeeded,
+    queue_position,
+    recent_limit_changes,
+    remove_blocked_term,
+    reset_guild_settings,
+    update_guild_settings,
+    user_usage,
+)
+from bot.db.schema import split_statements
+
+GUILD = 111
+CHANNEL = 222
+USER = 333
+ADMIN = 444
+NOON = datetime(2025, 3, 14, 12, 0, tzinfo=UTC).timestamp()
+MIDNIGHT = datetime(2025, 3, 15, 0, 0, tzinfo=UTC).timestamp()
+NO_LIMITS = QuotaLimits()
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(NOON)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "fluxbot.db"
+
+
+@pytest.fixture
+async def store(db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
+    async with await Store.open(db_path, clock=clock) as opened:
+        yield opened
+
+
+def request(**overrides: object) -> NewJob:
+    fields: dict[str, object] = {
+        "guild_id": GUILD,
+        "channel_id": CHANNEL,
+        "user_id": USER,
+        "kind": JobKind.GENERATE,
+        "prompt": "a lighthouse at dusk",
+        "model": "flux-dev",
+        "size": "1024x1024",
+        "count": 1,
+        "provider": Provider.BFL,
+    } | overrides
+    return NewJob(**fields)  # type: ignore[arg-type]
+
+
+async def accepted(store: Store, new: NewJob | None = None, limits: QuotaLimits = NO_LIMITS) -> Job:
+    result = await create_job(store, new or request(), limits)
+    assert isinstance(result, Job), result
+    return result
+
+
+async def refused(store: Store, new: NewJob | None = None, limits: QuotaLimits = NO_LIMITS) -> QuotaRefusal:
+    result = await create_job(store, new or request(), limits)
+    assert isinstance(result, QuotaRefusal), result
+    return result
+
+
+async def usage_row(store: Store, day: str, user_id: int = USER) -> tuple[int, int]:
+    row = await store.fetch_one(
+        "SELECT reserved, used FROM usage WHERE guild_id = ? AND user_id = ? AND day = ?", (GUILD, user_id, day)
+    )
+    assert row is not None
+    return row["reserved"], row["used"]
+
+
+async def advance(store: Store, job_id: int, to: JobStatus) -> None:
+    """Walk a queued job along the happy path until it reaches ``to`` (posting delivers one image)."""
+    path = (JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.SUCCEEDED, JobStatus.POSTED)
+    for status in path[1 : path.index(to) + 1]:
+        if status is JobStatus.SUBMITTING:
+            assert await mark_submitting(store, job_id)
+        elif status is JobStatus.SUBMITTED:
+            assert await mark_submitted(store, job_id, f"task-{job_id}")
+        elif status is JobStatus.SUCCEEDED:
+            assert await mark_succeeded(store, job_id, ["https://img/1.png"], None)
+        else:
+            assert await mark_posted(store, job_id, 1000 + job_id, 1)
+
+
+def user_version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+# --- opening and migrating -----------------------------------------------------------------------------
+
+
+async def test_open_creates_the_folder_and_migrates_to_the_latest_version(db_path: Path) -> None:
+    latest = load_migrations()[-1].version
+    async with await Store.open(db_path) as store:
+        assert db_path.parent.is_dir()
+        assert store.schema_version == latest
+        tables = {row[0] for row in await store.fetch_all("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"jobs", "usage", "guild_settings", "blocklist", "limit_changes"} <= tables
+    assert user_version(db_path) == latest
+
+
+async def test_connection_uses_wal_foreign_keys_and_a_busy_timeout(store: Store, db_path: Path) -> None:
+    assert (await store.fetch_one("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
+    assert (await store.fetch_one("PRAGMA foreign_keys"))[0] == 1  # type: ignore[index]
+    assert (await store.fetch_one("PRAGMA busy_timeout"))[0] == 5000  # type: ignore[index]
+    assert (await store.fetch_one("PRAGMA synchronous"))[0] == 1  # type: ignore[index]  # NORMAL
+    with pytest.raises(sqlite3.IntegrityError):
+        await accepted(store, request(parent_job_id=999))
+
+
+async def test_jobs_survive_a_restart_and_migrations_run_only_once(db_path: Path, clock: FakeClock) -> None:
+    async with await Store.open(db_path, clock=clock) as store:
+        job = await accepted(store)
+        assert await mark_submitting(store, job.id)
+        assert await mark_submitted(store, job.id, "https://api.bfl.ai/v1/get_result?id=abc")
+    async with await Store.open(db_path, clock=clock) as store:  # would fail on "table jobs already exists"
+        assert store.schema_version == load_migrations()[-1].version
+        (resumed,) = await jobs_in(store, JobStatus.SUBMITTED)
+        assert resumed == replace(
+            job, status=JobStatus.SUBMITTED, provider_task_id=resumed.provider_task_id, submitted_at=NOON
+        )
+        assert resumed.provider_task_id == "https://api.bfl.ai/v1/get_result?id=abc"
+        assert await usage_row(store, "2025-03-14") == (1, 0)
+
+
+async def test_a_database_from_a_newer_version_is_refused(db_path: Path) -> None:
+    async with await Store.open(db_path):
+        pass
+    known = load_migrations()[-1].version
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(f"PRAGMA user_version = {known + 1}")
+    with pytest.raises(SchemaTooNewError, match=f"schema version {known + 1}.*up to {known}"):
+        await Store.open(db_path)
+    assert user_version(db_path) == known + 1  # untouched
+
+
+async def test_pending_migrations_apply_in_order_in_one_transaction(db_path: Path) -> None:
+    shipped = load_migrations()
+    broken = Migration(len(shipped) + 1, "broken", "CREATE TABLE extra (x INTEGER);\nINSERT INTO nowhere VALUES (1);")
+    with pytest.raises(MigrationError, match=rf"{broken.version:04d}_broken\.sql failed"):
+        await Store.open(db_path, migrations=[*shipped, broken])
+    # Nothing at all was applied: not the good migrations before it, nor half of the broken one.
+    assert user_version(db_path) == 0
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] == 0
+
+    fixed = Migration(len(shipped) + 1, "extra", "CREATE TABLE extra (x INTEGER);\nINSERT INTO extra VALUES (1);")
+    async with await Store.open(db_path, migrations=[*shipped, fixed]) as store:
+        assert store.schema_version == fixed.version
+        assert (await store.fetch_one("SELECT x FROM extra"))[0] == 1  # type: ignore[index]
+    with pytest.raises(MigrationError, match="out of sequence"):
+        await Store.open(db_path, migrations=[shipped[0], replace(fixed, version=fixed.version + 1)])
+
+
+def test_statements_are_split_without_breaking_strings_comments_or_triggers() -> None:
+    script = """
+        -- a comment; with a semicolon
+        CREATE TABLE t (x TEXT DEFAULT 'a;b');
+        CREATE TRIGGER tr AFTER INSERT ON t BEGIN
+            UPDATE t SET x = 'c;d'; DELETE FROM t WHERE x = ';';
+        END;
+        INSERT INTO t VALUES ('e'); INSERT INTO t VALUES ('f');
+        -- trailing comment
+    """
+    statements = split_statements(script)
+    assert len(statements) == 4
+    assert statements[1].startswith("CREATE TRIGGER") and statements[1].endswith("END;")
+    assert all(sqlite3.complete_statement(statement) for statement in statements)
+    with pytest.raises(MigrationError, match="incomplete"):
+        split_statements("CREATE TABLE t (x INTEGER)")
+
+
+# --- the job lifecycle ---------------------------------------------------------------------------------
+
+
+async def test_a_job_goes_from_queued_to_posted_and_is_charged(store: Store, clock: FakeClock) -> None:
+    job = await accepted(store, request(count=2, seed=7, interaction_application_id=1, interaction_token="tok"))
+    assert (job.status, job.reserved_images, job.charged_images, job.usage_day) == (
+        JobStatus.QUEUED,
+        2,
+        0,
+        "2025-03-14",
+    )
+    assert job.created_at == NOON and job.interaction_created_at == NOON
+    assert job.interaction_expires_at == NOON + 15 * 60
+    assert "tok" not in repr(job)
+    assert await queue_position(store, job.id) == 1
+    assert [j.id for j in await active_jobs(store, GUILD, USER)] == [job.id]
+
+    assert await mark_submitting(store, job.id)
+    assert await queue_position(store, job.id) is None
+    clock.advance(1)
+    assert await mark_submitted(store, job.id, "task-1")
+    clock.advance(30)
+    assert await mark_succeeded(store, job.id, ["https://img/1.png", "https://img/2.png"], seed=7)
+    succeeded = await get_job(store, job.id)
+    assert succeeded is not None
+    assert succeeded.image_urls == ("https://img/1.png", "https://img/2.png")
+    assert (succeeded.result_seed, succeeded.submitted_at, succeeded.finished_at) == (7, NOON + 1, NOON + 31)
+    assert (await user_usage(store, GUILD, USER)).reserved_today == 2
+
+    clock.advance(2)
+    assert await mark_posted(store, job.id, message_id=9999, delivered=2)
+    posted = await get_job(store, job.id)
+    assert posted is not None and posted.is_terminal
+    assert (posted.status, posted.posted_message_id, posted.posted_at, posted.charged_images) == (
+        JobStatus.POSTED,
+        9999,
+        NOON + 33,
+        2,
+    )
+    assert await usage_row(store, "2025-03-14") == (0, 2)
+    assert await active_jobs(store, GUILD, USER) == []
+
+
+async def test_a_synchronous_provider_may_go_from_submitting_straight_to_succeeded(store: Store) -> None:
+    job = await accepted(store, request(provider=Provider.OPENAI))
+    assert await mark_submitting(store, job.id)
+    assert await mark_succeeded(store, job.id, ["https://img/1.png"], seed=None)
+    done = await get_job(store, job.id)
+    assert done is not None and done.provider_task_id is None and done.result_seed is None
+
+
+async def test_transitions_from_the_wrong_status_are_refused_and_change_nothing(store: Store) -> None:
+    job = await accepted(store)
+    assert not await mark_submitted(store, job.id, "task")  # not submitting yet
+    assert not await mark_succeeded(store, job.id, ["u"], None)
+    assert not await mark_posted(store, job.id, 1, 1)
+    assert not await mark_lost(store, job.id, "restart")  # only a submitting job can be lost
+    assert await get_job(store, job.id) == job
+
+    assert await mark_submitting(store, job.id)
+    assert not await mark_submitting(store, job.id)  # never submitted twice
+    assert await mark_submitted(store, job.id, "task")
+    assert not await mark_lost(store, job.id, "restart")  # its outcome is known: keep polling it
+    assert await mark_failed(store, job.id, "moderated", "the provider refused the prompt")
+    for attempt in (
+        mark_submitting(store, job.id),
+        mark_submitted(store, job.id, "again"),
+        mark_succeeded(store, job.id, ["u"], None),
+        mark_posted(store, job.id, 1, 1),
+        mark_failed(store, job.id, "x", "y"),
+        mark_lost(store, job.id, "z"),
+    ):
+        assert not await attempt
+    failed = await get_job(store, job.id)
+    assert failed is not None
+    assert (failed.status, failed.error_code, failed.provider_task_id) == (JobStatus.FAILED, "moderated", "task")
+    assert not await mark_submitting(store, 424242)  # no such job
+    with pytest.raises(ValueError, match="non-empty"):
+        await mark_succeeded(store, job.id, [], None)
+
+
+@pytest.mark.parametrize("status", [JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.SUCCEEDED])
+async def test_failing_an_active_job_releases_its_reservation(store: Store, status: JobStatus) -> None:
+    job = await accepted(store, request(count=3))
+    await advance(store, job.id, status)
+    assert await usage_row(store, "2025-03-14") == (3, 0)
+    assert await mark_failed(store, job.id, "timeout", "no result after 10 minutes")
+    assert await usage_row(store, "2025-03-14") == (0, 0)
+    failed = await get_job(store, job.id)
+    assert failed is not None
+    assert (failed.status, failed.charged_images, failed.finished_at) == (JobStatus.FAILED, 0, NOON)
+
+
+async def test_a_lost_job_releases_its_reservation(store: Store) -> None:
+    job = await accepted(store, request(count=2))
+    assert await mark_submitting(store, job.id)
+    assert await mark_lost(store, job.id, "the bot restarted while submitting")
+    lost = await get_job(store, job.id)
+    assert lost is not None
+    assert (lost.status, lost.error_code, lost.charged_images) == (JobStatus.LOST, "lost", 0)
+    assert await usage_row(store, "2025-03-14") == (0, 0)
+    assert (await user_usage(store, GUILD, USER)).today == 0
+
+
+async def test_posting_twice_charges_once_and_only_what_was_delivered(store: Store) -> None:
+    job = await accepted(store, request(count=4))
+    await advance(store, job.id, JobStatus.SUBMITTED)
+    assert await mark_succeeded(store, job.id, ["a", "b", "c"], None)
+    with pytest.raises(ValueError, match="reserved 4"):
+        await mark_posted(store, job.id, 1, delivered=5)
+    assert (await get_job(store, job.id)).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+    assert await mark_posted(store, job.id, 1, delivered=3)
+    assert not await mark_posted(store, job.id, 1, delivered=3)
+    assert await usage_row(store, "2025-03-14") == (0, 3)
+    posted = await get_job(store, job.id)
+    assert posted is not None and posted.charged_images == 3 and posted.reserved_images == 4
+
+
+async def test_queue_positions_and_status_lookups_follow_job_order(store: Store) -> None:
+    jobs = [await accepted(store, request(user_id=USER + n)) for n in range(4)]
+    assert await mark_submitting(store, jobs[1].id)
+    assert [await queue_position(store, job.id) for job in jobs] == [1, None, 2, 3]
+    assert [job.id for job in await jobs_in(store, JobStatus.QUEUED)] == [jobs[0].id, jobs[2].id, jobs[3].id]
+    assert [job.id for job in await jobs_in(store, JobStatus.SUBMITTING, JobStatus.QUEUED)] == [job.id for job in jobs]
+    assert await jobs_in(store) == []
+
+
+async def test_edits_need_a_source_and_can_point_at_their_parent(store: Store) -> None:
+    with pytest.raises(ValueError, match="source_image_url"):
+        request(kind=JobKind.EDIT)
+    with pytest.raises(ValueError, match="at least one"):
+        request(count=0)
+    parent = await accepted(store)
+    edit = await accepted(
+        store, request(kind=JobKind.EDIT, source_image_url="https://img/1.png", parent_job_id=parent.id)
+    )
+    assert (edit.kind, edit.parent_job_id, edit.source_image_url) == (JobKind.EDIT, parent.id, "https://img/1.png")
+
+
+# --- quotas ----------------------------------------------------------------------------------------------
+
+
+async def test_fifty_concurrent_requests_on_one_store_accept_exactly_the_daily_limit(store: Store) -> None:
+    limits = QuotaLimits(user_daily=5)
+    results = await asyncio.gather(*(create_job(store, request(), limits) for _ in range(50)))
+    assert sum(isinstance(result, Job) for result in results) == 5
+    assert all(r.kind is LimitKind.USER_DAILY for r in results if isinstance(r, QuotaRefusal))
+    assert (await user_usage(store, GUILD, USER)).today == 5
+    assert len(await jobs_in(store, JobStatus.QUEUED)) == 5
+
+
+async def test_fifty_concurrent_requests_across_two_stores_accept_exactly_the_daily_limit(
+    db_path: Path, clock: FakeClock
+) -> None:
+    limits = QuotaLimits(user_daily=5)
+    async with await Store.open(db_path, clock=clock) as first, await Store.open(db_path, clock=clock) as second:
+        results = await asyncio.gather(*(create_job(first if n % 2 else second, request(), limits) for n in range(50)))
+        assert sum(isinstance(result, Job) for result in results) == 5
+        assert (await user_usage(first, GUILD, USER)).today == 5
+        assert (await user_usage(second, GUILD, USER)).today == 5
+        assert len(await jobs_in(second, *ACTIVE_STATUSES)) == 5
+
+
+async def test_the_server_daily_limit_holds_across_members(store: Store) -> None:
+    limits = QuotaLimits(guild_daily=10)
+    results = await asyncio.gather(
+        *(create_job(store, request(user_id=USER + n % 3, count=1 + n % 2), limits) for n in range(30))
+    )
+    accepted_images = sum(result.count for result in results if isinstance(result, Job))
+    assert 9 <= accepted_images <= 10  # full, short of at most one 2-image request
+    assert await guild_usage_today(store, GUILD) == accepted_images
+    refusal = next(result for result in results if isinstance(result, QuotaRefusal))
+    assert (refusal.kind, refusal.limit, refusal.resets_at) == (LimitKind.GUILD_DAILY, 10, MIDNIGHT)
+    assert await guild_usage_today(store, GUILD + 1) == 0
+
+
+async def test_a_request_that_does_not_fit_is_refused_whole(store: Store) -> None:
+    limits = QuotaLimits(user_daily=5)
+    await accepted(store, request(count=4), limits)
+    refusal = await refused(store, request(count=2), limits)
+    assert refusal == QuotaRefusal(LimitKind.USER_DAILY, limit=5, current=4, requested=2, resets_at=MIDNIGHT)
+    assert await usage_row(store, "2025-03-14") == (4, 0)
+    assert len(await jobs_in(store, JobStatus.QUEUED)) == 1
+    await accepted(store, request(count=1), limits)  # exactly fills the day
+    assert (await user_usage(store, GUILD, USER)).today == 5
+
+
+async def test_used_images_count_towards_the_daily_limit_but_failed_ones_do_not(store: Store) -> None:
+    limits = QuotaLimits(user_daily=2)
+    kept = await accepted(store, limits=limits)
+    dropped = await accepted(store, limits=limits)
+    await advance(store, kept.id, JobStatus.POSTED)
+    assert await mark_failed(store, dropped.id, "provider_error", "500")
+    await accepted(store, limits=limits)  # the failed job's image came back
+    assert (await refused(store, limits=limits)).current == 2
+
+
+async def test_too_many_active_jobs_are_refused_until_one_ends(store: Store) -> None:
+    limits = QuotaLimits(max_concurrent=2)
+    first = await accepted(store, limits=limits)
+    await accepted(store, limits=limits)
+    refusal = await refused(store, limits=limits)
+    assert (refusal.kind, refusal.limit, refusal.current, refusal.resets_at) == (LimitKind.MAX_CONCURRENT, 2, 2, None)
+    await accepted(store, request(guild_id=GUILD + 1), limits)  # counted per server
+    assert await mark_failed(store, first.id, "cancelled", "cancelled by the member")
+    await accepted(store, limits=limits)
+
+
+async def test_a_cooldown_refuses_until_it_ends(store: Store, clock: FakeClock) -> None:
+    limits = QuotaLimits(cooldown=30)
+    await accepted(store, limits=limits)
+    clock.advance(10)
+    refusal = await refused(store, limits=limits)
+    assert (refusal.kind, refusal.limit, refusal.current, refusal.resets_at) == (LimitKind.COOLDOWN, 30, 10, NOON + 30)
+    await accepted(store, request(user_id=USER + 1), limits)  # another member is not affected
+    clock.advance(20)
+    job = await accepted(store, limits=limits)
+    assert job.created_at == NOON + 30
+
+
+async def test_daily_limits_are_checked_before_concurrency_and_cooldown(store: Store) -> None:
+    limits = QuotaLimits(user_daily=1, max_concurrent=1, cooldown=60)
+    await accepted(store, limits=limits)
+    assert (await refused(store, limits=limits)).kind is LimitKind.USER_DAILY
+    assert (await refused(store, limits=replace(limits, user_daily=None))).kind is LimitKind.MAX_CONCURRENT
+    only_cooldown = QuotaLimits(cooldown=60)
+    assert (await refused(store, limits=only_cooldown)).kind is LimitKind.COOLDOWN
+
+
+async def test_the_day_rolls_over_at_utc_midnight(store: Store, clock: FakeClock) -> None:
+    limits = QuotaLimits(user_daily=2)
+    clock.now = MIDNIGHT - 10
+    evening = await accepted(store, request(count=2), limits)
+    assert (await refused(store, limits=limits)).resets_at == MIDNIGHT
+
+    clock.now = MIDNIGHT + 5
+    morning = await accepted(store, request(count=2), limits)
+    assert (evening.usage_day, morning.usage_day) == ("2025-03-14", "2025-03-15")
+    # Settling yesterday's job after midnight touches yesterday's row, not today's.
+    await advance(store, evening.id, JobStatus.POSTED)  # delivers 1 of 2
+    assert await usage_row(store, "2025-03-14") == (0, 1)
+    assert await usage_row(store, "2025-03-15") == (2, 0)
+    summary = await user_usage(store, GUILD, USER)
+    assert (summary.day, summary.today, summary.month) == ("2025-03-15", 2, 3)
+
+
+async def test_monthly_usage_counts_only_this_utc_month(store: Store, clock: FakeClock) -> None:
+    clock.now = datetime(2025, 2, 28, 23, 0, tzinfo=UTC).timestamp()
+    await accepted(store, request(count=4))
+    clock.now = datetime(2025, 3, 1, 1, 0, tzinfo=UTC).timestamp()
+    await accepted(store, request(count=1))
+    clock.now = datetime(2025, 3, 31, 23, 59, tzinfo=UTC).timestamp()
+    await accepted(store, request(count=2))
+    summary = await user_usage(store, GUILD, USER)
+    assert (summary.day, summary.today, summary.month, summary.used_month) == ("2025-03-31", 2, 3, 0)
+
+
+async def test_direct_messages_are_server_zero(store: Store) -> None:
+    job = await accepted(store, request(guild_id=0), QuotaLimits(user_daily=1))
+    assert job.guild_id == 0
+    assert (await user_usage(store, 0, USER)).today == 1
+    assert (await user_usage(store, GUILD, USER)).today == 0
+
+
+# --- transactions --------------------------------------------------------------------------------------
+
+
+async def test_a_failing_transaction_rolls_back_and_transactions_do_not_nest(store: Store) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO blocklist VALUES (1, 'x', 1, 0)")
+            raise RuntimeError("boom")
+    assert await blocked_terms(store, 1) == []
+    async with store.transaction() as tx:
+        await tx.execute("INSERT INTO blocklist VALUES (1, 'y', 1, 0)")
+        assert await blocked_terms(store, 1) == ["y"]  # reads inside your own transaction see it
+        with pytest.raises(RuntimeError, match="do not nest"):
+            async with store.transaction():
+                pass
+    assert await blocked_terms(store, 1) == ["y"]
+
+
+async def test_cancelling_a_request_at_any_statement_leaves_the_store_consistent(store: Store) -> None:
+    # create_job runs BEGIN, two SELECTs, two INSERTs and COMMIT: cancel it while each one runs.
+    loop = asyncio.get_running_loop()
+    for target in range(1, 7):
+        task = asyncio.create_task(create_job(store, request(), NO_LIMITS))
+        seen = 0
+
+        def cancel_at_target(sql: str, task: asyncio.Task[object] = task, target: int = target) -> None:
+            nonlocal seen
+            seen += 1
+            if seen == target:
+                loop.call_soon_threadsafe(task.cancel)
+
+        await store._conn.set_trace_callback(cancel_at_target)  # runs in the connection's thread
+        assert isinstance((await asyncio.gather(task, return_exceptions=True))[0], asyncio.CancelledError)
+        await store._conn.set_trace_callback(None)  # type: ignore[arg-type]
+        # Job and reservation went in together or not at all (only a cancelled COMMIT still commits) ...
+        queued = len(await jobs_in(store, JobStatus.QUEUED))
+        assert queued == (1 if target == 6 else 0)
+        assert (await user_usage(store, GUILD, USER)).reserved_today == queued
+        # ... and no transaction was left open on the shared connection.
+        job = await accepted(store)
+        assert await mark_failed(store, job.id, "test", "cleanup")
+        if queued:
+            (leftover,) = await jobs_in(store, JobStatus.QUEUED)
+            assert await mark_failed(store, leftover.id, "test", "cleanup")
+
+
+async def test_the_database_refuses_a_reservation_going_negative(store: Store) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO usage (guild_id, user_id, day, reserved) VALUES (1, 1, 'd', -1)")
+
+
+# --- server settings -----------------------------------------------------------------------------------
+
+
+async def test_server_settings_default_to_none(store: Store) -> None:
+    settings = await get_guild_settings(store, GUILD)
+    assert settings == GuildSettings(guild_id=GUILD)
+    defaults = QuotaLimits(user_daily=20, guild_daily=200, max_concurrent=2, cooldown=15)
+    assert settings.quota_limits(defaults) == defaults
+    assert settings.allows_model("anything") and settings.allows_channel(1)
+
+
+async def test_updating_settings_changes_only_given_fields_and_audits_them(store: Store, clock: FakeClock) -> None:
+    updated = await update_guild_settings(
+        store, GUILD, ADMIN, user_daily=5, allowed_models=["flux-dev", "flux-pro"], cooldown_seconds=10
+    )
+    assert (updated.user_daily, updated.allowed_models, updated.cooldown_seconds) == (5, ("flux-dev", "flux-pro"), 10)
+    assert (updated.guild_daily, updated.updated_at, updated.updated_by) == (None, NOON, ADMIN)
+    assert updated.quota_limits(QuotaLimits(user_daily=20, guild_daily=200)) == QuotaLimits(
+        user_daily=5, guild_daily=200, cooldown=10
+    )
+    assert not updated.allows_model("flux-schnell")
+
+    clock.advance(60)
+    again = await update_guild_settings(store, GUILD, ADMIN + 1, user_daily=5, guild_daily=50)  # user_daily same
+    assert again == replace(updated, guild_daily=50, updated_at=NOON + 60, updated_by=ADMIN + 1)
+    assert await get_guild_settings(store, GUILD) == again
+
+    changes = await recent_limit_changes(store, GUILD)
+    assert [(c.field, c.old_value, c.new_value, c.user_id) for c in changes] == [
+        ("guild_daily", None, "50", ADMIN + 1),
+        ("cooldown_seconds", None, "10.0", ADMIN),
+        ("allowed_models", None, '["flux-dev", "flux-pro"]', ADMIN),
+        ("user_daily", None, "5", ADMIN),
+    ]
+    assert await recent_limit_changes(store, GUILD + 1) == []
+
+
+async def test_invalid_settings_are_refused_before_anything_is_written(store: Store) -> None:
+    invalid: list[dict[str, object]] = [
+        {"user_daily": -1},
+        {"max_concurrent": 0},
+        {"user_daily": True},
+        {"cooldown_seconds": -5},
+        {"allowed_models": "flux-dev"},
+        {"allowed_channels": ["general"]},
+        {"allowed_models": []},
+        {"user_daily": 3, "colour": "red"},
+        {"guild_id; DROP TABLE jobs": 1},
+    ]
+    for bad in invalid:
+        with pytest.raises(ValueError, match=r"must (be|list)|unknown guild setting"):
+            await update_guild_settings(store, GUILD, ADMIN, **bad)  # type: ignore[arg-type]
+    assert await get_guild_settings(store, GUILD) == GuildSettings(guild_id=GUILD)
+    assert await recent_limit_changes(store, GUILD) == []
+
+
+async def test_resetting_settings_restores_defaults_and_audits_each_cleared_field(store: Store) -> None:
+    await update_guild_settings(store, GUILD, ADMIN, max_count=2, allowed_channels=[CHANNEL])
+    await add_blocked_term(store, GUILD, "gore", changed_by=ADMIN)
+    reset = await reset_guild_settings(store, GUILD, ADMIN + 1)
+    assert reset == GuildSettings(guild_id=GUILD) == await get_guild_settings(store, GUILD)
+    latest = await recent_limit_changes(store, GUILD, limit=2)
+    assert {(c.field, c.old_value, c.new_value, c.user_id) for c in latest} == {
+        ("max_count", "2", None, ADMIN + 1),
+        ("allowed_channels", json.dumps([CHANNEL]), None, ADMIN + 1),
+    }
+    assert await blocked_terms(store, GUILD) == ["gore"]  # the blocklist is not a limit
+
+
+async def test_settings_survive_a_restart(db_path: Path) -> None:
+    async with await Store.open(db_path) as store:
+        await update_guild_settings(store, GUILD, ADMIN, allowed_channels=[CHANNEL, CHANNEL + 1], max_concurrent=3)
+    async with await Store.open(db_path) as store:
+        settings = await get_guild_settings(store, GUILD)
+    assert (settings.allowed_channels, settings.max_concurrent) == ((CHANNEL, CHANNEL + 1), 3)
+    assert settings.allows_channel(CHANNEL) and not settings.allows_channel(CHANNEL + 2)
+
+
+async def test_the_blocklist_is_trimmed_case_insensitive_unique_and_per_server(store: Store) -> None:
+    assert await add_blocked_term(store, GUILD, "  Gore ", changed_by=ADMIN)
+    assert not await add_blocked_term(store, GUILD, "GORE", changed_by=ADMIN)
+    assert await add_blocked_term(store, GUILD, "Straße", changed_by=ADMIN)
+    assert await blocked_terms(store, GUILD) == ["gore", "strasse"]
+    assert await blocked_terms(store, GUILD + 1) == []
+    assert await remove_blocked_term(store, GUILD, "gORe", changed_by=ADMIN)
+    assert not await remove_blocked_term(store, GUILD, "gore", changed_by=ADMIN)
+    assert await blocked_terms(store, GUILD) == ["strasse"]
+    with pytest.raises(ValueError, match="empty"):
+        await add_blocked_term(store, GUILD, "   ", changed_by=ADMIN)
+    audit = [(c.field, c.old_value, c.new_value) for c in await recent_limit_changes(store, GUILD)]
+    assert audit == [("blocklist", '"gore"', None), ("blocklist", None, '"strasse"'), ("blocklist", None, '"gore"')]
