@@ -1,0 +1,43 @@
+"""A Discord of our own on loopback, to test the unmodified bot with the real discord.py.
+
+See ``emulator.DiscordEmulator`` (state, waits, clock), ``actors.MemberActions`` (what test users do),
+``runner.run_bot`` / ``runner.ErrorGuard`` and the fixtures in ``fixtures``.
+"""
+
+from .constants import Code, Intent, MessageFlag, Perm
+from .emulator import (
+    BotNotConnected,
+    CommandNotAvailable,
+    CommandNotSynced,
+    DiscordEmulator,
+    NotAcknowledged,
+    WaitTimeout,
+)
+from .model import Attachment, Channel, Command, Guild, Interaction, Member, Message, RestCall, StoredFile, User
+from .runner import ErrorGuard, expected_commands, run_bot
+
+__all__ = [
+    "Attachment",
+    "BotNotConnected",
+    "Channel",
+    "Code",
+    "Command",
+    "CommandNotAvailable",
+    "CommandNotSynced",
+    "DiscordEmulator",
+    "ErrorGuard",
+    "Guild",
+    "Intent",
+    "Interaction",
+    "Member",
+    "Message",
+    "MessageFlag",
+    "NotAcknowledged",
+    "Perm",
+    "RestCall",
+    "StoredFile",
+    "User",
+    "WaitTimeout",
+    "expected_commands",
+    "run_bot",
+]
