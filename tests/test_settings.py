@@ -29,7 +29,7 @@ def test_starting_without_configuration_names_every_missing_variable_and_exits_2
     tmp_path: Path, command: list[str]
 ) -> None:
     result = subprocess.run(
-        command, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60
+        command, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60, check=False
     )
 
     assert result.returncode == 2

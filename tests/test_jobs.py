@@ -1,0 +1,304 @@
+"""The job runner with a real SQLite file and the Flux emulator; the chat side is a recording courier."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from bot import db
+from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, Store
+from bot.flux import AceDataClient, FluxClient, GenerateRequest, OpenAIRelayClient, Timeouts
+from bot.images import DownloadedImage
+from bot.jobs import DeliveryError, JobDone, JobFailed, JobRunner, JobUpdate
+from tests.conftest import KEY, NO_WAIT, png_bytes
+from tests.fluxemu import FluxEmulator
+
+
+class RecordingCourier:
+    """Our own chat-side interface, recording what the runner asks of it."""
+
+    def __init__(self) -> None:
+        self.posts: dict[int, list[DownloadedImage]] = {}
+        self.updates: list[tuple[int, JobUpdate]] = []
+        self.failures_to_inject: list[DeliveryError] = []
+        self.changed = asyncio.Condition()
+
+    async def deliver(self, job: Job, images: Sequence[DownloadedImage]) -> int:
+        if self.failures_to_inject:
+            raise self.failures_to_inject.pop(0)
+        self.posts.setdefault(job.id, list(images))  # idempotent per job, as the real courier is
+        return 1000 + job.id
+
+    async def notify(self, job: Job, update: JobUpdate) -> None:
+        async with self.changed:
+            self.updates.append((job.id, update))
+            self.changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(predicate), timeout)
+
+    def final(self, job_id: int) -> JobUpdate | None:
+        finals = [u for j, u in self.updates if j == job_id and isinstance(u, JobDone | JobFailed)]
+        return finals[-1] if finals else None
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with await Store.open(tmp_path / "fluxbot.db") as opened:
+        yield opened
+
+
+@pytest.fixture
+def courier() -> RecordingCourier:
+    return RecordingCourier()
+
+
+@pytest.fixture
+def acedata(flux_emulator: FluxEmulator, http_session: aiohttp.ClientSession) -> AceDataClient:
+    return AceDataClient(session=http_session, api_key=SecretStr(KEY), base_url=flux_emulator.base_url, retry=NO_WAIT)
+
+
+RunnerFactory = Callable[..., JobRunner]
+
+
+@pytest.fixture
+async def make_runner(
+    store: Store, courier: RecordingCourier, acedata: AceDataClient, http_session: aiohttp.ClientSession
+) -> AsyncIterator[RunnerFactory]:
+    runners: list[JobRunner] = []
+
+    def make(flux: FluxClient = acedata, **options: object) -> JobRunner:
+        settings: dict[str, object] = {"concurrency": 4, "poll_interval": 0.05, "job_timeout": 60.0, **options}
+        runner = JobRunner(store=store, flux=flux, courier=courier, session=http_session, **settings)  # type: ignore[arg-type]
+        runners.append(runner)
+        return runner
+
+    yield make
+    for runner in runners:
+        await runner.stop()
+
+
+def request(n: int = 0, **changes: object) -> NewJob:
+    fields: dict[str, object] = {
+        "guild_id": 1,
+        "channel_id": 2,
+        "user_id": 100 + n,
+        "kind": JobKind.GENERATE,
+        "prompt": f"a lighthouse #{n}",
+        "model": "flux-dev",
+        "size": "1:1",
+        "count": 1,
+        "provider": Provider.ACEDATA,
+        **changes,
+    }
+    return NewJob(**fields)  # type: ignore[arg-type]
+
+
+async def accepted(runner: JobRunner, new: NewJob) -> Job:
+    job = await runner.submit(new, QuotaLimits())
+    assert isinstance(job, Job)
+    return job
+
+
+async def test_a_generation_is_delivered_with_the_providers_images_and_charged(
+    make_runner: RunnerFactory, courier: RecordingCourier, store: Store, flux_emulator: FluxEmulator
+) -> None:
+    runner = make_runner()
+    await runner.start()
+
+    job = await accepted(runner, request(count=3))
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    assert courier.final(job.id) == JobDone(1000 + job.id)
+    task = flux_emulator.tasks[next(iter(flux_emulator.tasks))]
+    served = [flux_emulator.image_bytes(url) for url in task.images]
+    assert [image.data for image in courier.posts[job.id]] == served
+    posted = await db.get_job(store, job.id)
+    assert posted is not None
+    assert (posted.status, posted.charged_images, posted.posted_message_id) == (JobStatus.POSTED, 3, 1000 + job.id)
+    assert (await db.user_usage(store, 1, job.user_id)).today == 3
+
+
+async def test_no_more_than_the_concurrency_limit_is_at_the_provider(
+    make_runner: RunnerFactory, courier: RecordingCourier, flux_emulator: FluxEmulator
+) -> None:
+    flux_emulator.task_delay = 0.2
+    runner = make_runner(concurrency=3)
+    await runner.start()
+
+    jobs = await asyncio.gather(*(accepted(runner, request(n)) for n in range(12)))
+    await courier.wait_for(lambda: all(courier.final(job.id) for job in jobs), timeout=20)
+
+    assert all(isinstance(courier.final(job.id), JobDone) for job in jobs)
+    assert flux_emulator.max_in_flight == 3
+    assert flux_emulator.count("POST", "/flux/images") == 12
+
+
+async def test_a_job_failed_by_the_provider_says_why_and_costs_nothing(
+    make_runner: RunnerFactory, courier: RecordingCourier, store: Store, flux_emulator: FluxEmulator
+) -> None:
+    flux_emulator.fail_next_task(code="content_moderated", message="nsfw")
+    runner = make_runner()
+    await runner.start()
+
+    job = await accepted(runner, request(count=2))
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    final = courier.final(job.id)
+    assert isinstance(final, JobFailed)
+    assert "rephrase" in final.message
+    assert (await db.user_usage(store, 1, job.user_id)).today == 0
+
+
+async def test_a_submit_that_timed_out_is_not_resent_and_costs_nothing(
+    make_runner: RunnerFactory,
+    courier: RecordingCourier,
+    store: Store,
+    flux_emulator: FluxEmulator,
+    http_session: aiohttp.ClientSession,
+) -> None:
+    impatient = AceDataClient(
+        session=http_session,
+        api_key=SecretStr(KEY),
+        base_url=flux_emulator.base_url,
+        retry=NO_WAIT,
+        timeouts=Timeouts(submit=aiohttp.ClientTimeout(total=0.2)),
+    )
+    flux_emulator.add_fault("POST", "/flux/images", delay=0.5)
+    runner = make_runner(flux=impatient)
+    await runner.start()
+
+    job = await accepted(runner, request())
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    final = courier.final(job.id)
+    assert isinstance(final, JobFailed)
+    assert "not sent again" in final.message
+    assert flux_emulator.count("POST", "/flux/images") == 1
+    assert (await db.user_usage(store, 1, job.user_id)).today == 0
+
+
+async def test_a_job_past_its_deadline_is_given_up(
+    make_runner: RunnerFactory, courier: RecordingCourier, flux_emulator: FluxEmulator
+) -> None:
+    flux_emulator.task_delay = 3600
+    runner = make_runner(job_timeout=0.3)
+    await runner.start()
+
+    job = await accepted(runner, request())
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    final = courier.final(job.id)
+    assert isinstance(final, JobFailed)
+    assert "in time" in final.message
+
+
+async def test_a_job_that_takes_twenty_minutes_is_still_delivered(
+    make_runner: RunnerFactory, courier: RecordingCourier, flux_emulator: FluxEmulator, store: Store
+) -> None:
+    flux_emulator.task_delay = 20 * 60
+    runner = make_runner(job_timeout=30 * 60)
+    await runner.start()
+
+    job = await accepted(runner, request())
+    await flux_emulator.wait_until(lambda: flux_emulator.count("POST", "/flux/tasks") >= 2)
+    assert courier.final(job.id) is None
+    flux_emulator.advance(20 * 60)
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    assert isinstance(courier.final(job.id), JobDone)
+
+
+async def test_a_relay_job_finishes_inside_its_submit(
+    make_runner: RunnerFactory,
+    courier: RecordingCourier,
+    flux_emulator: FluxEmulator,
+    http_session: aiohttp.ClientSession,
+) -> None:
+    flux_emulator.openai_format = "b64_json"
+    relay = OpenAIRelayClient(
+        session=http_session, api_key=SecretStr(KEY), base_url=flux_emulator.base_url, retry=NO_WAIT
+    )
+    runner = make_runner(flux=relay)
+    await runner.start()
+
+    job = await accepted(runner, request(model="flux-kontext-pro", provider=Provider.OPENAI))
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    assert isinstance(courier.final(job.id), JobDone)
+    (image,) = courier.posts[job.id]
+    assert image.format == "PNG"
+
+
+async def test_an_edit_sends_the_source_image_url(
+    make_runner: RunnerFactory, courier: RecordingCourier, flux_emulator: FluxEmulator
+) -> None:
+    source = flux_emulator.add_file("cat.png", png_bytes(), "image/png")
+    runner = make_runner()
+    await runner.start()
+
+    job = await accepted(
+        runner, request(kind=JobKind.EDIT, model="flux-kontext-pro", source_image_url=source, size="3:2")
+    )
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    assert isinstance(courier.final(job.id), JobDone)
+    (sent,) = flux_emulator.requests_to("POST", "/flux/images")
+    assert sent.json is not None
+    assert (sent.json["action"], sent.json["image_url"], sent.json["size"]) == ("edit", source, "3:2")
+
+
+async def test_a_delivery_that_fails_for_good_releases_the_reservation(
+    make_runner: RunnerFactory, courier: RecordingCourier, store: Store
+) -> None:
+    courier.failures_to_inject = [
+        DeliveryError("temporarily down", retryable=True),
+        DeliveryError("gone", retryable=False),
+    ]
+    runner = make_runner()
+    await runner.start()
+
+    job = await accepted(runner, request(count=2))
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    assert isinstance(courier.final(job.id), JobFailed)
+    assert (await db.user_usage(store, 1, job.user_id)).today == 0
+
+
+async def test_after_a_restart_every_job_is_finished_once_and_nothing_is_resent(
+    make_runner: RunnerFactory,
+    courier: RecordingCourier,
+    store: Store,
+    flux_emulator: FluxEmulator,
+    acedata: AceDataClient,
+) -> None:
+    # The state a crash leaves behind: one job queued, one caught submitting, one submitted, one succeeded.
+    before = make_runner()
+    queued, caught, submitted, succeeded = [await accepted(before, request(n)) for n in range(4)]
+    for job in (caught, submitted, succeeded):
+        assert await db.mark_submitting(store, job.id)
+    handle = (await acedata.generate(GenerateRequest(prompt=submitted.prompt, model="flux-dev"))).handle
+    assert await db.mark_submitted(store, submitted.id, handle)
+    done = (await acedata.generate(GenerateRequest(prompt=succeeded.prompt, model="flux-dev"))).handle
+    urls = [image.url or "" for image in (await acedata.statuses([done]))[done].images]
+    assert await db.mark_succeeded(store, succeeded.id, urls, None)
+    submits_before = flux_emulator.count("POST", "/flux/images")
+
+    restarted = make_runner()
+    await restarted.start()
+    everyone = (queued, caught, submitted, succeeded)
+    await courier.wait_for(lambda: all(courier.final(job.id) for job in everyone))
+
+    lost = courier.final(caught.id)
+    assert isinstance(lost, JobFailed)
+    assert "not sent again" in lost.message
+    assert set(courier.posts) == {queued.id, submitted.id, succeeded.id}
+    assert flux_emulator.count("POST", "/flux/images") == submits_before + 1  # only the queued job was sent
+    statuses = [job.status for job in await db.jobs_in(store, *JobStatus)]
+    assert statuses == [JobStatus.POSTED, JobStatus.LOST, JobStatus.POSTED, JobStatus.POSTED]
