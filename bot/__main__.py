@@ -10,13 +10,9 @@ import asyncio
 import logging
 import sys
 
-import aiohttp
 import discord
 
-from bot.app import create_bot
-from bot.db import Store
-from bot.endpoints import point_discord_at
-from bot.flux import create_flux_client
+from bot.app import open_bot
 from bot.logs import configure_logging
 from bot.settings import Settings, SettingsError, load_settings
 
@@ -28,12 +24,8 @@ EXIT_CONFIG = 2
 
 async def main(settings: Settings) -> None:
     """Run the bot until it is stopped."""
-    point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
-    async with aiohttp.ClientSession() as session, await Store.open(settings.database_path) as store:
-        flux = create_flux_client(settings, session)
-        bot = create_bot(settings, session=session, store=store, flux=flux)
-        async with bot:
-            await bot.start(settings.discord_token.get_secret_value())
+    async with open_bot(settings) as bot:
+        await bot.start(settings.discord_token.get_secret_value())
 
 
 def run() -> None:

@@ -1,21 +1,44 @@
-"""The Discord client of fluxbot, built from the engine's parts by :func:`create_bot`."""
+"""The Discord client of fluxbot and the one place that builds it: :func:`open_bot`.
+
+``fluxbot`` (``bot.__main__``) and the end-to-end tests both go through :func:`open_bot`, so the tests run
+exactly the bot that operators run.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 import discord
+from discord import app_commands
 from discord.ext import commands
 
+from bot import db
 from bot.db import Store
-from bot.flux import FluxClient
+from bot.endpoints import point_discord_at
+from bot.flux import FluxClient, create_flux_client
+from bot.jobs import JobRunner
 from bot.settings import Settings
 from cogs import EXTENSIONS
+from cogs.feedback import reply_with_error
+from cogs.results import DiscordCourier, JobButton
 
-__all__ = ["FluxBot", "create_bot"]
+__all__ = ["FluxBot", "FluxCommandTree", "open_bot"]
 
 log = logging.getLogger(__name__)
+
+COMMANDS_FINGERPRINT = "commands_fingerprint"
+
+
+class FluxCommandTree(app_commands.CommandTree["FluxBot"]):
+    """Routes every command's error through the one error policy (:func:`cogs.feedback.reply_with_error`)."""
+
+    async def on_error(self, interaction: discord.Interaction[FluxBot], error: app_commands.AppCommandError) -> None:
+        await reply_with_error(interaction, error)
 
 
 class FluxBot(commands.Bot):
@@ -28,28 +51,72 @@ class FluxBot(commands.Bot):
         session: aiohttp.ClientSession,
         store: Store,
         flux: FluxClient,
-        intents: discord.Intents,
+        guild_ready_timeout: float = 2.0,
     ) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = settings.message_content_intent
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
             allowed_mentions=discord.AllowedMentions.none(),
+            tree_cls=FluxCommandTree,
             # The bot needs no member list; skipping the chunking makes start-up fast and cheap.
             chunk_guilds_at_startup=False,
+            guild_ready_timeout=guild_ready_timeout,
             help_command=None,
         )
         self.settings = settings
         self.session = session
         self.store = store
         self.flux = flux
+        self.runner = JobRunner(
+            store=store,
+            flux=flux,
+            courier=DiscordCourier(self),
+            session=session,
+            concurrency=settings.flux_max_concurrency,
+            poll_interval=settings.flux_poll_interval,
+            job_timeout=settings.flux_job_timeout,
+        )
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        log.info("loaded %d extensions", len(EXTENSIONS))
+        self.add_dynamic_items(JobButton)
+        await self.sync_commands_if_changed()
+        await self.runner.start()
+
+    async def close(self) -> None:
+        await self.runner.stop()
+        await super().close()
+
+    async def sync_commands_if_changed(self) -> None:
+        """Sync the application commands only when they differ from the last sync (it is rate limited)."""
+        payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
+        fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        if await db.get_state(self.store, COMMANDS_FINGERPRINT) == fingerprint:
+            log.info("application commands unchanged; not syncing")
+            return
+        synced = await self.tree.sync()
+        await db.set_state(self.store, COMMANDS_FINGERPRINT, fingerprint)
+        log.info("synced %d application commands", len(synced))
 
 
-def create_bot(settings: Settings, *, session: aiohttp.ClientSession, store: Store, flux: FluxClient) -> FluxBot:
-    """The bot, wired to the engine. Performs no I/O: :meth:`FluxBot.start` connects."""
-    intents = discord.Intents.default()
-    return FluxBot(settings=settings, session=session, store=store, flux=flux, intents=intents)
+@asynccontextmanager
+async def open_bot(settings: Settings, *, guild_ready_timeout: float = 2.0) -> AsyncIterator[FluxBot]:
+    """Open the HTTP session, the store and the Flux client, and build the bot with them.
+
+    The bot is not started (no I/O happens in constructors): the caller logs it in and connects it.
+    Everything is closed when the block ends.
+    """
+    point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
+    async with aiohttp.ClientSession() as session, await Store.open(settings.database_path) as store:
+        flux = create_flux_client(settings, session)
+        bot = FluxBot(
+            settings=settings, session=session, store=store, flux=flux, guild_ready_timeout=guild_ready_timeout
+        )
+        try:
+            yield bot
+        finally:
+            if not bot.is_closed():
+                await bot.close()

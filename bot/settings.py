@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     callback_public_url: str | None = Field(None, alias="CALLBACK_PUBLIC_URL")
     callback_listen: str = Field("0.0.0.0:8080", alias="CALLBACK_LISTEN")
     log_level: str = Field("INFO", alias="LOG_LEVEL")
+    message_content_intent: bool = Field(True, alias="MESSAGE_CONTENT_INTENT")
+    edit_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, alias="EDIT_MAX_BYTES")
 
     @model_validator(mode="after")
     def _resolve_api_base(self) -> Self:

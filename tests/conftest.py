@@ -11,7 +11,7 @@ from PIL import Image
 
 from bot.flux import RetryPolicy
 
-pytest_plugins = ["tests.fluxemu.fixtures", "tests.fakediscord.fixtures"]
+pytest_plugins = ["tests.fluxemu.fixtures", "tests.fakediscord.fixtures", "tests.fluxbot_harness"]
 
 #: The API key the Flux emulator expects by default.
 KEY = "test-key"

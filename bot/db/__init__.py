@@ -48,6 +48,7 @@ from bot.db.models import (
     UsageSummary,
 )
 from bot.db.schema import Migration, MigrationError, SchemaTooNewError, load_migrations
+from bot.db.state import get_state, set_state
 from bot.db.store import Store, Transaction
 from bot.db.usage import guild_usage_today, user_usage
 
@@ -79,6 +80,7 @@ __all__ = [
     "create_job",
     "get_guild_settings",
     "get_job",
+    "get_state",
     "guild_usage_today",
     "jobs_in",
     "load_migrations",
@@ -93,6 +95,7 @@ __all__ = [
     "recent_limit_changes",
     "remove_blocked_term",
     "reset_guild_settings",
+    "set_state",
     "update_guild_settings",
     "user_usage",
 ]

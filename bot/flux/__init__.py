@@ -9,7 +9,7 @@ from bot.settings import Provider, Settings
 from .acedata import AceDataClient
 from .base import FluxClient
 from .bfl import BflClient
-from .catalog import ModelCatalog, ModelSpec, catalog_for
+from .catalog import MAX_COUNT, MAX_PROMPT_LENGTH, ModelCatalog, ModelSpec, catalog_for
 from .errors import (
     AccountError,
     BadRequestError,
@@ -31,6 +31,8 @@ from .openai_relay import OpenAIRelayClient
 from .retry import RetryPolicy
 
 __all__ = [
+    "MAX_COUNT",
+    "MAX_PROMPT_LENGTH",
     "AccountError",
     "AceDataClient",
     "BadRequestError",

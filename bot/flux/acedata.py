@@ -108,6 +108,7 @@ def task_status(handle: str, response: AceImagesResponse | None, trace_id: str |
 class AceDataClient(FluxClient):
     provider: ClassVar[Provider] = Provider.ACEDATA
     supports_callbacks: ClassVar[bool] = True
+    accepts_inline_images: ClassVar[bool] = False  # image_url must be a publicly fetchable URL
 
     def _headers(self) -> dict[str, str]:
         return {

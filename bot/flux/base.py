@@ -32,6 +32,8 @@ class FluxClient(ABC):
     provider: ClassVar[Provider]
     #: Whether the provider can POST results to ``callback_url`` (polling stays the fallback regardless).
     supports_callbacks: ClassVar[bool] = False
+    #: Whether an edit's source may be sent inline as a ``data:`` URI (else it must be a URL to fetch).
+    accepts_inline_images: ClassVar[bool] = True
 
     def __init__(
         self,

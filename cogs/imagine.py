@@ -1,0 +1,356 @@
+"""What /imagine, /edit, the **Edit image** menu and reply-to-image editing look like on Discord.
+
+Every path ends in :meth:`ImagineCog.start_job`: acknowledge first, check the request, record the job
+(the runner reserves its images), and leave the rest to the runner, which reports progress in the
+member's deferred response and posts the result in the channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.db import Job, JobKind, NewJob, QuotaLimits, QuotaRefusal
+from bot.flux import MAX_COUNT, MAX_PROMPT_LENGTH, ModelCatalog
+from bot.images import DownloadError, SourceImage, download_image, inspect_source, public_url
+from cogs.feedback import UserFacingError, reply_with_error, user_message_for
+
+if TYPE_CHECKING:
+    from bot.app import FluxBot
+
+__all__ = ["ImagineCog", "setup"]
+
+log = logging.getLogger(__name__)
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+_MENTION = re.compile(r"<@!?(\d+)>")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """The image an edit starts from: its checked bytes, and how the provider will get it."""
+
+    image: SourceImage
+    ref: str
+
+
+class ImagineCog(commands.Cog, name="Imagine"):
+    """Image generation and editing."""
+
+    def __init__(self, bot: FluxBot) -> None:
+        self.bot = bot
+        self.catalog: ModelCatalog = bot.flux.catalog
+        self._app_commands: list[app_commands.Command[Any, ..., Any] | app_commands.ContextMenu] = [
+            _imagine_command(self),
+            _edit_command(self),
+            app_commands.ContextMenu(name="Edit image", callback=self._edit_image_menu),
+        ]
+
+    async def cog_load(self) -> None:
+        for command in self._app_commands:
+            self.bot.tree.add_command(command)
+
+    async def cog_unload(self) -> None:
+        for command in self._app_commands:
+            kind = command.type if isinstance(command, app_commands.ContextMenu) else discord.AppCommandType.chat_input
+            self.bot.tree.remove_command(command.name, type=kind)
+
+    # -- the entry points ---------------------------------------------------------------------------
+
+    async def imagine(
+        self, interaction: discord.Interaction[FluxBot], *, prompt: str, model: str, size: str, count: int
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        self.catalog.check_generate(prompt=prompt, model=model, size=size, count=count)
+        await self.start_job(interaction, kind=JobKind.GENERATE, prompt=prompt, model=model, size=size, count=count)
+
+    async def edit(
+        self, interaction: discord.Interaction[FluxBot], *, image: discord.Attachment, prompt: str, model: str
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        spec = self.catalog.check_edit(prompt=prompt, model=model, size=None)
+        source = await self.source_from_attachment(image)
+        await self.start_job(
+            interaction,
+            kind=JobKind.EDIT,
+            prompt=prompt,
+            model=model,
+            size=source.image.aspect_ratio(spec.ratios),
+            count=1,
+            source_image_url=source.ref,
+        )
+
+    async def _edit_image_menu(self, interaction: discord.Interaction[FluxBot], message: discord.Message) -> None:
+        if first_image(message) is None:
+            raise UserFacingError("That message has no image to edit.")
+        await interaction.response.send_modal(EditPromptModal(self, target=message))
+
+    async def ask_edit_prompt(self, interaction: discord.Interaction[FluxBot], job: Job) -> None:
+        """The result's Edit button: ask how to change the image, then edit the posted result."""
+        if interaction.message is None or first_image(interaction.message) is None:
+            raise UserFacingError("That result has no image left to edit.")
+        await interaction.response.send_modal(EditPromptModal(self, target=interaction.message, parent=job))
+
+    async def edit_message_image(
+        self, interaction: discord.Interaction[FluxBot], message: discord.Message, prompt: str, parent: Job | None
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        model = self.catalog.default_edit_model
+        spec = self.catalog.check_edit(prompt=prompt, model=model, size=None)
+        source = await self.source_from_message(message)
+        await self.start_job(
+            interaction,
+            kind=JobKind.EDIT,
+            prompt=prompt,
+            model=model,
+            size=source.image.aspect_ratio(spec.ratios),
+            count=1,
+            source_image_url=source.ref,
+            parent_job_id=parent.id if parent else None,
+        )
+
+    async def reroll(self, interaction: discord.Interaction[FluxBot], job: Job) -> None:
+        """The result's Re-roll button: the same request again, for (and charged to) whoever clicked."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.start_job(
+            interaction,
+            kind=job.kind,
+            prompt=job.prompt,
+            model=job.model,
+            size=job.size,
+            count=job.count,
+            source_image_url=job.source_image_url,
+            parent_job_id=job.id,
+        )
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        """A reply to an image that mentions the bot edits that image, with the reply's text as the prompt."""
+        me = self.bot.user
+        if message.author.bot or me is None or message.reference is None or not message.guild:
+            return
+        if me.id not in {user.id for user in message.mentions}:
+            return
+        try:
+            await self._edit_from_reply(message)
+        except Exception as error:
+            text = user_message_for(error)
+            if text is None:
+                log.error("unhandled error editing from message %d", message.id, exc_info=error)
+                text = "Something went wrong on the bot's side. The operators can see what in the log."
+            await message.reply(text, mention_author=False)
+
+    async def _edit_from_reply(self, message: discord.Message) -> None:
+        assert message.reference is not None and message.reference.message_id is not None
+        target = message.reference.resolved
+        if not isinstance(target, discord.Message):
+            target = await message.channel.fetch_message(message.reference.message_id)
+        prompt = _MENTION.sub("", message.content).strip()
+        if not prompt:
+            raise UserFacingError(
+                "Tell me how to change the image: reply to it, mention me, and describe the change. "
+                "(If you did, the bot may lack the Message Content intent.)"
+            )
+        model = self.catalog.default_edit_model
+        spec = self.catalog.check_edit(prompt=prompt, model=model, size=None)
+        source = await self.source_from_message(target)
+        new = NewJob(
+            guild_id=message.guild.id if message.guild else 0,
+            channel_id=message.channel.id,
+            user_id=message.author.id,
+            kind=JobKind.EDIT,
+            prompt=prompt,
+            model=model,
+            size=source.image.aspect_ratio(spec.ratios),
+            count=1,
+            provider=self.bot.settings.flux_provider,
+            source_image_url=source.ref,
+        )
+        outcome = await self.bot.runner.submit(new, self.limits_for(new))
+        if isinstance(outcome, QuotaRefusal):
+            raise UserFacingError(describe_refusal(outcome))
+        await message.reply(f"🎨 On it — job #{outcome.id}.", mention_author=False)
+
+    # -- shared steps ---------------------------------------------------------------------------------
+
+    async def start_job(
+        self,
+        interaction: discord.Interaction[FluxBot],
+        *,
+        kind: JobKind,
+        prompt: str,
+        model: str,
+        size: str,
+        count: int,
+        source_image_url: str | None = None,
+        parent_job_id: int | None = None,
+    ) -> Job:
+        """Record the job for the member behind ``interaction`` (already deferred) and queue it."""
+        assert interaction.channel_id is not None
+        new = NewJob(
+            guild_id=interaction.guild_id or 0,
+            channel_id=interaction.channel_id,
+            user_id=interaction.user.id,
+            kind=kind,
+            prompt=prompt,
+            model=model,
+            size=size,
+            count=count,
+            provider=self.bot.settings.flux_provider,
+            source_image_url=source_image_url,
+            parent_job_id=parent_job_id,
+            interaction_application_id=interaction.application_id,
+            interaction_token=interaction.token,
+            interaction_created_at=interaction.created_at.timestamp(),
+        )
+        outcome = await self.bot.runner.submit(new, self.limits_for(new))
+        if isinstance(outcome, QuotaRefusal):
+            raise UserFacingError(describe_refusal(outcome))
+        return outcome
+
+    def limits_for(self, new: NewJob) -> QuotaLimits:
+        """The quota that applies to ``new`` (no limits until server limits are configurable)."""
+        return QuotaLimits()
+
+    async def source_from_attachment(self, attachment: discord.Attachment) -> Source:
+        """Check an uploaded image before anything is sent to the provider."""
+        limit = self.bot.settings.edit_max_bytes
+        if attachment.content_type and not attachment.content_type.startswith("image/"):
+            raise UserFacingError(f"{attachment.filename} is not an image (PNG, JPEG, WebP or GIF).")
+        if attachment.size > limit:
+            raise UserFacingError(
+                f"{attachment.filename} is {attachment.size / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB."
+            )
+        data = await attachment.read()
+        image = await asyncio.to_thread(inspect_source, data, max_bytes=limit)
+        return Source(image, self._provider_ref(attachment.url, image))
+
+    async def source_from_message(self, message: discord.Message) -> Source:
+        """The first image of ``message`` (an attachment, or an embed's image), checked."""
+        found = first_image(message)
+        if found is None:
+            raise UserFacingError("That message has no image to edit.")
+        if isinstance(found, discord.Attachment):
+            return await self.source_from_attachment(found)
+        try:
+            downloaded = await download_image(self.bot.session, found, max_bytes=self.bot.settings.edit_max_bytes)
+        except DownloadError as exc:
+            log.info("could not fetch an embed image %s: %s", public_url(found), exc)
+            raise UserFacingError("The bot could not download that image.") from exc
+        image = await asyncio.to_thread(inspect_source, downloaded.data, max_bytes=self.bot.settings.edit_max_bytes)
+        return Source(image, self._provider_ref(found, image))
+
+    def _provider_ref(self, url: str, image: SourceImage) -> str:
+        """What the provider gets: the image's URL where it must fetch one, else the checked bytes inline."""
+        return image.data_uri() if self.bot.flux.accepts_inline_images else url
+
+
+def first_image(message: discord.Message) -> discord.Attachment | str | None:
+    """The first image of a message: an image attachment, else an embed's image or thumbnail URL."""
+    for attachment in message.attachments:
+        content_type = attachment.content_type or ""
+        if content_type.startswith("image/") or attachment.filename.lower().endswith(_IMAGE_SUFFIXES):
+            return attachment
+    for embed in message.embeds:
+        for url in (embed.image.url, embed.thumbnail.url):
+            if url:
+                return url
+    return None
+
+
+def describe_refusal(refusal: QuotaRefusal) -> str:
+    """Which limit stopped the request, and when it resets (as a Discord relative timestamp)."""
+    when = f" It resets <t:{int(refusal.resets_at)}:R>." if refusal.resets_at else ""
+    names = {
+        "user_daily": f"You have used {int(refusal.current)} of your {int(refusal.limit)} images for today.",
+        "guild_daily": f"This server has used {int(refusal.current)} of its {int(refusal.limit)} images for today.",
+        "max_concurrent": f"You already have {int(refusal.current)} jobs running (the limit is {int(refusal.limit)}).",
+        "cooldown": "You are on cooldown between requests.",
+    }
+    return names[refusal.kind.value] + when
+
+
+class EditPromptModal(discord.ui.Modal, title="Edit image"):
+    """Asks how to change an image (a modal must be the first answer to an interaction)."""
+
+    prompt: discord.ui.TextInput[EditPromptModal] = discord.ui.TextInput(
+        label="How should the image change?",
+        style=discord.TextStyle.paragraph,
+        max_length=MAX_PROMPT_LENGTH,
+        custom_id="prompt",
+    )
+
+    def __init__(self, cog: ImagineCog, *, target: discord.Message, parent: Job | None = None) -> None:
+        super().__init__(timeout=15 * 60)
+        self.cog = cog
+        self.target = target
+        self.parent = parent
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        await self.cog.edit_message_image(interaction, self.target, self.prompt.value, self.parent)
+
+    async def on_error(self, interaction: discord.Interaction[Any], error: Exception, /) -> None:  # type: ignore[override]
+        await reply_with_error(interaction, error)
+
+
+def _imagine_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Any]:
+    catalog = cog.catalog
+    sizes = list(dict.fromkeys(size for spec in catalog.models for size in spec.sizes))
+
+    @app_commands.command(name="imagine", description="Generate images from a text prompt")
+    @app_commands.describe(
+        prompt="What to draw",
+        model=f"Which Flux model (default {catalog.default_model})",
+        size="Aspect ratio (default 1:1); pixel sizes only for models that take them",
+        count=f"How many images, 1 to {MAX_COUNT} (default 1)",
+    )
+    @app_commands.choices(
+        model=[app_commands.Choice(name=name, value=name) for name in catalog.names],
+        size=[app_commands.Choice(name=size, value=size) for size in sizes],
+    )
+    @app_commands.guild_only()
+    async def imagine(
+        interaction: discord.Interaction[FluxBot],
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_LENGTH],
+        model: str | None = None,
+        size: str | None = None,
+        count: app_commands.Range[int, 1, MAX_COUNT] = 1,
+    ) -> None:
+        await cog.imagine(
+            interaction, prompt=prompt, model=model or catalog.default_model, size=size or "1:1", count=count
+        )
+
+    return imagine
+
+
+def _edit_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Any]:
+    catalog = cog.catalog
+
+    @app_commands.command(name="edit", description="Edit an image with a text prompt")
+    @app_commands.describe(
+        image="The image to edit (PNG, JPEG, WebP or GIF)",
+        prompt="How the image should change",
+        model=f"Which Flux model (default {catalog.default_edit_model})",
+    )
+    @app_commands.choices(model=[app_commands.Choice(name=name, value=name) for name in catalog.edit_names])
+    @app_commands.guild_only()
+    async def edit(
+        interaction: discord.Interaction[FluxBot],
+        image: discord.Attachment,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_LENGTH],
+        model: str | None = None,
+    ) -> None:
+        await cog.edit(interaction, image=image, prompt=prompt, model=model or catalog.default_edit_model)
+
+    return edit
+
+
+async def setup(bot: FluxBot) -> None:
+    await bot.add_cog(ImagineCog(bot))

@@ -1,0 +1,206 @@
+"""How jobs look on Discord: the posted result, the member's status line, and the result's buttons.
+
+:class:`DiscordCourier` is the runner's courier: it posts results to the channel as regular messages with
+the bot token (never through the 15-minute interaction token), and edits the member's deferred response to
+show where the job stands while that token lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import discord
+
+from bot import db
+from bot.db import INTERACTION_LIFETIME, Job, JobKind
+from bot.images import DownloadedImage, ImageRejected, fit_images
+from bot.jobs import DeliveryError, JobDone, JobFailed, JobQueued, JobStarted, JobUpdate
+from cogs.feedback import reply_with_error
+from cogs.imagine import ImagineCog
+
+if TYPE_CHECKING:
+    from bot.app import FluxBot
+
+__all__ = ["DiscordCourier", "JobButton", "jump_url", "status_line"]
+
+log = logging.getLogger(__name__)
+
+#: Progress edits stop this long before the interaction token expires.
+TOKEN_MARGIN = 30.0
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+#: The message id Discord's webhook routes accept for an interaction's original response.
+ORIGINAL_RESPONSE = cast(int, "@original")
+EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
+
+
+def jump_url(guild_id: int, channel_id: int, message_id: int) -> str:
+    return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
+
+
+def status_line(job: Job, update: JobUpdate) -> str:
+    """The one line the member sees in their deferred response."""
+    match update:
+        case JobQueued(position):
+            return f"⏳ Queued — #{position} in line."
+        case JobStarted(elapsed):
+            return f"🎨 Generating… ({elapsed:.0f} s)"
+        case JobDone(message_id):
+            return f"✅ Done: {jump_url(job.guild_id, job.channel_id, message_id)}"
+        case JobFailed(message):
+            return f"❌ {message}"
+
+
+class DiscordCourier:
+    """Posts results and progress for the job runner."""
+
+    def __init__(self, bot: FluxBot) -> None:
+        self._bot = bot
+
+    async def deliver(self, job: Job, images: Sequence[DownloadedImage]) -> int:
+        limit = self._upload_limit(job)
+        try:
+            fitted = await asyncio.to_thread(fit_images, images, limit, stem=f"flux-{job.id}")
+        except ImageRejected as exc:
+            raise DeliveryError(str(exc), retryable=False) from exc
+        files = [discord.File(io.BytesIO(image.data), filename=image.filename) for image in fitted]
+        channel = self._bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id or None)
+        verb = "edited" if job.kind is JobKind.EDIT else "imagined"
+        try:
+            message = await channel.send(
+                f"<@{job.user_id}> {verb}:",
+                embed=result_embed(job),
+                files=files,
+                view=result_view(job.id),
+                allowed_mentions=discord.AllowedMentions(
+                    users=[discord.Object(job.user_id)], roles=False, everyone=False
+                ),
+                # Discord answers a repeated nonce with the first message: a post that happened just
+                # before a crash is not made twice when the job is delivered again after the restart.
+                nonce=f"fluxjob-{job.id}",
+            )
+        except (discord.Forbidden, discord.NotFound) as exc:
+            raise DeliveryError(f"cannot post in channel {job.channel_id}: {exc}", retryable=False) from exc
+        except discord.HTTPException as exc:
+            raise DeliveryError(f"posting failed: {exc}", retryable=exc.status >= 500 or exc.status == 429) from exc
+        except OSError as exc:  # aiohttp connection errors
+            raise DeliveryError(f"posting failed: {exc}", retryable=True) from exc
+        return message.id
+
+    def _upload_limit(self, job: Job) -> int:
+        guild = self._bot.get_guild(job.guild_id) if job.guild_id else None
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+
+    async def notify(self, job: Job, update: JobUpdate) -> None:
+        line = status_line(job, update)
+        if job.interaction_token and job.interaction_application_id and self._token_alive(job):
+            webhook = discord.Webhook.partial(job.interaction_application_id, job.interaction_token, client=self._bot)
+            try:
+                await webhook.edit_message(ORIGINAL_RESPONSE, content=line)
+            except discord.HTTPException as exc:
+                log.info("job %d: could not update the member's response: %s", job.id, exc)
+            else:
+                return
+        if isinstance(update, JobFailed):  # no live interaction to tell: say it in the channel
+            await self._tell_in_channel(job, line)
+
+    async def _tell_in_channel(self, job: Job, line: str) -> None:
+        channel = self._bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id or None)
+        try:
+            await channel.send(
+                f"<@{job.user_id}> {line}",
+                allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+            )
+        except discord.HTTPException as exc:
+            log.info("job %d: could not tell the member in the channel: %s", job.id, exc)
+
+    @staticmethod
+    def _token_alive(job: Job) -> bool:
+        created = job.interaction_created_at or job.created_at
+        return time.time() < created + INTERACTION_LIFETIME - TOKEN_MARGIN
+
+
+def result_embed(job: Job) -> discord.Embed:
+    embed = discord.Embed(description=_clip(job.prompt, 4000), colour=EMBED_COLOUR)
+    embed.add_field(name="Model", value=job.model)
+    embed.add_field(name="Size", value=job.size)
+    if job.result_seed is not None:
+        embed.add_field(name="Seed", value=str(job.result_seed))
+    embed.add_field(name="Time", value=f"{max(0.0, time.time() - job.created_at):.0f} s")
+    embed.set_footer(text=f"Job #{job.id}")
+    return embed
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def result_view(job_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for action in ("reroll", "edit", "delete"):
+        view.add_item(JobButton(action, job_id))
+    return view
+
+
+_BUTTONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
+    "reroll": ("Re-roll", "🎲", discord.ButtonStyle.secondary),
+    "edit": ("Edit", "✏️", discord.ButtonStyle.secondary),
+    "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
+}
+
+
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"flux:(?P<action>reroll|edit|delete):(?P<job>\d+)"
+):
+    """A result's button. Its custom_id carries the action and the job id, so it keeps working after a
+    restart: the job's parameters come from the database."""
+
+    def __init__(self, action: str, job_id: int) -> None:
+        label, emoji, style = _BUTTONS[action]
+        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"flux:{action}:{job_id}"))
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> JobButton:
+        return cls(match["action"], int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        try:
+            cog = interaction.client.get_cog(ImagineCog.__cog_name__)
+            assert isinstance(cog, ImagineCog)
+            job = await db.get_job(interaction.client.store, self.job_id)
+            if job is None:
+                await interaction.response.send_message("That image is no longer known to the bot.", ephemeral=True)
+            elif self.action == "reroll":
+                await cog.reroll(interaction, job)
+            elif self.action == "edit":
+                await cog.ask_edit_prompt(interaction, job)
+            else:
+                await delete_result(interaction, job)
+        except Exception as error:
+            await reply_with_error(interaction, error)
+
+
+async def delete_result(interaction: discord.Interaction[Any], job: Job) -> None:
+    """Delete a posted result: for its requester, or members who may manage messages."""
+    member = interaction.user
+    allowed = member.id == job.user_id or (
+        isinstance(member, discord.Member) and interaction.permissions.manage_messages
+    )
+    if not allowed:
+        await interaction.response.send_message(
+            "Only the member who asked for this image, or a moderator, can delete it.", ephemeral=True
+        )
+        return
+    await interaction.response.defer(ephemeral=True, thinking=False)
+    if interaction.message is not None:
+        await interaction.message.delete()
+    log.info("job %d: result deleted by %d", job.id, member.id)

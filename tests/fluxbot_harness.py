@@ -1,0 +1,62 @@
+"""Running the real fluxbot — built by the same ``open_bot`` that ``fluxbot`` uses — against both emulators."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bot.app import FluxBot, open_bot
+from bot.settings import Settings, load_settings
+from tests.conftest import KEY
+from tests.fakediscord import DiscordEmulator, run_bot
+from tests.fakediscord.fixtures import World
+from tests.fluxemu import FluxEmulator
+
+#: discord.py waits this long after the last GUILD_CREATE before it is ready (2 s by default).
+TEST_GUILD_READY_TIMEOUT = 0.1
+
+
+def fluxbot_environment(
+    discord: DiscordEmulator, flux: FluxEmulator, database: Path, **overrides: str
+) -> dict[str, str]:
+    """The environment variables that point a fluxbot at the two emulators."""
+    return {
+        **discord.env(),
+        "FLUX_API_KEY": KEY,
+        "FLUX_API_BASE": flux.base_url,
+        "DATABASE_URL": f"sqlite:///{database}",
+        "FLUX_POLL_INTERVAL": "0.05",
+        **overrides,
+    }
+
+
+@dataclass
+class FluxbotHarness:
+    """Starts (and restarts) the real bot for one test; ``world`` is the Discord side, ``flux`` the vendor."""
+
+    world: World
+    flux: FluxEmulator
+    database: Path
+
+    @property
+    def discord(self) -> DiscordEmulator:
+        return self.world.emu
+
+    def settings(self, **overrides: str) -> Settings:
+        return load_settings(**fluxbot_environment(self.discord, self.flux, self.database, **overrides))
+
+    def running(self, **overrides: str) -> AbstractAsyncContextManager[FluxBot]:
+        """``async with harness.running() as bot:`` — the bot online, its commands synced."""
+        settings = self.settings(**overrides)
+        return run_bot(self.discord, lambda: open_bot(settings, guild_ready_timeout=TEST_GUILD_READY_TIMEOUT))
+
+
+@pytest.fixture
+def fluxbot(
+    discord_world: World, flux_emulator: FluxEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> FluxbotHarness:
+    monkeypatch.chdir(tmp_path)  # no stray .env file is read
+    return FluxbotHarness(discord_world, flux_emulator, tmp_path / "data" / "fluxbot.db")
