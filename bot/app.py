@@ -86,6 +86,10 @@ class FluxBot(commands.Bot):
         await self.sync_commands_if_changed()
         await self.runner.start()
 
+    async def on_message(self, message: discord.Message, /) -> None:
+        """The bot has no text commands ("@bot make it blue" is an edit request, handled by the imagine cog),
+        so messages are not parsed as commands."""
+
     async def close(self) -> None:
         await self.runner.stop()
         await super().close()
@@ -118,5 +122,6 @@ async def open_bot(settings: Settings, *, guild_ready_timeout: float = 2.0) -> A
         try:
             yield bot
         finally:
-            if not bot.is_closed():
-                await bot.close()
+            # Also when a close is under way (begun by a signal): discord.py's close() then waits for it,
+            # so nothing uses the session or the store after they are closed.
+            await bot.close()

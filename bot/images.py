@@ -41,6 +41,7 @@ __all__ = [
     "fit_images",
     "inspect_source",
     "public_url",
+    "size_text",
     "sniff_format",
 ]
 
@@ -181,7 +182,7 @@ def _decode(data: bytes, fmt: str) -> Image.Image:
     return image
 
 
-def _size_text(size: int, *, round_up: bool = False) -> str:
+def size_text(size: int, *, round_up: bool = False) -> str:
     """A byte count for people: ``12.3 MiB``, ``512 KiB``. Rounded up for a size over a limit, so
     10 MiB + 1 byte never reads "10 MiB"."""
     for unit, scale in (("MiB", 1024 * 1024), ("KiB", 1024)):
@@ -251,9 +252,7 @@ def inspect_source(
     claims to be huge (a decompression bomb) costs nothing. Then the first frame is decoded completely.
     """
     if len(data) > max_bytes:
-        raise ImageRejected(
-            f"The image is {_size_text(len(data), round_up=True)}; the limit is {_size_text(max_bytes)}."
-        )
+        raise ImageRejected(f"The image is {size_text(len(data), round_up=True)}; the limit is {size_text(max_bytes)}.")
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageRejected(_not_an_image(data))
@@ -400,7 +399,7 @@ def _too_large(shown: str, size: str, max_bytes: int) -> DownloadError:
     return DownloadError(
         f"GET {shown} sent {size}; the limit is {max_bytes}",
         retryable=False,
-        user_message=f"The finished image is larger than {_size_text(max_bytes)}, so the bot cannot use it.",
+        user_message=f"The finished image is larger than {size_text(max_bytes)}, so the bot cannot use it.",
     )
 
 
@@ -565,7 +564,7 @@ def fit_images(images: Sequence[DownloadedImage], limit_bytes: int, *, stem: str
     if floor > budget:
         noun = "The image" if len(images) == 1 else "These images"
         raise ImageRejected(
-            f"{noun} cannot be made small enough for this server's upload limit of {_size_text(limit_bytes)}."
+            f"{noun} cannot be made small enough for this server's upload limit of {size_text(limit_bytes)}."
         )
     while total > budget:
         candidates = [index for index, shrinker in enumerate(shrinkers) if not shrinker.exhausted]

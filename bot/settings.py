@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", alias="LOG_LEVEL")
     message_content_intent: bool = Field(True, alias="MESSAGE_CONTENT_INTENT")
     edit_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, alias="EDIT_MAX_BYTES")
+    # Limits every server starts with (admins change them with /limits); 0 means no limit.
+    default_user_daily: int = Field(25, ge=0, alias="DEFAULT_USER_DAILY")
+    default_guild_daily: int = Field(250, ge=0, alias="DEFAULT_GUILD_DAILY")
+    default_max_count: int = Field(4, ge=1, le=4, alias="DEFAULT_MAX_COUNT")
+    default_max_concurrent: int = Field(3, ge=0, alias="DEFAULT_MAX_CONCURRENT")
+    default_cooldown: float = Field(0.0, ge=0, alias="DEFAULT_COOLDOWN")
+    allow_dms: bool = Field(False, alias="ALLOW_DMS")
+    dm_user_daily: int = Field(10, ge=0, alias="DM_USER_DAILY")
 
     @model_validator(mode="after")
     def _resolve_api_base(self) -> Self:

@@ -17,10 +17,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.db import Job, JobKind, NewJob, QuotaLimits, QuotaRefusal
+from bot.db import Job, JobKind, NewJob, QuotaRefusal
 from bot.flux import MAX_COUNT, MAX_PROMPT_LENGTH, ModelCatalog
-from bot.images import DownloadError, SourceImage, download_image, inspect_source, public_url
+from bot.images import DownloadError, SourceImage, download_image, inspect_source, public_url, size_text
+from bot.limits import Refusal, admit
 from cogs.feedback import UserFacingError, reply_with_error, user_message_for
+from cogs.limits import describe_quota_refusal, describe_refusal
 
 if TYPE_CHECKING:
     from bot.app import FluxBot
@@ -119,6 +121,8 @@ class ImagineCog(commands.Cog, name="Imagine"):
     async def reroll(self, interaction: discord.Interaction[FluxBot], job: Job) -> None:
         """The result's Re-roll button: the same request again, for (and charged to) whoever clicked."""
         await interaction.response.defer(ephemeral=True, thinking=True)
+        if job.source_image_url is not None:
+            await self._check_source_still_there(job.source_image_url)
         await self.start_job(
             interaction,
             kind=job.kind,
@@ -129,6 +133,18 @@ class ImagineCog(commands.Cog, name="Imagine"):
             source_image_url=job.source_image_url,
             parent_job_id=job.id,
         )
+
+    async def _check_source_still_there(self, ref: str) -> None:
+        """A re-rolled edit reuses its source's URL, and Discord's links to attachments expire after a day:
+        refuse clearly instead of sending the provider a dead link."""
+        try:
+            await download_image(self.bot.session, ref, max_bytes=self.bot.settings.edit_max_bytes)
+        except DownloadError as exc:
+            log.info("the source of a re-rolled edit is gone: %s", exc)
+            raise UserFacingError(
+                "The image this edit started from is no longer available (Discord's links to images expire). "
+                "Use Edit on the image again instead."
+            ) from exc
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -158,6 +174,12 @@ class ImagineCog(commands.Cog, name="Imagine"):
                 "Tell me how to change the image: reply to it, mention me, and describe the change. "
                 "(If you did, the bot may lack the Message Content intent.)"
             )
+        mine = self.bot.user is not None and target.author.id == self.bot.user.id
+        if first_image(target) is None and not mine and not self.bot.intents.message_content:
+            raise UserFacingError(
+                "That message has no image I can see: without the Message Content intent the bot does not see "
+                "other members' images. Use the message's Apps menu > Edit image instead."
+            )
         model = self.catalog.default_edit_model
         spec = self.catalog.check_edit(prompt=prompt, model=model, size=None)
         source = await self.source_from_message(target)
@@ -173,10 +195,8 @@ class ImagineCog(commands.Cog, name="Imagine"):
             provider=self.bot.settings.flux_provider,
             source_image_url=source.ref,
         )
-        outcome = await self.bot.runner.submit(new, self.limits_for(new))
-        if isinstance(outcome, QuotaRefusal):
-            raise UserFacingError(describe_refusal(outcome))
-        await message.reply(f"🎨 On it — job #{outcome.id}.", mention_author=False)
+        job = await self.submit(new)
+        await message.reply(f"🎨 On it — job #{job.id}.", mention_author=False)
 
     # -- shared steps ---------------------------------------------------------------------------------
 
@@ -210,14 +230,30 @@ class ImagineCog(commands.Cog, name="Imagine"):
             interaction_token=interaction.token,
             interaction_created_at=interaction.created_at.timestamp(),
         )
-        outcome = await self.bot.runner.submit(new, self.limits_for(new))
-        if isinstance(outcome, QuotaRefusal):
-            raise UserFacingError(describe_refusal(outcome))
-        return outcome
+        return await self.submit(new)
 
-    def limits_for(self, new: NewJob) -> QuotaLimits:
-        """The quota that applies to ``new`` (no limits until server limits are configurable)."""
-        return QuotaLimits()
+    async def submit(self, new: NewJob) -> Job:
+        """Check ``new`` against the server's rules, then record it under the server's quota and queue it.
+
+        Every rule is checked before any provider call; the quota is checked and reserved with the job.
+        """
+        try:
+            limits = await admit(
+                self.bot.store,
+                self.bot.settings,
+                guild_id=new.guild_id,
+                channel_id=new.channel_id,
+                model=new.model,
+                count=new.count,
+                prompt=new.prompt,
+            )
+        except Refusal as refusal:
+            raise UserFacingError(describe_refusal(refusal)) from None
+        outcome = await self.bot.runner.submit(new, limits.quota)
+        if isinstance(outcome, QuotaRefusal):
+            log.info("user %d refused by the %s limit in guild %d", new.user_id, outcome.kind, new.guild_id)
+            raise UserFacingError(describe_quota_refusal(outcome))
+        return outcome
 
     async def source_from_attachment(self, attachment: discord.Attachment) -> Source:
         """Check an uploaded image before anything is sent to the provider."""
@@ -225,9 +261,8 @@ class ImagineCog(commands.Cog, name="Imagine"):
         if attachment.content_type and not attachment.content_type.startswith("image/"):
             raise UserFacingError(f"{attachment.filename} is not an image (PNG, JPEG, WebP or GIF).")
         if attachment.size > limit:
-            raise UserFacingError(
-                f"{attachment.filename} is {attachment.size / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB."
-            )
+            size = size_text(attachment.size, round_up=True)
+            raise UserFacingError(f"{attachment.filename} is {size}; the limit is {size_text(limit)}.")
         data = await attachment.read()
         image = await asyncio.to_thread(inspect_source, data, max_bytes=limit)
         return Source(image, self._provider_ref(attachment.url, image))
@@ -263,18 +298,6 @@ def first_image(message: discord.Message) -> discord.Attachment | str | None:
             if url:
                 return url
     return None
-
-
-def describe_refusal(refusal: QuotaRefusal) -> str:
-    """Which limit stopped the request, and when it resets (as a Discord relative timestamp)."""
-    when = f" It resets <t:{int(refusal.resets_at)}:R>." if refusal.resets_at else ""
-    names = {
-        "user_daily": f"You have used {int(refusal.current)} of your {int(refusal.limit)} images for today.",
-        "guild_daily": f"This server has used {int(refusal.current)} of its {int(refusal.limit)} images for today.",
-        "max_concurrent": f"You already have {int(refusal.current)} jobs running (the limit is {int(refusal.limit)}).",
-        "cooldown": "You are on cooldown between requests.",
-    }
-    return names[refusal.kind.value] + when
 
 
 class EditPromptModal(discord.ui.Modal, title="Edit image"):

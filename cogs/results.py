@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import discord
 
@@ -154,6 +154,19 @@ _BUTTONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
 }
 
 
+@runtime_checkable
+class ResultActions(Protocol):
+    """What the buttons ask of the Imagine cog.
+
+    Checked by shape, not by class: ``load_extension`` executes ``cogs.imagine`` afresh, so the loaded cog
+    is an instance of another ``ImagineCog`` class object than the one imported here.
+    """
+
+    async def reroll(self, interaction: discord.Interaction[Any], job: Job, /) -> None: ...
+
+    async def ask_edit_prompt(self, interaction: discord.Interaction[Any], job: Job, /) -> None: ...
+
+
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"flux:(?P<action>reroll|edit|delete):(?P<job>\d+)"
 ):
@@ -175,7 +188,8 @@ class JobButton(
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         try:
             cog = interaction.client.get_cog(ImagineCog.__cog_name__)
-            assert isinstance(cog, ImagineCog)
+            if not isinstance(cog, ResultActions):
+                raise RuntimeError(f"the {ImagineCog.__cog_name__} cog is not loaded")
             job = await db.get_job(interaction.client.store, self.job_id)
             if job is None:
                 await interaction.response.send_message("That image is no longer known to the bot.", ephemeral=True)

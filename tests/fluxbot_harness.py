@@ -29,6 +29,10 @@ def fluxbot_environment(
         "FLUX_API_BASE": flux.base_url,
         "DATABASE_URL": f"sqlite:///{database}",
         "FLUX_POLL_INTERVAL": "0.05",
+        # No quota unless a test sets one: tests of other features fire many requests as one member.
+        "DEFAULT_USER_DAILY": "0",
+        "DEFAULT_GUILD_DAILY": "0",
+        "DEFAULT_MAX_CONCURRENT": "0",
         **overrides,
     }
 

@@ -461,3 +461,6 @@ async def test_the_cdn_serves_any_file_name_but_only_at_signed_unexpired_urls(
                 assert resp.status == 200 and await resp.read() == name.encode()
         async with session.get(stored.url().split("?")[0]) as resp:
             assert resp.status == 404
+    # every fetch is logged, so a test can tell whether (and how) someone downloaded a file
+    assert [fetch.ok for fetch in emu.cdn_log] == [True] * 5 + [False]
+    assert emu.cdn_log[-1].file_id == stored.id and emu.cdn_log[0].path.endswith("/my cat.png")

@@ -583,7 +583,7 @@ async def test_updating_settings_changes_only_given_fields_and_audits_them(store
 async def test_invalid_settings_are_refused_before_anything_is_written(store: Store) -> None:
     invalid: list[dict[str, object]] = [
         {"user_daily": -1},
-        {"max_concurrent": 0},
+        {"max_concurrent": -1},
         {"user_daily": True},
         {"cooldown_seconds": -5},
         {"allowed_models": "flux-dev"},

@@ -45,7 +45,7 @@ SETTING_FIELDS: tuple[str, ...] = (
 #: The ``field`` of audit rows for blocklist changes.
 BLOCKLIST_FIELD = "blocklist"
 
-_MINIMUM = {"user_daily": 0, "guild_daily": 0, "max_count": 1, "max_concurrent": 1}
+_MINIMUM = {"user_daily": 0, "guild_daily": 0, "max_count": 1, "max_concurrent": 0}
 
 _Value = int | float | tuple[str, ...] | tuple[int, ...] | None
 

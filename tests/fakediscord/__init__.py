@@ -13,12 +13,25 @@ from .emulator import (
     NotAcknowledged,
     WaitTimeout,
 )
-from .model import Attachment, Channel, Command, Guild, Interaction, Member, Message, RestCall, StoredFile, User
+from .model import (
+    Attachment,
+    CdnFetch,
+    Channel,
+    Command,
+    Guild,
+    Interaction,
+    Member,
+    Message,
+    RestCall,
+    StoredFile,
+    User,
+)
 from .runner import ErrorGuard, expected_commands, run_bot
 
 __all__ = [
     "Attachment",
     "BotNotConnected",
+    "CdnFetch",
     "Channel",
     "Code",
     "Command",

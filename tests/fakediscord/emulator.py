@@ -32,6 +32,7 @@ from .constants import (
 from .gateway import GatewayMixin, Session
 from .model import (
     Attachment,
+    CdnFetch,
     Channel,
     Clock,
     Command,
@@ -46,7 +47,7 @@ from .model import (
     User,
     sign,
 )
-from .rest import RateLimitRule, RestMixin
+from .rest import HeldResponses, RateLimitRule, RestMixin
 
 __all__ = [
     "BotNotConnected",
@@ -113,9 +114,12 @@ class DiscordEmulator(GatewayMixin, RestMixin):
 
         #: Every REST call the bot made, in arrival order.
         self.rest_log: list[RestCall] = []
+        #: Every GET of an attachment URL (by the bot or anyone else), in arrival order.
+        self.cdn_log: list[CdnFetch] = []
         #: Requests to routes this emulator does not implement ("METHOD /path"): a test should fail on these.
         self.unimplemented: list[str] = []
         self.rate_limits: list[RateLimitRule] = []
+        self.held_responses: list[HeldResponses] = []
         self._nonces: dict[tuple[int, int, str], tuple[Message, float]] = {}
 
         #: When True, an IDENTIFY asking for a privileged intent (members, presences, message content) is
@@ -148,6 +152,8 @@ class DiscordEmulator(GatewayMixin, RestMixin):
         return self
 
     async def close(self) -> None:
+        for held in self.held_responses:
+            held.release()
         await self._close_gateway()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -246,6 +252,14 @@ class DiscordEmulator(GatewayMixin, RestMixin):
         rule = RateLimitRule(method.upper(), route, limit, per_seconds, remaining)
         self.rate_limits.append(rule)
         return rule
+
+    def hold_responses(self, method: str, route: str) -> HeldResponses:
+        """Let matching requests (``route``: a template or an fnmatch pattern of paths, as for
+        :meth:`rate_limit`) take effect but hold their answers until ``release()`` — as when the bot
+        dies after Discord stored its message and before the answer arrived."""
+        held = HeldResponses(method.upper(), route)
+        self.held_responses.append(held)
+        return held
 
     # -- queries ----------------------------------------------------------------------------------
     def find_message(self, message_id: int) -> Message | None:

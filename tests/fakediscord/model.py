@@ -38,6 +38,7 @@ else:  # the actor methods live in their own module; Member inherits them
 
 __all__ = [
     "Attachment",
+    "CdnFetch",
     "Channel",
     "Clock",
     "Command",
@@ -768,6 +769,20 @@ class RestCall:
     def __repr__(self) -> str:
         code = f" code={self.code}" if self.code is not None else ""
         return f"<RestCall {self.method} {self.path} -> {self.status}{code}>"
+
+
+@dataclass(frozen=True)
+class CdnFetch:
+    """One GET of a CDN (attachment) URL, by anyone: the bot, or a Flux service fetching an edit's source."""
+
+    path: str  # without the query
+    file_id: int | None  # the stored file it named, if any
+    status: int  # 200, or 404 for unknown, unsigned or expired URLs
+    at: float  # emulator clock
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
 
 
 class Interaction:

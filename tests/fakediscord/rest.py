@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatch
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -25,7 +26,7 @@ from .constants import (
     MessageType,
     Perm,
 )
-from .model import Command, Interaction, Message, RestCall, StoredFile
+from .model import CdnFetch, Command, Interaction, Message, RestCall, StoredFile
 from .validation import (
     ApiError,
     UploadedFile,
@@ -38,7 +39,7 @@ from .validation import (
 if TYPE_CHECKING:
     from .model import Channel, Guild
 
-__all__ = ["RateLimitRule", "RestMixin"]
+__all__ = ["HeldResponses", "RateLimitRule", "RestMixin"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,35 @@ class RateLimitRule:
             return False, 0, window[0]
         window[1] += 1
         return True, int(self.limit - window[1]), window[0]
+
+
+@dataclass
+class HeldResponses:
+    """Requests matching ``method`` and ``route`` take effect, but their answers wait for :meth:`release`.
+
+    Models a bot that dies after Discord acted on a request (stored the message) and before the answer
+    reached it. ``calls`` lists the held requests, already in ``rest_log`` with the status they will get.
+    """
+
+    method: str
+    route: str
+    calls: list[RestCall] = field(default_factory=list)
+    _released: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def matches(self, method: str, route: str, path: str) -> bool:
+        return self.method in ("*", method) and (self.route == route or fnmatch(path, self.route))
+
+    def release(self) -> None:
+        """Send the held answers (to whoever is still connected) and stop holding new ones."""
+        self._released.set()
+
+    @property
+    def released(self) -> bool:
+        return self._released.is_set()
+
+    async def hold(self, call: RestCall) -> None:
+        self.calls.append(call)
+        await self._released.wait()
 
 
 @dataclass
@@ -196,6 +226,10 @@ class RestMixin:
             self.rest_log.append(call)
             log.debug("%s %s -> %s", method, call.path, status)
             self._bump()
+            for held in self.held_responses:
+                if not held.released and held.matches(method, template, call.path):
+                    await held.hold(call)
+                    self._bump()
             return _json(status, body, headers)
         call.route, call.status, call.code = "?", 404, 0
         self.rest_log.append(call)
@@ -260,21 +294,27 @@ class RestMixin:
         """GET of an attachment URL: the bytes, if the URL is signed and not expired."""
         file_id = request.match_info["file_id"]
         stored = self.files.get(int(file_id)) if file_id.isdigit() else None
+        fetch = CdnFetch(unquote(request.rel_url.raw_path), stored.id if stored else None, 404, at=self.clock.time())
         not_found = web.Response(status=404, text="This content is no longer available.")
-        if stored is None:
+        if stored is None or not self._cdn_url_valid(request, stored):
+            self.cdn_log.append(fetch)
+            self._bump()
             return not_found
+        self.cdn_log.append(replace(fetch, status=200))
+        self._bump()
+        content_type = stored.content_type or "application/octet-stream"
+        return web.Response(body=stored.data, headers={"Content-Type": content_type})
+
+    def _cdn_url_valid(self, request: web.Request, stored: StoredFile) -> bool:
         try:
             expires = int(request.query.get("ex", ""), 16)
         except ValueError:
-            return not_found
-        if (
-            request.query.get("hm") != self.sign_cdn(stored.path, expires)
-            or unquote(request.rel_url.raw_path) != unquote(stored.path)
-            or self.clock.time() > expires
-        ):
-            return not_found
-        content_type = stored.content_type or "application/octet-stream"
-        return web.Response(body=stored.data, headers={"Content-Type": content_type})
+            return False
+        return (
+            request.query.get("hm") == self.sign_cdn(stored.path, expires)
+            and unquote(request.rel_url.raw_path) == unquote(stored.path)
+            and self.clock.time() <= expires
+        )
 
     # -- shared lookups ---------------------------------------------------------------------------
     def _channel(self, req: Request) -> Channel:

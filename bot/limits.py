@@ -1,0 +1,146 @@
+"""The rules a request must pass before a job is recorded: where the bot may be used, which models,
+how many images at once, which words, and the quota.
+
+Each server starts with the defaults from the settings (``DEFAULT_*``) and overrides them with
+``/limits``. Throughout, ``0`` means "no limit" for daily quotas and concurrency, and a cooldown of ``0``
+means none. The quota itself (daily images, concurrency, cooldown) is checked and reserved atomically by
+:func:`bot.db.create_job`; this module decides what that quota is and checks everything else first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from bot import db
+from bot.db import GuildSettings, QuotaLimits, Store
+from bot.settings import Settings
+
+__all__ = ["DM_GUILD_ID", "Limits", "Refusal", "RefusalKind", "admit", "contains_blocked_term", "limits_for"]
+
+#: The "server" of direct messages in the store.
+DM_GUILD_ID = 0
+
+
+class RefusalKind(StrEnum):
+    DMS_OFF = "dms_off"
+    CHANNEL = "channel"
+    MODEL = "model"
+    COUNT = "count"
+    BLOCKED_TERM = "blocked_term"
+
+
+class Refusal(Exception):
+    """A request refused by a server's rules, with what is allowed (never the blocked term itself)."""
+
+    def __init__(self, kind: RefusalKind, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(kind.value, *allowed)
+        self.kind = kind
+        self.allowed = allowed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """The rules in force in one server (or in direct messages), defaults and overrides merged."""
+
+    guild_id: int
+    user_daily: int | None
+    guild_daily: int | None
+    max_count: int
+    max_concurrent: int | None
+    cooldown: float
+    allowed_models: tuple[str, ...] | None
+    allowed_channels: tuple[int, ...] | None
+    blocked_terms: tuple[str, ...]
+    overridden: frozenset[str]
+    """The settings this server changed from the defaults."""
+
+    @property
+    def quota(self) -> QuotaLimits:
+        return QuotaLimits(
+            user_daily=self.user_daily,
+            guild_daily=self.guild_daily,
+            max_concurrent=self.max_concurrent,
+            cooldown=self.cooldown,
+        )
+
+
+def _no_limit_if_zero(value: int) -> int | None:
+    return None if value == 0 else value
+
+
+async def limits_for(store: Store, settings: Settings, guild_id: int) -> Limits:
+    """The rules in force in ``guild_id`` (:data:`DM_GUILD_ID` for direct messages)."""
+    if guild_id == DM_GUILD_ID:
+        return Limits(
+            guild_id=guild_id,
+            user_daily=_no_limit_if_zero(settings.dm_user_daily),
+            guild_daily=None,
+            max_count=settings.default_max_count,
+            max_concurrent=_no_limit_if_zero(settings.default_max_concurrent),
+            cooldown=settings.default_cooldown,
+            allowed_models=None,
+            allowed_channels=None,
+            blocked_terms=(),
+            overridden=frozenset(),
+        )
+    server = await db.get_guild_settings(store, guild_id)
+    return Limits(
+        guild_id=guild_id,
+        user_daily=_no_limit_if_zero(_pick(server.user_daily, settings.default_user_daily)),
+        guild_daily=_no_limit_if_zero(_pick(server.guild_daily, settings.default_guild_daily)),
+        max_count=_pick(server.max_count, settings.default_max_count),
+        max_concurrent=_no_limit_if_zero(_pick(server.max_concurrent, settings.default_max_concurrent)),
+        cooldown=server.cooldown_seconds if server.cooldown_seconds is not None else settings.default_cooldown,
+        allowed_models=server.allowed_models,
+        allowed_channels=server.allowed_channels,
+        blocked_terms=tuple(await db.blocked_terms(store, guild_id)),
+        overridden=_overridden(server),
+    )
+
+
+def _pick(override: int | None, default: int) -> int:
+    return default if override is None else override
+
+
+def _overridden(server: GuildSettings) -> frozenset[str]:
+    return frozenset(name for name in db.SETTING_FIELDS if getattr(server, name) is not None)
+
+
+async def admit(
+    store: Store,
+    settings: Settings,
+    *,
+    guild_id: int,
+    channel_id: int,
+    model: str,
+    count: int,
+    prompt: str,
+) -> Limits:
+    """Check a request against the rules of its server; return them (for the quota) or raise :class:`Refusal`.
+
+    Nothing here reserves anything: the quota is checked and reserved with the job, in one transaction.
+    """
+    if guild_id == DM_GUILD_ID and not settings.allow_dms:
+        raise Refusal(RefusalKind.DMS_OFF)
+    limits = await limits_for(store, settings, guild_id)
+    if limits.allowed_channels is not None and channel_id not in limits.allowed_channels:
+        raise Refusal(RefusalKind.CHANNEL, tuple(str(channel) for channel in limits.allowed_channels))
+    if limits.allowed_models is not None and model not in limits.allowed_models:
+        raise Refusal(RefusalKind.MODEL, limits.allowed_models)
+    if count > limits.max_count:
+        raise Refusal(RefusalKind.COUNT, (str(limits.max_count),))
+    if contains_blocked_term(prompt, limits.blocked_terms):
+        raise Refusal(RefusalKind.BLOCKED_TERM)
+    return limits
+
+
+def contains_blocked_term(prompt: str, terms: tuple[str, ...]) -> bool:
+    """Whether ``prompt`` contains any term as a whole word or phrase, ignoring case.
+
+    Whole words only, so that blocking "ass" does not refuse "class"; runs of spaces in the prompt count
+    as one space, so a phrase cannot be dodged with extra spaces.
+    """
+    text = " ".join(prompt.casefold().split())
+    return any(re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text) for term in terms)

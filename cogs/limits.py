@@ -1,0 +1,320 @@
+"""What /usage and /limits look like: members see their usage; admins set the server's rules.
+
+``/limits`` is hidden from members without Manage Server (``default_permissions``) **and** checked when it
+runs, because a server's permission overrides can show it to anyone.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import db
+from bot.db import JobStatus, QuotaRefusal
+from bot.db.days import next_utc_midnight
+from bot.limits import DM_GUILD_ID, Limits, Refusal, RefusalKind, limits_for
+from cogs.feedback import UserFacingError
+
+if TYPE_CHECKING:
+    from bot.app import FluxBot
+
+__all__ = ["LimitsCog", "describe_quota_refusal", "describe_refusal", "setup"]
+
+log = logging.getLogger(__name__)
+
+
+def describe_refusal(refusal: Refusal) -> str:
+    """The member's explanation of a rule that refused their request (never naming a blocked term)."""
+    match refusal.kind:
+        case RefusalKind.DMS_OFF:
+            return "The bot does not take requests in direct messages. Use it in a server."
+        case RefusalKind.CHANNEL:
+            return (
+                "The bot is not used in this channel here. Try " + ", ".join(f"<#{c}>" for c in refusal.allowed) + "."
+            )
+        case RefusalKind.MODEL:
+            return "That model is not allowed in this server. Allowed: " + ", ".join(refusal.allowed) + "."
+        case RefusalKind.COUNT:
+            most = refusal.allowed[0]
+            return f"This server allows at most {most} image{'' if most == '1' else 's'} per request."
+        case RefusalKind.BLOCKED_TERM:
+            return "This server does not allow a word or phrase in that prompt. Please rephrase it."
+
+
+def describe_quota_refusal(refusal: QuotaRefusal) -> str:
+    """Which limit stopped the request and when it resets, as a Discord relative timestamp."""
+    when = f" It resets <t:{int(refusal.resets_at)}:R>." if refusal.resets_at else ""
+    limit, current = int(refusal.limit), int(refusal.current)
+    match refusal.kind:
+        case db.LimitKind.USER_DAILY:
+            text = f"Daily limit reached: you have used {current} of your {limit} images today"
+            text += f" and asked for {refusal.requested} more." if refusal.requested > 1 else "."
+        case db.LimitKind.GUILD_DAILY:
+            text = f"This server's daily limit is reached: {current} of {limit} images used today."
+        case db.LimitKind.MAX_CONCURRENT:
+            text = f"You already have {current} jobs in progress; the limit is {limit}. Wait for one to finish."
+        case db.LimitKind.COOLDOWN:
+            text = f"Cooldown: this server allows one request every {limit} s."
+    return text + when
+
+
+def _limit(value: int | None) -> str:
+    return "no limit" if value is None else str(value)
+
+
+class LimitsGroup(app_commands.Group):
+    """``/limits``: the server's rules. Members without Manage Server are refused even if they see it."""
+
+    def __init__(self, cog: LimitsCog) -> None:
+        super().__init__(
+            name="limits",
+            description="See and change how the image bot may be used in this server",
+            default_permissions=discord.Permissions(manage_guild=True),
+            guild_only=True,
+        )
+        self.cog = cog
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        if interaction.guild_id is None or not interaction.permissions.manage_guild:
+            log.warning(
+                "user %d tried /limits without Manage Server in guild %s", interaction.user.id, interaction.guild_id
+            )
+            raise app_commands.MissingPermissions(["manage_guild"])
+        return True
+
+
+class LimitsCog(commands.Cog, name="Limits"):
+    """Usage for members, limits for admins."""
+
+    def __init__(self, bot: FluxBot) -> None:
+        self.bot = bot
+        self.group = _build_limits_group(self)
+        self.usage_command = _build_usage_command(self)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.group)
+        self.bot.tree.add_command(self.usage_command)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.group.name)
+        self.bot.tree.remove_command(self.usage_command.name)
+
+    async def limits(self, guild_id: int) -> Limits:
+        return await limits_for(self.bot.store, self.bot.settings, guild_id)
+
+    # -- /usage ------------------------------------------------------------------------------------
+
+    async def usage(self, interaction: discord.Interaction[FluxBot]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        store = self.bot.store
+        guild_id = interaction.guild_id or DM_GUILD_ID
+        limits = await self.limits(guild_id)
+        mine = await db.user_usage(store, guild_id, interaction.user.id)
+        lines = [f"**Your images today:** {mine.today}" + _of(limits.user_daily, mine.today)]
+        lines.append(f"**This month:** {mine.month}")
+        for job in await db.active_jobs(store, guild_id, interaction.user.id):
+            lines.append(f"• Job #{job.id} ({job.count} x {job.model}): {await self._job_state(job.id, job.status)}")
+        if guild_id != DM_GUILD_ID:
+            server = await db.guild_usage_today(store, guild_id)
+            lines.append(f"**This server today:** {server}" + _of(limits.guild_daily, server))
+        lines.append(
+            f"Up to {limits.max_count} images per request, {_limit(limits.max_concurrent)} jobs at a time"
+            + (f", one request every {limits.cooldown:g} s" if limits.cooldown else "")
+            + f". Daily counts reset <t:{int(next_utc_midnight(self.bot.store.now()))}:R>."
+        )
+        await interaction.followup.send("\n".join(lines), ephemeral=True)
+
+    async def _job_state(self, job_id: int, status: JobStatus) -> str:
+        if status is JobStatus.QUEUED:
+            return f"queued #{await db.queue_position(self.bot.store, job_id)}"
+        return {JobStatus.SUBMITTING: "starting", JobStatus.SUBMITTED: "generating"}.get(status, "being posted")
+
+    # -- /limits -----------------------------------------------------------------------------------
+
+    async def show(self, interaction: discord.Interaction[FluxBot]) -> None:
+        assert interaction.guild_id is not None
+        limits = await self.limits(interaction.guild_id)
+        await interaction.response.send_message(self._describe(limits), ephemeral=True)
+
+    def _describe(self, limits: Limits) -> str:
+        def row(label: str, field: str, value: str) -> str:
+            origin = "set here" if field in limits.overridden else "default"
+            return f"**{label}:** {value} ({origin})"
+
+        models = ", ".join(limits.allowed_models) if limits.allowed_models else "all"
+        channels = ", ".join(f"<#{c}>" for c in limits.allowed_channels) if limits.allowed_channels else "everywhere"
+        return "\n".join(
+            [
+                row("Images per member per day", "user_daily", _limit(limits.user_daily)),
+                row("Images for the server per day", "guild_daily", _limit(limits.guild_daily)),
+                row("Images per request", "max_count", str(limits.max_count)),
+                row("Jobs per member at a time", "max_concurrent", _limit(limits.max_concurrent)),
+                row("Cooldown", "cooldown_seconds", f"{limits.cooldown:g} s" if limits.cooldown else "none"),
+                row("Models", "allowed_models", models),
+                row("Channels", "allowed_channels", channels),
+                f"**Blocked words and phrases:** {len(limits.blocked_terms)} (see `/limits blocklist list`)",
+            ]
+        )
+
+    async def change(self, interaction: discord.Interaction[FluxBot], **changes: Any) -> None:
+        assert interaction.guild_id is not None
+        if not changes:
+            raise UserFacingError("Give at least one setting to change.")
+        try:
+            await db.update_guild_settings(self.bot.store, interaction.guild_id, interaction.user.id, **changes)
+        except ValueError as exc:
+            raise UserFacingError(str(exc)) from exc
+        log.info("guild %d: user %d changed limits %s", interaction.guild_id, interaction.user.id, changes)
+        limits = await self.limits(interaction.guild_id)
+        await interaction.response.send_message("Updated.\n" + self._describe(limits), ephemeral=True)
+
+    async def set_models(self, interaction: discord.Interaction[FluxBot], models: str) -> None:
+        names = models.replace(",", " ").split()
+        if [name.lower() for name in names] == ["all"]:
+            await self.change(interaction, allowed_models=None)
+            return
+        catalog = self.bot.flux.catalog
+        unknown = [name for name in names if name not in catalog.names]
+        if unknown or not names:
+            raise UserFacingError(
+                f"Unknown model{'s' if len(unknown) > 1 else ''}: {', '.join(unknown) or '(none given)'}. "
+                f"Available: {', '.join(catalog.names)}, or `all`."
+            )
+        await self.change(interaction, allowed_models=names)
+
+    async def set_channel(
+        self, interaction: discord.Interaction[FluxBot], channel_id: int | None, *, allow: bool
+    ) -> None:
+        assert interaction.guild_id is not None
+        current = (await self.limits(interaction.guild_id)).allowed_channels
+        if channel_id is None:
+            await self.change(interaction, allowed_channels=None)
+            return
+        channels = list(current or ())
+        if allow and channel_id not in channels:
+            channels.append(channel_id)
+        elif not allow:
+            if channel_id not in channels:
+                raise UserFacingError(f"<#{channel_id}> is not on the list of allowed channels.")
+            channels.remove(channel_id)
+            if not channels:
+                raise UserFacingError("That is the last allowed channel. Use `/limits channels everywhere` instead.")
+        await self.change(interaction, allowed_channels=channels)
+
+    async def blocklist(self, interaction: discord.Interaction[FluxBot], action: str, term: str | None) -> None:
+        assert interaction.guild_id is not None
+        store, guild_id, user_id = self.bot.store, interaction.guild_id, interaction.user.id
+        if action == "list":
+            terms = await db.blocked_terms(store, guild_id)
+            text = "Blocked: " + ", ".join(f"`{t}`" for t in terms) if terms else "No words or phrases are blocked."
+            await interaction.response.send_message(text, ephemeral=True)
+            return
+        if not term or not db.normalize_term(term):
+            raise UserFacingError("Give the word or phrase.")
+        if action == "add":
+            changed = await db.add_blocked_term(store, guild_id, term, changed_by=user_id)
+            text = "Blocked." if changed else "That was already blocked."
+        else:
+            changed = await db.remove_blocked_term(store, guild_id, term, changed_by=user_id)
+            text = "Unblocked." if changed else "That was not blocked."
+        if changed:
+            log.info(
+                "guild %d: user %d %s a blocked term", guild_id, user_id, "added" if action == "add" else "removed"
+            )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    async def reset(self, interaction: discord.Interaction[FluxBot]) -> None:
+        assert interaction.guild_id is not None
+        await db.reset_guild_settings(self.bot.store, interaction.guild_id, interaction.user.id)
+        log.info("guild %d: user %d reset the limits to the defaults", interaction.guild_id, interaction.user.id)
+        limits = await self.limits(interaction.guild_id)
+        await interaction.response.send_message("Back to the defaults.\n" + self._describe(limits), ephemeral=True)
+
+
+def _of(limit: int | None, used: int) -> str:
+    return "" if limit is None else f" of {limit} ({max(0, limit - used)} left)"
+
+
+def _build_usage_command(cog: LimitsCog) -> app_commands.Command[Any, ..., Any]:
+    @app_commands.command(name="usage", description="Your image usage, limits and jobs in progress")
+    async def usage(interaction: discord.Interaction[FluxBot]) -> None:
+        await cog.usage(interaction)
+
+    return usage
+
+
+def _build_limits_group(cog: LimitsCog) -> LimitsGroup:
+    group = LimitsGroup(cog)
+    channels = app_commands.Group(name="channels", description="Where the bot may be used", parent=group)
+    blocklist = app_commands.Group(name="blocklist", description="Words and phrases refused in prompts", parent=group)
+
+    @group.command(name="show", description="This server's current limits")
+    async def show(interaction: discord.Interaction[FluxBot]) -> None:
+        await cog.show(interaction)
+
+    @group.command(name="set", description="Change limits; 0 means no limit (only the options given change)")
+    @app_commands.describe(
+        user_daily="Images per member per day (0: no limit)",
+        guild_daily="Images for the whole server per day (0: no limit)",
+        max_count="Images per request",
+        max_concurrent="Jobs per member at a time (0: no limit)",
+        cooldown="Seconds between a member's requests (0: none)",
+    )
+    async def set_(  # noqa: PLR0917 - one parameter per command option
+        interaction: discord.Interaction[FluxBot],
+        user_daily: app_commands.Range[int, 0, 100_000] | None = None,
+        guild_daily: app_commands.Range[int, 0, 1_000_000] | None = None,
+        max_count: app_commands.Range[int, 1, 4] | None = None,
+        max_concurrent: app_commands.Range[int, 0, 100] | None = None,
+        cooldown: app_commands.Range[int, 0, 86_400] | None = None,
+    ) -> None:
+        given = {
+            "user_daily": user_daily,
+            "guild_daily": guild_daily,
+            "max_count": max_count,
+            "max_concurrent": max_concurrent,
+            "cooldown_seconds": cooldown,
+        }
+        await cog.change(interaction, **{name: value for name, value in given.items() if value is not None})
+
+    @group.command(name="models", description="Allow only these models (space-separated), or `all`")
+    async def models(interaction: discord.Interaction[FluxBot], allowed: str) -> None:
+        await cog.set_models(interaction, allowed)
+
+    @channels.command(name="add", description="Allow the bot in this channel (then only in the listed ones)")
+    async def channels_add(interaction: discord.Interaction[FluxBot], channel: discord.TextChannel) -> None:
+        await cog.set_channel(interaction, channel.id, allow=True)
+
+    @channels.command(name="remove", description="Stop allowing the bot in this channel")
+    async def channels_remove(interaction: discord.Interaction[FluxBot], channel: discord.TextChannel) -> None:
+        await cog.set_channel(interaction, channel.id, allow=False)
+
+    @channels.command(name="everywhere", description="Allow the bot in every channel again")
+    async def channels_everywhere(interaction: discord.Interaction[FluxBot]) -> None:
+        await cog.set_channel(interaction, None, allow=True)
+
+    @blocklist.command(name="add", description="Refuse prompts containing this word or phrase")
+    async def blocklist_add(interaction: discord.Interaction[FluxBot], term: str) -> None:
+        await cog.blocklist(interaction, "add", term)
+
+    @blocklist.command(name="remove", description="Stop refusing this word or phrase")
+    async def blocklist_remove(interaction: discord.Interaction[FluxBot], term: str) -> None:
+        await cog.blocklist(interaction, "remove", term)
+
+    @blocklist.command(name="list", description="The blocked words and phrases")
+    async def blocklist_list(interaction: discord.Interaction[FluxBot]) -> None:
+        await cog.blocklist(interaction, "list", None)
+
+    @group.command(name="reset", description="Back to the bot's default limits (the blocklist stays)")
+    async def reset(interaction: discord.Interaction[FluxBot]) -> None:
+        await cog.reset(interaction)
+
+    return group
+
+
+async def setup(bot: FluxBot) -> None:
+    await bot.add_cog(LimitsCog(bot))

@@ -1,0 +1,145 @@
+"""Server limits and usage end to end: quotas hold under load, admins change them live, members see them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot import db
+from tests.fakediscord import Interaction, Message
+from tests.fluxbot_harness import FluxbotHarness
+
+
+def is_result(message: Message) -> bool:
+    return bool(message.attachments) and not message.ephemeral
+
+
+def answer(inter: Interaction) -> str:
+    """What the member sees in their ephemeral response now (the status line or the refusal)."""
+    return inter.original.content if inter.original is not None and not inter.original.loading else ""
+
+
+def settled(inter: Interaction) -> bool:
+    """Done, failed or refused: anything but a progress line."""
+    text = answer(inter)
+    return bool(text) and not text.startswith(("⏳", "🎨"))
+
+
+async def test_fifty_simultaneous_requests_get_exactly_the_daily_limit(fluxbot: FluxbotHarness) -> None:
+    world = fluxbot.world
+    async with fluxbot.running() as bot:
+        admin = await world.admin.slash(world.channel, "limits set", user_daily=5)
+        await admin.wait_response()
+        requests = await asyncio.gather(
+            *(world.member.slash(world.channel, "imagine", prompt=f"lighthouse {n}") for n in range(50))
+        )
+        await world.emu.wait_until(lambda: all(settled(i) for i in requests), timeout=20)
+        usage = await world.member.slash(world.channel, "usage")
+        usage_text = (await usage.wait_followup()).content
+        results = [m for m in world.channel.messages.values() if is_result(m) and m.author.id == world.emu.bot_user.id]
+        store_usage = await db.user_usage(bot.store, world.guild.id, world.member.id)
+
+    assert all(i.ack_delay is not None and i.ack_delay < 3 for i in requests)
+    assert len(results) == 5
+    assert fluxbot.flux.count("POST", "/flux/images") == 5
+    refused = [answer(i) for i in requests if not answer(i).startswith("✅")]
+    assert len(refused) == 45
+    assert all("Daily limit reached" in text and "<t:" in text for text in refused)
+    assert "5 of 5 (0 left)" in usage_text
+    assert store_usage.today == 5
+
+
+async def test_the_server_total_never_passes_its_daily_limit(fluxbot: FluxbotHarness) -> None:
+    world = fluxbot.world
+    carol = world.guild.add_member("carol")
+    async with fluxbot.running() as bot:
+        await (await world.admin.slash(world.channel, "limits set", guild_daily=6)).wait_response()
+        requests = await asyncio.gather(
+            *(
+                who.slash(world.channel, "imagine", prompt="a boat", count=2)
+                for who in (world.member, world.admin, carol) * 3
+            )
+        )
+        await world.emu.wait_until(lambda: all(settled(i) for i in requests), timeout=20)
+        total = await db.guild_usage_today(bot.store, world.guild.id)
+
+    assert total == 6
+    delivered = sum(len(m.attachments) for m in world.channel.messages.values() if is_result(m))
+    assert delivered == 6
+    assert sum("server's daily limit" in answer(i) for i in requests) == 6
+
+
+async def test_only_managers_change_limits_and_changes_apply_at_once(fluxbot: FluxbotHarness) -> None:
+    world = fluxbot.world
+    async with fluxbot.running():
+        sneaky = await world.member.slash(world.channel, "limits set", force=True, user_daily=1000)
+        await world.emu.wait_until(lambda: answer(sneaky) != "", timeout=5)
+        shown = await world.admin.slash(world.channel, "limits show")
+        await shown.wait_response()
+        before = answer(shown)
+
+        changed = await world.admin.slash(world.channel, "limits set", max_count=1, cooldown=0)
+        await changed.wait_response()
+        over = await world.member.slash(world.channel, "imagine", prompt="two cats", count=2)
+        await world.emu.wait_until(lambda: settled(over), timeout=5)
+
+    assert "permission" in answer(sneaky)
+    assert "Images per member per day:** 0" not in before
+    assert "Images per request:** 1 (set here)" in answer(changed)
+    assert "at most 1 image per request" in answer(over)
+    assert fluxbot.flux.count("POST", "/flux/images") == 0
+
+
+async def test_blocked_words_disallowed_models_and_channels_are_refused_before_the_provider(
+    fluxbot: FluxbotHarness,
+) -> None:
+    world = fluxbot.world
+    other = world.guild.add_text_channel("art")
+    async with fluxbot.running():
+        for command, options in [
+            ("limits blocklist add", {"term": "Gore"}),
+            ("limits models", {"allowed": "flux-dev flux-pro"}),
+            ("limits channels add", {"channel": other}),
+        ]:
+            await (await world.admin.slash(world.channel, command, **options)).wait_response()
+        blocked = await world.member.slash(other, "imagine", prompt="so much gore")
+        model = await world.member.slash(other, "imagine", prompt="a cat", model="flux-2-pro")
+        channel = await world.member.slash(world.channel, "imagine", prompt="a cat")
+        await world.emu.wait_until(lambda: all(answer(i) for i in (blocked, model, channel)), timeout=5)
+
+    assert "rephrase" in answer(blocked) and "gore" not in answer(blocked).lower()
+    assert "Allowed: flux-dev, flux-pro" in answer(model)
+    assert f"<#{other.id}>" in answer(channel)
+    assert fluxbot.flux.count("POST", "/flux/images") == 0
+
+
+async def test_a_job_failed_by_the_provider_costs_nothing(fluxbot: FluxbotHarness) -> None:
+    world = fluxbot.world
+    fluxbot.flux.fail_next_task(code="api_error", message="fetch failed")
+    async with fluxbot.running() as bot:
+        inter = await world.member.slash(world.channel, "imagine", prompt="a cat", count=3)
+        await world.emu.wait_until(lambda: settled(inter), timeout=5)
+        usage = await db.user_usage(bot.store, world.guild.id, world.member.id)
+
+    assert answer(inter).startswith("❌")
+    assert usage.today == 0
+
+
+async def test_cooldown_and_concurrency_are_enforced_and_reported(fluxbot: FluxbotHarness) -> None:
+    world = fluxbot.world
+    fluxbot.flux.task_delay = 3600  # jobs stay in progress
+    async with fluxbot.running():
+        await (await world.admin.slash(world.channel, "limits set", max_concurrent=2)).wait_response()
+        first = [await world.member.slash(world.channel, "imagine", prompt=f"slow {n}") for n in range(3)]
+        await world.emu.wait_until(lambda: bool(answer(first[2])), timeout=5)
+        await (await world.admin.slash(world.channel, "limits set", max_concurrent=0, cooldown=600)).wait_response()
+        carol = world.guild.add_member("carol")
+        one = await carol.slash(world.channel, "imagine", prompt="quick")
+        two = await carol.slash(world.channel, "imagine", prompt="again")
+        await world.emu.wait_until(lambda: bool(answer(two)), timeout=5)
+        usage = await world.member.slash(world.channel, "usage")
+        usage_text = (await usage.wait_followup()).content
+
+    assert "2 jobs in progress; the limit is 2" in answer(first[2])
+    assert "Cooldown" in answer(two) and "<t:" in answer(two)
+    assert not answer(one).startswith("❌") and "Cooldown" not in answer(one)
+    assert usage_text.count("generating") == 2
