@@ -338,7 +338,7 @@ def _imagine_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Any]:
         model=[app_commands.Choice(name=name, value=name) for name in catalog.names],
         size=[app_commands.Choice(name=size, value=size) for size in sizes],
     )
-    @app_commands.guild_only()
+    @app_commands.allowed_contexts(guilds=True, dms=cog.bot.settings.allow_dms, private_channels=False)
     async def imagine(
         interaction: discord.Interaction[FluxBot],
         prompt: app_commands.Range[str, 1, MAX_PROMPT_LENGTH],
@@ -363,7 +363,7 @@ def _edit_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Any]:
         model=f"Which Flux model (default {catalog.default_edit_model})",
     )
     @app_commands.choices(model=[app_commands.Choice(name=name, value=name) for name in catalog.edit_names])
-    @app_commands.guild_only()
+    @app_commands.allowed_contexts(guilds=True, dms=cog.bot.settings.allow_dms, private_channels=False)
     async def edit(
         interaction: discord.Interaction[FluxBot],
         image: discord.Attachment,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from bot import db
-from tests.fakediscord import Interaction, Message
+from tests.fakediscord import CommandNotAvailable, Interaction, Message
 from tests.fluxbot_harness import FluxbotHarness
 
 
@@ -143,3 +145,31 @@ async def test_cooldown_and_concurrency_are_enforced_and_reported(fluxbot: Fluxb
     assert "Cooldown" in answer(two) and "<t:" in answer(two)
     assert not answer(one).startswith("❌") and "Cooldown" not in answer(one)
     assert usage_text.count("generating") == 2
+
+
+async def test_direct_messages_are_off_by_default(fluxbot: FluxbotHarness) -> None:
+    world = fluxbot.world
+    dm = world.emu.dm_channel(world.member)
+    async with fluxbot.running():
+        with pytest.raises(CommandNotAvailable):
+            await world.member.slash(dm, "imagine", prompt="a cat")
+        forced = await world.member.slash(dm, "imagine", force=True, prompt="a cat")
+        await world.emu.wait_until(lambda: settled(forced), timeout=5)
+
+    assert "direct messages" in answer(forced)
+    assert fluxbot.flux.count("POST", "/flux/images") == 0
+
+
+async def test_direct_messages_when_allowed_have_their_own_daily_limit(fluxbot: FluxbotHarness) -> None:
+    world = fluxbot.world
+    dm = world.emu.dm_channel(world.member)
+    async with fluxbot.running(ALLOW_DMS="true", DM_USER_DAILY="1"):
+        first = await world.member.slash(dm, "imagine", prompt="a cat")
+        await world.emu.wait_until(lambda: settled(first), timeout=5)
+        second = await world.member.slash(dm, "imagine", prompt="another cat")
+        await world.emu.wait_until(lambda: settled(second), timeout=5)
+        posted = await world.emu.wait_for_message(dm, is_result, author=world.emu.bot_user)
+
+    assert answer(first).startswith("✅")
+    assert len(posted.attachments) == 1
+    assert "Daily limit reached" in answer(second)
