@@ -18,6 +18,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import db
+from bot.callbacks import CallbackReceiver
 from bot.db import Store
 from bot.endpoints import point_discord_at
 from bot.flux import FluxClient, create_flux_client
@@ -119,9 +120,17 @@ async def open_bot(settings: Settings, *, guild_ready_timeout: float = 2.0) -> A
         bot = FluxBot(
             settings=settings, session=session, store=store, flux=flux, guild_ready_timeout=guild_ready_timeout
         )
+        receiver = None
+        if settings.callback_public_url and flux.supports_callbacks:
+            receiver = CallbackReceiver(
+                bot.runner, public_url=settings.callback_public_url, listen=settings.callback_listen
+            )
+            await receiver.start()
         try:
             yield bot
         finally:
+            if receiver is not None:
+                await receiver.stop()
             # Also when a close is under way (begun by a signal): discord.py's close() then waits for it,
             # so nothing uses the session or the store after they are closed.
             await bot.close()

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -194,6 +194,21 @@ class JobRunner:
     async def in_flight(self) -> int:
         """Jobs at the provider now (being submitted, or submitted and not yet finished)."""
         return len(await db.jobs_in(self._store, JobStatus.SUBMITTING, JobStatus.SUBMITTED))
+
+    async def accept_callback(self, body: Any) -> bool:
+        """A provider's callback for one of our tasks: ask the provider about it now.
+
+        Callbacks are not signed, so the body itself is never trusted: it only has to name a task we
+        submitted and are still waiting for, and the result is then fetched from the provider by the
+        poller. Returns False for a task we are not waiting for. Raises
+        :class:`~bot.flux.errors.CallbackError` for a body that is not a callback.
+        """
+        status = self._flux.parse_callback(body)
+        if await db.submitted_job(self._store, status.handle) is None:
+            log.warning("ignoring a callback for a task that no job is waiting for")
+            return False
+        self.poll_now()
+        return True
 
     def poll_now(self) -> None:
         """Ask the provider at once instead of at the next tick (a callback arrived, or a test wants it)."""

@@ -31,6 +31,7 @@ from bot.db.jobs import (
     mark_submitting,
     mark_succeeded,
     queue_position,
+    submitted_job,
 )
 from bot.db.models import (
     ACTIVE_STATUSES,
@@ -96,6 +97,7 @@ __all__ = [
     "remove_blocked_term",
     "reset_guild_settings",
     "set_state",
+    "submitted_job",
     "update_guild_settings",
     "user_usage",
 ]

@@ -37,6 +37,7 @@ __all__ = [
     "mark_submitting",
     "mark_succeeded",
     "queue_position",
+    "submitted_job",
 ]
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,14 @@ async def mark_lost(store: Store, job_id: int, message: str) -> bool:
 async def get_job(store: Store, job_id: int) -> Job | None:
     """The job with this id, or None."""
     row = await store.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    return None if row is None else _job(row)
+
+
+async def submitted_job(store: Store, task_id: str) -> Job | None:
+    """The submitted job following provider task ``task_id``, or None (unknown, or no longer waiting)."""
+    row = await store.fetch_one(
+        "SELECT * FROM jobs WHERE provider_task_id = ? AND status = 'submitted' ORDER BY id LIMIT 1", (task_id,)
+    )
     return None if row is None else _job(row)
 
 

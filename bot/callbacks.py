@@ -1,0 +1,58 @@
+"""The optional receiver of provider callbacks (``CALLBACK_PUBLIC_URL``, ``CALLBACK_LISTEN``).
+
+A callback only makes a job finish sooner: the runner checks the result with the provider before using
+it, and polling goes on regardless, so a lost or forged callback changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+from yarl import URL
+
+from bot.flux import CallbackError
+from bot.jobs import JobRunner
+
+__all__ = ["CallbackReceiver"]
+
+log = logging.getLogger(__name__)
+
+#: Callback bodies are small JSON documents; anything larger is refused unread.
+MAX_BODY = 256 * 1024
+
+
+class CallbackReceiver:
+    """An HTTP server that hands the callbacks POSTed to ``public_url``'s path to the runner."""
+
+    def __init__(self, runner: JobRunner, *, public_url: str, listen: str) -> None:
+        self._runner = runner
+        self.path = URL(public_url).path or "/"
+        host, _, port = listen.rpartition(":")
+        self._host, self._port = host or "0.0.0.0", int(port)  # noqa: S104 - the operator's choice
+        self._app = web.Application(client_max_size=MAX_BODY)
+        self._app.router.add_post(self.path, self._receive)
+        self._runner_app = web.AppRunner(self._app, access_log=None)
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        await self._runner_app.setup()
+        site = web.TCPSite(self._runner_app, self._host, self._port)
+        await site.start()
+        self.port = self._runner_app.addresses[0][1]
+        log.info("receiving provider callbacks on %s:%d%s", self._host, self.port, self.path)
+
+    async def stop(self) -> None:
+        await self._runner_app.cleanup()
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.read())
+            known = await self._runner.accept_callback(body)
+        except (ValueError, CallbackError) as exc:
+            log.info("refused a malformed callback: %s", exc)
+            return web.json_response({"error": "not a Flux callback"}, status=400)
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response({"error": "too large"}, status=413)
+        return web.json_response({"ok": True}) if known else web.json_response({"error": "unknown task"}, status=404)

@@ -1,0 +1,83 @@
+"""Provider callbacks (CALLBACK_PUBLIC_URL): a result arrives without waiting for the next poll, and a
+callback the bot cannot tie to a job it is waiting for changes nothing."""
+
+from __future__ import annotations
+
+import socket
+
+import aiohttp
+
+from tests.fakediscord import Message
+from tests.fluxbot_harness import FluxbotHarness
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def is_result(message: Message) -> bool:
+    return bool(message.attachments) and not message.ephemeral
+
+
+def callback_settings() -> tuple[str, dict[str, str]]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/flux/callback"
+    # Polls only once an hour: whatever arrives sooner came through the callback.
+    return url, {"CALLBACK_PUBLIC_URL": url, "CALLBACK_LISTEN": f"127.0.0.1:{port}", "FLUX_POLL_INTERVAL": "3600"}
+
+
+async def test_a_callback_delivers_the_result_before_the_next_poll(fluxbot: FluxbotHarness) -> None:
+    world, flux = fluxbot.world, fluxbot.flux
+    flux.task_delay = 0.3
+    url, env = callback_settings()
+    async with fluxbot.running(**env):
+        await world.member.slash(world.channel, "imagine", prompt="a comet")
+        await flux.wait_for_callbacks(1, timeout=5)
+        result = await world.emu.wait_for_message(world.channel, is_result, author=world.emu.bot_user, timeout=5)
+
+    (sent,) = flux.requests_to("POST", "/flux/images")
+    assert sent.json is not None and sent.json["callback_url"] == url
+    (delivery,) = flux.callbacks
+    assert delivery.status == 200
+    (task,) = flux.tasks.values()
+    assert [f.data for f in result.attachments] == [flux.image_bytes(u) for u in task.images]
+
+
+async def test_callbacks_that_name_no_waiting_job_are_refused_and_change_nothing(
+    fluxbot: FluxbotHarness, http_session: aiohttp.ClientSession
+) -> None:
+    url, env = callback_settings()
+    forged = {"success": True, "task_id": "not-ours", "data": [{"image_url": "http://127.0.0.1:9/evil.png"}]}
+    async with fluxbot.running(**env):
+        async with http_session.post(url, json=forged) as unknown:
+            unknown_status = unknown.status
+        async with http_session.post(url, data=b"{not json") as garbage:
+            garbage_status = garbage.status
+        async with http_session.post(url, json={"task_id": "x"}) as empty:
+            empty_status = empty.status
+
+    assert (unknown_status, garbage_status, empty_status) == (404, 400, 400)
+    assert not [m for m in fluxbot.world.channel.messages.values() if is_result(m)]
+
+
+async def test_a_forged_callback_for_a_real_task_is_checked_with_the_provider_not_believed(
+    fluxbot: FluxbotHarness, http_session: aiohttp.ClientSession
+) -> None:
+    world, flux = fluxbot.world, fluxbot.flux
+    flux.task_delay = 3600
+    url, env = callback_settings()
+    async with fluxbot.running(**env):
+        await world.member.slash(world.channel, "imagine", prompt="a comet")
+        await flux.wait_until(lambda: len(flux.tasks) == 1 and flux.count("POST", "/flux/tasks") >= 1)
+        (task_id,) = flux.tasks
+        polls_before = flux.count("POST", "/flux/tasks")
+        forged = {"success": True, "task_id": task_id, "data": [{"image_url": f"{flux.base_url}/files/evil.png"}]}
+        async with http_session.post(url, json=forged) as answer:
+            status = answer.status
+        await flux.wait_until(lambda: flux.count("POST", "/flux/tasks") > polls_before)
+
+    assert status == 200
+    assert flux.count("GET", "/files/evil.png") == 0
+    assert not [m for m in world.channel.messages.values() if is_result(m)]
