@@ -7,14 +7,18 @@ with them, and closes everything on exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Callable, Iterator
 
 import discord
 
 from bot.app import open_bot
 from bot.logs import configure_logging
 from bot.settings import Settings, SettingsError, load_settings
+from bot.tasks import TaskSet
 
 log = logging.getLogger("bot")
 
@@ -23,9 +27,53 @@ EXIT_CONFIG = 2
 
 
 async def main(settings: Settings) -> None:
-    """Run the bot until it is stopped."""
+    """Run the bot until it is stopped: by Ctrl-C, or by SIGTERM (what Docker and service managers send).
+
+    A signal while logging in cancels main(); once logged in it closes the bot instead, discord.py's own
+    way to stop: on Python 3.11 a cancellation that arrives just as the gateway connects is lost, and
+    closing while still logging in would break the login's requests. open_bot() closes the rest.
+    """
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    shutdown = TaskSet("shutdown")
     async with open_bot(settings) as bot:
-        await bot.start(settings.discord_token.get_secret_value())
+        logged_in = False
+
+        def stop() -> None:
+            if logged_in:
+                shutdown.spawn(bot.close(), name="close")
+            else:
+                main_task.cancel()
+
+        with _on_stop_signals(stop):
+            await bot.login(settings.discord_token.get_secret_value())
+            logged_in = True
+            await bot.connect()
+
+
+@contextlib.contextmanager
+def _on_stop_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Call ``stop`` on the first SIGINT or SIGTERM; a second one gets the default behaviour (stop now)."""
+    loop = asyncio.get_running_loop()
+    signums = (signal.SIGINT, signal.SIGTERM)
+
+    def first(signum: signal.Signals) -> None:
+        log.info("%s received; shutting down", signum.name)
+        for handled in signums:
+            loop.remove_signal_handler(handled)
+        stop()
+
+    try:
+        for signum in signums:
+            loop.add_signal_handler(signum, first, signum)
+    except NotImplementedError:  # Windows: Ctrl-C still stops the bot through asyncio.run()
+        pass
+    try:
+        yield
+    finally:
+        for signum in signums:
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(signum)
 
 
 def run() -> None:
@@ -38,11 +86,18 @@ def run() -> None:
     configure_logging(settings.log_level, [settings.discord_token, settings.flux_api_key])
     try:
         asyncio.run(main(settings))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # a signal while starting cancels main()
         log.info("stopped")
     except discord.LoginFailure:
         print(
             "fluxbot: Discord refused DISCORD_TOKEN; copy the bot token again from the developer portal",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_CONFIG) from None
+    except discord.PrivilegedIntentsRequired:
+        print(
+            "fluxbot: Discord refused the Message Content intent; switch on Bot > Privileged Gateway Intents > "
+            "Message Content Intent in the developer portal, or set MESSAGE_CONTENT_INTENT=false",
             file=sys.stderr,
         )
         raise SystemExit(EXIT_CONFIG) from None
