@@ -56,6 +56,7 @@ __all__ = [
     "JobRunner",
     "JobStarted",
     "JobUpdate",
+    "PostedResult",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,14 @@ class DeliveryError(Exception):
         self.retryable = retryable
 
 
+@dataclass(frozen=True, slots=True)
+class PostedResult:
+    """A result message in the channel and the number of images it carries."""
+
+    message_id: int
+    images: int
+
+
 class Courier(Protocol):
     """What the runner needs from the chat platform (the Discord cogs implement it)."""
 
@@ -121,6 +130,13 @@ class Courier(Protocol):
         Must be idempotent per job: called again for a job whose post may already have happened (the bot
         stopped right after posting), it returns the earlier message instead of posting a second one.
         Raises :class:`DeliveryError`.
+        """
+        ...
+
+    async def find_posted(self, job: Job) -> PostedResult | None:
+        """The result of ``job`` if it is already in the channel (posted just before the bot stopped).
+
+        Raises :class:`DeliveryError` when it cannot look.
         """
         ...
 
@@ -162,6 +178,7 @@ class JobRunner:
         self._delivering: set[int] = set()
         self._delivery_failures: dict[int, int] = {}
         self._last_progress: dict[int, tuple[float, JobUpdate]] = {}
+        self._recovered: set[int] = set()
         self._running = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -172,6 +189,7 @@ class JobRunner:
             if await db.mark_lost(self._store, job.id, LOST_MESSAGE):
                 log.warning("job %d was being submitted when the bot stopped; marked lost", job.id)
                 await self._notify(job, JobFailed(LOST_MESSAGE))
+        self._recovered = {job.id for job in await db.jobs_in(self._store, JobStatus.SUCCEEDED)}
         self._running = True
         self._tasks.spawn(self._dispatch_loop(), name="dispatcher")
         self._tasks.spawn(self._poll_loop(), name="poller")
@@ -311,23 +329,39 @@ class JobRunner:
 
     async def _deliver(self, job: Job) -> None:
         try:
-            images = [await download_image(self._session, ref) for ref in job.image_urls]
-            message_id = await self._courier.deliver(job, images)
+            posted = await self._already_posted(job)
+            if posted is None:
+                images = [await download_image(self._session, ref) for ref in job.image_urls]
+                posted = PostedResult(await self._courier.deliver(job, images), len(images))
         except (DownloadError, DeliveryError) as error:
             attempts = self._delivery_failures.get(job.id, 0) + 1
             self._delivery_failures[job.id] = attempts
             if error.retryable and attempts < DELIVERY_ATTEMPTS:
                 log.warning("job %d: delivery attempt %d failed, will retry: %s", job.id, attempts, error)
                 return
-            log.error("job %d: giving up delivery: %s", job.id, error)
+            log.warning("job %d: giving up delivery: %s", job.id, error)
             await self._fail(job, "delivery", "The finished image could not be posted. You were not charged.")
         else:
-            if await db.mark_posted(self._store, job.id, message_id, len(images)):
-                log.info("job %d posted as message %d", job.id, message_id)
-            await self._notify(job, JobDone(message_id))
+            if await db.mark_posted(self._store, job.id, posted.message_id, posted.images):
+                log.info("job %d posted as message %d", job.id, posted.message_id)
+            await self._notify(job, JobDone(posted.message_id))
             self._forget(job.id)
         finally:
             self._delivering.discard(job.id)
+
+    async def _already_posted(self, job: Job) -> PostedResult | None:
+        """For a job that was being delivered when the bot stopped: its post, if that reached the channel.
+
+        Discord's nonce catches a repeated post only for a few minutes; the bot may have been down longer.
+        """
+        if job.id not in self._recovered:
+            return None
+        self._recovered.discard(job.id)
+        try:
+            return await self._courier.find_posted(job)
+        except DeliveryError as error:
+            log.warning("job %d: could not look for an earlier post; posting with its nonce: %s", job.id, error)
+            return None
 
     # -- endings and progress -------------------------------------------------------------------
 

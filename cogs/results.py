@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import discord
@@ -20,7 +21,7 @@ import discord
 from bot import db
 from bot.db import INTERACTION_LIFETIME, Job, JobKind
 from bot.images import DownloadedImage, ImageRejected, fit_images
-from bot.jobs import DeliveryError, JobDone, JobFailed, JobQueued, JobStarted, JobUpdate
+from bot.jobs import DeliveryError, JobDone, JobFailed, JobQueued, JobStarted, JobUpdate, PostedResult
 from cogs.feedback import reply_with_error
 from cogs.imagine import ImagineCog
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 #: Progress edits stop this long before the interaction token expires.
 TOKEN_MARGIN = 30.0
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+#: How many of the bot's recent channel messages are searched for a post made just before a crash.
+HISTORY_SEARCH = 100
 #: The message id Discord's webhook routes accept for an interaction's original response.
 ORIGINAL_RESPONSE = cast(int, "@original")
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
@@ -92,6 +95,20 @@ class DiscordCourier:
             raise DeliveryError(f"posting failed: {exc}", retryable=True) from exc
         return message.id
 
+    async def find_posted(self, job: Job) -> PostedResult | None:
+        """Look for the job's result among the bot's messages in the channel since the job began."""
+        channel = self._bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id or None)
+        since = discord.Object(discord.utils.time_snowflake(datetime.fromtimestamp(job.created_at, UTC)))
+        me = self._bot.user
+        try:
+            async for message in channel.history(limit=HISTORY_SEARCH, after=since):
+                if me is not None and message.author.id == me.id and _footer(message) == job_footer(job.id):
+                    log.info("job %d: found its earlier post %d; not posting again", job.id, message.id)
+                    return PostedResult(message.id, len(message.attachments))
+        except discord.HTTPException as exc:
+            raise DeliveryError(f"cannot read channel {job.channel_id}: {exc}", retryable=True) from exc
+        return None
+
     def _upload_limit(self, job: Job) -> int:
         guild = self._bot.get_guild(job.guild_id) if job.guild_id else None
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
@@ -132,8 +149,17 @@ def result_embed(job: Job) -> discord.Embed:
     if job.result_seed is not None:
         embed.add_field(name="Seed", value=str(job.result_seed))
     embed.add_field(name="Time", value=f"{max(0.0, time.time() - job.created_at):.0f} s")
-    embed.set_footer(text=f"Job #{job.id}")
+    embed.set_footer(text=job_footer(job.id))
     return embed
+
+
+def job_footer(job_id: int) -> str:
+    """The footer of a result's embed; it also identifies the job's post when looking for it later."""
+    return f"Job #{job_id}"
+
+
+def _footer(message: discord.Message) -> str | None:
+    return message.embeds[0].footer.text if message.embeds else None
 
 
 def _clip(text: str, limit: int) -> str:

@@ -14,7 +14,7 @@ from bot import db
 from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, Store
 from bot.flux import AceDataClient, FluxClient, GenerateRequest, OpenAIRelayClient, Timeouts
 from bot.images import DownloadedImage
-from bot.jobs import DeliveryError, JobDone, JobFailed, JobRunner, JobUpdate
+from bot.jobs import DeliveryError, JobDone, JobFailed, JobRunner, JobUpdate, PostedResult
 from tests.conftest import KEY, NO_WAIT, png_bytes
 from tests.fluxemu import FluxEmulator
 
@@ -33,6 +33,10 @@ class RecordingCourier:
             raise self.failures_to_inject.pop(0)
         self.posts.setdefault(job.id, list(images))  # idempotent per job, as the real courier is
         return 1000 + job.id
+
+    async def find_posted(self, job: Job) -> PostedResult | None:
+        images = self.posts.get(job.id)
+        return None if images is None else PostedResult(1000 + job.id, len(images))
 
     async def notify(self, job: Job, update: JobUpdate) -> None:
         async with self.changed:
@@ -302,3 +306,24 @@ async def test_after_a_restart_every_job_is_finished_once_and_nothing_is_resent(
     assert flux_emulator.count("POST", "/flux/images") == submits_before + 1  # only the queued job was sent
     statuses = [job.status for job in await db.jobs_in(store, *JobStatus)]
     assert statuses == [JobStatus.POSTED, JobStatus.LOST, JobStatus.POSTED, JobStatus.POSTED]
+
+
+async def test_a_result_posted_just_before_a_crash_is_found_and_not_posted_again(
+    make_runner: RunnerFactory, courier: RecordingCourier, store: Store, acedata: AceDataClient
+) -> None:
+    before = make_runner()
+    job = await accepted(before, request(count=2))
+    assert await db.mark_submitting(store, job.id)
+    done = (await acedata.generate(GenerateRequest(prompt=job.prompt, model="flux-dev", count=2))).handle
+    urls = [image.url or "" for image in (await acedata.statuses([done]))[done].images]
+    assert await db.mark_succeeded(store, job.id, urls, None)
+    courier.posts[job.id] = []  # the post reached the channel; the bot died before recording it
+
+    restarted = make_runner()
+    await restarted.start()
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    assert courier.posts[job.id] == []  # deliver() was not called again
+    posted = await db.get_job(store, job.id)
+    assert posted is not None
+    assert (posted.status, posted.posted_message_id) == (JobStatus.POSTED, 1000 + job.id)

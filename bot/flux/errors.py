@@ -96,7 +96,10 @@ class FluxAPIError(FluxError):
 class AccountError(FluxAPIError):
     """Something only the bot's operator can fix: the provider account or its configuration."""
 
-    default_user_message = "The bot's image service account needs attention. The server admins have been told."
+    default_user_message = (
+        "The bot's image service account needs attention; the bot's operator can see why in the log. "
+        "Please try again later."
+    )
 
 
 class CredentialsError(AccountError):
