@@ -376,13 +376,14 @@ class JobRunner:
         self._last_progress.pop(job_id, None)
 
     async def _progress(self, job: Job, update: JobQueued | JobStarted) -> None:
-        """Report progress when it changed kind, or at most every :data:`PROGRESS_INTERVAL` seconds."""
+        """Report progress at most every :data:`PROGRESS_INTERVAL` seconds per job, and only when it changed.
+
+        Final words (done, failed) are not throttled: they go through :meth:`_notify` at once.
+        """
         now = self._clock()
         last = self._last_progress.get(job.id)
-        if last is not None:
-            last_at, last_update = last
-            if last_update == update or (type(last_update) is type(update) and now - last_at < PROGRESS_INTERVAL):
-                return
+        if last is not None and (last[1] == update or now - last[0] < PROGRESS_INTERVAL):
+            return
         self._last_progress[job.id] = (now, update)
         await self._notify(job, update)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -173,3 +174,37 @@ async def test_direct_messages_when_allowed_have_their_own_daily_limit(fluxbot: 
     assert answer(first).startswith("✅")
     assert len(posted.attachments) == 1
     assert "Daily limit reached" in answer(second)
+
+
+async def test_every_change_is_recorded_with_who_made_it_and_reset_restores_the_defaults(
+    fluxbot: FluxbotHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = fluxbot.world
+    caplog.set_level(logging.INFO, logger="cogs.limits")
+    async with fluxbot.running() as bot:
+        for command, options in [
+            ("limits set", {"user_daily": 3, "cooldown": 30}),
+            ("limits blocklist add", {"term": "Red Fox"}),
+            ("limits blocklist list", {}),
+            ("limits reset", {}),
+            ("limits show", {}),
+        ]:
+            last = await world.admin.slash(world.channel, command, **options)
+            await last.wait_response()
+            if command == "limits blocklist list":
+                listed = answer(last)
+        changes = await db.recent_limit_changes(bot.store, world.guild.id)
+        settings = await db.get_guild_settings(bot.store, world.guild.id)
+
+    assert "`red fox`" in listed
+    assert "Images per member per day:** no limit (default)" in answer(last)
+    assert "Blocked words and phrases:** 1" in answer(last)  # reset leaves the blocklist
+    assert settings.user_daily is None and settings.cooldown_seconds is None
+    assert {(c.field, c.user_id) for c in changes} == {
+        ("user_daily", world.admin.id),
+        ("cooldown_seconds", world.admin.id),
+        ("blocklist", world.admin.id),
+    }
+    assert len(changes) == 5  # two set, one blocked term, two reset
+    assert f"user {world.admin.id} changed limits" in caplog.text
+    assert f"user {world.admin.id} reset the limits" in caplog.text

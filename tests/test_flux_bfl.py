@@ -178,3 +178,14 @@ async def test_the_key_is_never_sent_to_a_foreign_polling_host(client: BflClient
 
     assert await client.statuses([foreign]) == {}
     assert flux_emulator.requests == []
+
+
+@pytest.mark.parametrize("body", [b'{"id": ', b'{"polling_url": "no id"}', b"[]"])
+async def test_a_malformed_submit_answer_is_an_upstream_error_and_not_resent(
+    client: BflClient, flux_emulator: FluxEmulator, body: bytes
+) -> None:
+    flux_emulator.add_fault("POST", "/v1/flux-2-pro", body=body)
+
+    with pytest.raises(UpstreamError):
+        await client.generate(flux2())
+    assert flux_emulator.count("POST", "/v1/flux-2-pro") == 1

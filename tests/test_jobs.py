@@ -14,7 +14,7 @@ from bot import db
 from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, Store
 from bot.flux import AceDataClient, FluxClient, GenerateRequest, OpenAIRelayClient, Timeouts
 from bot.images import DownloadedImage
-from bot.jobs import DeliveryError, JobDone, JobFailed, JobRunner, JobUpdate, PostedResult
+from bot.jobs import DeliveryError, JobDone, JobFailed, JobRunner, JobStarted, JobUpdate, PostedResult
 from tests.conftest import KEY, NO_WAIT, png_bytes
 from tests.fluxemu import FluxEmulator
 
@@ -327,3 +327,21 @@ async def test_a_result_posted_just_before_a_crash_is_found_and_not_posted_again
     posted = await db.get_job(store, job.id)
     assert posted is not None
     assert (posted.status, posted.posted_message_id) == (JobStatus.POSTED, 1000 + job.id)
+
+
+async def test_progress_is_reported_at_most_every_five_seconds_but_the_outcome_at_once(
+    make_runner: RunnerFactory, courier: RecordingCourier, flux_emulator: FluxEmulator
+) -> None:
+    now = [1000.0]
+    flux_emulator.task_delay = 0.4  # about eight poll ticks at 0.05 s
+    runner = make_runner(clock=lambda: now[0])
+    await runner.start()
+
+    job = await accepted(runner, request())
+    await flux_emulator.wait_until(lambda: flux_emulator.count("POST", "/flux/tasks") >= 3)
+    now[0] += 6  # the bot's clock moves past the throttle window
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    progress = [update for job_id, update in courier.updates if job_id == job.id and isinstance(update, JobStarted)]
+    assert 1 <= len(progress) <= 2
+    assert isinstance(courier.final(job.id), JobDone)
