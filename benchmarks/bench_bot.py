@@ -28,13 +28,9 @@ from bot.app import open_bot
 from bot.flux import AceDataClient, GenerateRequest, RetryPolicy
 from bot.images import DownloadedImage, fit_images
 from bot.settings import load_settings
-from tests.fakediscord import DiscordEmulator, Message, run_bot
-from tests.fluxbot_harness import TEST_GUILD_READY_TIMEOUT, fluxbot_environment
+from tests.fakediscord import DiscordEmulator, run_bot
+from tests.fluxbot_harness import TEST_GUILD_READY_TIMEOUT, fluxbot_environment, is_result
 from tests.fluxemu import FluxEmulator
-
-
-def is_result(message: Message) -> bool:
-    return bool(message.attachments) and not message.ephemeral
 
 
 def line(label: str, value: str) -> None:

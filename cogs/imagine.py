@@ -18,7 +18,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.db import Job, JobKind, NewJob, QuotaRefusal
-from bot.flux import MAX_COUNT, MAX_PROMPT_LENGTH, ModelCatalog
+from bot.flux import MAX_COUNT, MAX_PROMPT_LENGTH, ModelCatalog, ModelSpec
 from bot.images import DownloadError, SourceImage, download_image, inspect_source, public_url, size_text
 from bot.limits import Refusal, admit
 from cogs.feedback import UserFacingError, reply_with_error, user_message_for
@@ -78,16 +78,7 @@ class ImagineCog(commands.Cog, name="Imagine"):
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         spec = self.catalog.check_edit(prompt=prompt, model=model, size=None)
-        source = await self.source_from_attachment(image)
-        await self.start_job(
-            interaction,
-            kind=JobKind.EDIT,
-            prompt=prompt,
-            model=model,
-            size=source.image.aspect_ratio(spec.ratios),
-            count=1,
-            source_image_url=source.ref,
-        )
+        await self._start_edit(interaction, spec, prompt, await self.source_from_attachment(image))
 
     async def _edit_image_menu(self, interaction: discord.Interaction[FluxBot], message: discord.Message) -> None:
         if first_image(message) is None:
@@ -104,18 +95,29 @@ class ImagineCog(commands.Cog, name="Imagine"):
         self, interaction: discord.Interaction[FluxBot], message: discord.Message, prompt: str, parent: Job | None
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        model = self.catalog.default_edit_model
-        spec = self.catalog.check_edit(prompt=prompt, model=model, size=None)
+        spec = self.catalog.check_edit(prompt=prompt, model=self.catalog.default_edit_model, size=None)
         source = await self.source_from_message(message)
-        await self.start_job(
+        await self._start_edit(interaction, spec, prompt, source, parent_job_id=parent.id if parent else None)
+
+    async def _start_edit(
+        self,
+        interaction: discord.Interaction[FluxBot],
+        spec: ModelSpec,
+        prompt: str,
+        source: Source,
+        *,
+        parent_job_id: int | None = None,
+    ) -> Job:
+        """An edit of ``source`` with ``spec``'s model, in the ratio nearest to the source's."""
+        return await self.start_job(
             interaction,
             kind=JobKind.EDIT,
             prompt=prompt,
-            model=model,
+            model=spec.name,
             size=source.image.aspect_ratio(spec.ratios),
             count=1,
             source_image_url=source.ref,
-            parent_job_id=parent.id if parent else None,
+            parent_job_id=parent_job_id,
         )
 
     async def reroll(self, interaction: discord.Interaction[FluxBot], job: Job) -> None:

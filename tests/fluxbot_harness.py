@@ -11,7 +11,7 @@ import pytest
 from bot.app import FluxBot, open_bot
 from bot.settings import Settings, load_settings
 from tests.conftest import KEY
-from tests.fakediscord import DiscordEmulator, run_bot
+from tests.fakediscord import Channel, DiscordEmulator, Interaction, Message, run_bot
 from tests.fakediscord.fixtures import World
 from tests.fluxemu import FluxEmulator
 
@@ -64,3 +64,18 @@ def fluxbot(
 ) -> FluxbotHarness:
     monkeypatch.chdir(tmp_path)  # no stray .env file is read
     return FluxbotHarness(discord_world, flux_emulator, tmp_path / "data" / "fluxbot.db")
+
+
+def is_result(message: Message) -> bool:
+    """A result the bot posted for everyone: a regular message with images."""
+    return bool(message.attachments) and not message.ephemeral
+
+
+def results_in(channel: Channel) -> list[Message]:
+    """The results in ``channel`` that are still there."""
+    return [m for m in channel.messages.values() if is_result(m) and not m.deleted]
+
+
+def status_line(inter: Interaction) -> str:
+    """What the member sees now in their deferred (ephemeral) response: the status line or a refusal."""
+    return inter.original.content if inter.original is not None and not inter.original.loading else ""

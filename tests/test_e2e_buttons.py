@@ -14,11 +14,7 @@ from bot.db import JobKind, JobStatus, jobs_in
 from tests.conftest import png_bytes
 from tests.fakediscord import Attachment, Interaction, Message, Perm
 from tests.fakediscord.fixtures import World
-from tests.fluxbot_harness import FluxbotHarness
-
-
-def is_result(message: Message) -> bool:
-    return bool(message.attachments) and not message.ephemeral
+from tests.fluxbot_harness import FluxbotHarness, is_result
 
 
 def provider_calls(harness: FluxbotHarness) -> list[dict[str, Any]]:

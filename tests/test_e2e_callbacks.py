@@ -7,18 +7,13 @@ import socket
 
 import aiohttp
 
-from tests.fakediscord import Message
-from tests.fluxbot_harness import FluxbotHarness
+from tests.fluxbot_harness import FluxbotHarness, is_result
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def is_result(message: Message) -> bool:
-    return bool(message.attachments) and not message.ephemeral
 
 
 def callback_settings() -> tuple[str, dict[str, str]]:

@@ -17,15 +17,11 @@ from PIL import Image
 
 from tests.conftest import png_bytes
 from tests.fakediscord import Attachment, Message, MessageFlag
-from tests.fluxbot_harness import FluxbotHarness
+from tests.fluxbot_harness import FluxbotHarness, is_result
 from tests.fluxemu.records import EmuTask, RecordedRequest
 
 #: The model /edit and the other edit paths use unless the member picks one (AceData's catalog).
 DEFAULT_EDIT_MODEL = "flux-kontext-pro"
-
-
-def is_result(message: Message) -> bool:
-    return bool(message.attachments) and not message.ephemeral
 
 
 def noise_png(width: int, height: int) -> bytes:

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 from bot.db import JobStatus, jobs_in
-from tests.fakediscord import Message
-from tests.fluxbot_harness import FluxbotHarness
-
-
-def is_result(message: Message) -> bool:
-    return bool(message.attachments) and not message.ephemeral
+from tests.fluxbot_harness import FluxbotHarness, is_result
 
 
 async def test_the_real_bot_comes_online_with_its_commands_synced(fluxbot: FluxbotHarness) -> None:

@@ -8,22 +8,13 @@ import logging
 import pytest
 
 from bot import db
-from tests.fakediscord import CommandNotAvailable, Interaction, Message
-from tests.fluxbot_harness import FluxbotHarness
-
-
-def is_result(message: Message) -> bool:
-    return bool(message.attachments) and not message.ephemeral
-
-
-def answer(inter: Interaction) -> str:
-    """What the member sees in their ephemeral response now (the status line or the refusal)."""
-    return inter.original.content if inter.original is not None and not inter.original.loading else ""
+from tests.fakediscord import CommandNotAvailable, Interaction
+from tests.fluxbot_harness import FluxbotHarness, is_result, status_line
 
 
 def settled(inter: Interaction) -> bool:
     """Done, failed or refused: anything but a progress line."""
-    text = answer(inter)
+    text = status_line(inter)
     return bool(text) and not text.startswith(("⏳", "🎨"))
 
 
@@ -44,7 +35,7 @@ async def test_fifty_simultaneous_requests_get_exactly_the_daily_limit(fluxbot: 
     assert all(i.ack_delay is not None and i.ack_delay < 3 for i in requests)
     assert len(results) == 5
     assert fluxbot.flux.count("POST", "/flux/images") == 5
-    refused = [answer(i) for i in requests if not answer(i).startswith("✅")]
+    refused = [status_line(i) for i in requests if not status_line(i).startswith("✅")]
     assert len(refused) == 45
     assert all("Daily limit reached" in text and "<t:" in text for text in refused)
     assert "5 of 5 (0 left)" in usage_text
@@ -68,27 +59,27 @@ async def test_the_server_total_never_passes_its_daily_limit(fluxbot: FluxbotHar
     assert total == 6
     delivered = sum(len(m.attachments) for m in world.channel.messages.values() if is_result(m))
     assert delivered == 6
-    assert sum("server's daily limit" in answer(i) for i in requests) == 6
+    assert sum("server's daily limit" in status_line(i) for i in requests) == 6
 
 
 async def test_only_managers_change_limits_and_changes_apply_at_once(fluxbot: FluxbotHarness) -> None:
     world = fluxbot.world
     async with fluxbot.running():
         sneaky = await world.member.slash(world.channel, "limits set", force=True, user_daily=1000)
-        await world.emu.wait_until(lambda: answer(sneaky) != "", timeout=5)
+        await world.emu.wait_until(lambda: status_line(sneaky) != "", timeout=5)
         shown = await world.admin.slash(world.channel, "limits show")
         await shown.wait_response()
-        before = answer(shown)
+        before = status_line(shown)
 
         changed = await world.admin.slash(world.channel, "limits set", max_count=1, cooldown=0)
         await changed.wait_response()
         over = await world.member.slash(world.channel, "imagine", prompt="two cats", count=2)
         await world.emu.wait_until(lambda: settled(over), timeout=5)
 
-    assert "permission" in answer(sneaky)
+    assert "permission" in status_line(sneaky)
     assert "Images per member per day:** 0" not in before
-    assert "Images per request:** 1 (set here)" in answer(changed)
-    assert "at most 1 image per request" in answer(over)
+    assert "Images per request:** 1 (set here)" in status_line(changed)
+    assert "at most 1 image per request" in status_line(over)
     assert fluxbot.flux.count("POST", "/flux/images") == 0
 
 
@@ -107,11 +98,11 @@ async def test_blocked_words_disallowed_models_and_channels_are_refused_before_t
         blocked = await world.member.slash(other, "imagine", prompt="so much gore")
         model = await world.member.slash(other, "imagine", prompt="a cat", model="flux-2-pro")
         channel = await world.member.slash(world.channel, "imagine", prompt="a cat")
-        await world.emu.wait_until(lambda: all(answer(i) for i in (blocked, model, channel)), timeout=5)
+        await world.emu.wait_until(lambda: all(status_line(i) for i in (blocked, model, channel)), timeout=5)
 
-    assert "rephrase" in answer(blocked) and "gore" not in answer(blocked).lower()
-    assert "Allowed: flux-dev, flux-pro" in answer(model)
-    assert f"<#{other.id}>" in answer(channel)
+    assert "rephrase" in status_line(blocked) and "gore" not in status_line(blocked).lower()
+    assert "Allowed: flux-dev, flux-pro" in status_line(model)
+    assert f"<#{other.id}>" in status_line(channel)
     assert fluxbot.flux.count("POST", "/flux/images") == 0
 
 
@@ -123,7 +114,7 @@ async def test_a_job_failed_by_the_provider_costs_nothing(fluxbot: FluxbotHarnes
         await world.emu.wait_until(lambda: settled(inter), timeout=5)
         usage = await db.user_usage(bot.store, world.guild.id, world.member.id)
 
-    assert answer(inter).startswith("❌")
+    assert status_line(inter).startswith("❌")
     assert usage.today == 0
 
 
@@ -133,18 +124,18 @@ async def test_cooldown_and_concurrency_are_enforced_and_reported(fluxbot: Fluxb
     async with fluxbot.running():
         await (await world.admin.slash(world.channel, "limits set", max_concurrent=2)).wait_response()
         first = [await world.member.slash(world.channel, "imagine", prompt=f"slow {n}") for n in range(3)]
-        await world.emu.wait_until(lambda: bool(answer(first[2])), timeout=5)
+        await world.emu.wait_until(lambda: bool(status_line(first[2])), timeout=5)
         await (await world.admin.slash(world.channel, "limits set", max_concurrent=0, cooldown=600)).wait_response()
         carol = world.guild.add_member("carol")
         one = await carol.slash(world.channel, "imagine", prompt="quick")
         two = await carol.slash(world.channel, "imagine", prompt="again")
-        await world.emu.wait_until(lambda: bool(answer(two)), timeout=5)
+        await world.emu.wait_until(lambda: bool(status_line(two)), timeout=5)
         usage = await world.member.slash(world.channel, "usage")
         usage_text = (await usage.wait_followup()).content
 
-    assert "2 jobs in progress; the limit is 2" in answer(first[2])
-    assert "Cooldown" in answer(two) and "<t:" in answer(two)
-    assert not answer(one).startswith("❌") and "Cooldown" not in answer(one)
+    assert "2 jobs in progress; the limit is 2" in status_line(first[2])
+    assert "Cooldown" in status_line(two) and "<t:" in status_line(two)
+    assert not status_line(one).startswith("❌") and "Cooldown" not in status_line(one)
     assert usage_text.count("generating") == 2
 
 
@@ -157,7 +148,7 @@ async def test_direct_messages_are_off_by_default(fluxbot: FluxbotHarness) -> No
         forced = await world.member.slash(dm, "imagine", force=True, prompt="a cat")
         await world.emu.wait_until(lambda: settled(forced), timeout=5)
 
-    assert "direct messages" in answer(forced)
+    assert "direct messages" in status_line(forced)
     assert fluxbot.flux.count("POST", "/flux/images") == 0
 
 
@@ -171,9 +162,9 @@ async def test_direct_messages_when_allowed_have_their_own_daily_limit(fluxbot: 
         await world.emu.wait_until(lambda: settled(second), timeout=5)
         posted = await world.emu.wait_for_message(dm, is_result, author=world.emu.bot_user)
 
-    assert answer(first).startswith("✅")
+    assert status_line(first).startswith("✅")
     assert len(posted.attachments) == 1
-    assert "Daily limit reached" in answer(second)
+    assert "Daily limit reached" in status_line(second)
 
 
 async def test_every_change_is_recorded_with_who_made_it_and_reset_restores_the_defaults(
@@ -192,13 +183,13 @@ async def test_every_change_is_recorded_with_who_made_it_and_reset_restores_the_
             last = await world.admin.slash(world.channel, command, **options)
             await last.wait_response()
             if command == "limits blocklist list":
-                listed = answer(last)
+                listed = status_line(last)
         changes = await db.recent_limit_changes(bot.store, world.guild.id)
         settings = await db.get_guild_settings(bot.store, world.guild.id)
 
     assert "`red fox`" in listed
-    assert "Images per member per day:** no limit (default)" in answer(last)
-    assert "Blocked words and phrases:** 1" in answer(last)  # reset leaves the blocklist
+    assert "Images per member per day:** no limit (default)" in status_line(last)
+    assert "Blocked words and phrases:** 1" in status_line(last)  # reset leaves the blocklist
     assert settings.user_daily is None and settings.cooldown_seconds is None
     assert {(c.field, c.user_id) for c in changes} == {
         ("user_daily", world.admin.id),

@@ -17,26 +17,13 @@ import pytest
 
 from bot.app import FluxBot
 from bot.db import JobStatus, jobs_in, user_usage
-from tests.fakediscord import Channel, Code, Interaction, Message
-from tests.fluxbot_harness import FluxbotHarness
+from tests.fakediscord import Code
+from tests.fluxbot_harness import FluxbotHarness, is_result, results_in, status_line
 from tests.fluxemu import FluxEmulator
 
 #: Emulated seconds that are "forever" for a test: a task this slow only finishes when the clock is advanced.
 FOREVER = 3600.0
 MINUTES = 60.0
-
-
-def is_result(message: Message) -> bool:
-    return bool(message.attachments) and not message.ephemeral
-
-
-def results_in(channel: Channel) -> list[Message]:
-    return [m for m in channel.messages.values() if is_result(m) and not m.deleted]
-
-
-def status_line(inter: Interaction) -> str:
-    """What the member sees now in their deferred (ephemeral) response."""
-    return inter.original.content if inter.original is not None else ""
 
 
 # -- 30 members at once -------------------------------------------------------------------------------

@@ -16,8 +16,7 @@ import sqlite3
 from pathlib import Path
 
 from bot.db import JobStatus, jobs_in, user_usage
-from tests.fakediscord import Channel, Interaction, Message
-from tests.fluxbot_harness import FluxbotHarness, fluxbot_environment
+from tests.fluxbot_harness import FluxbotHarness, fluxbot_environment, results_in, status_line
 from tests.fluxbot_process import fluxbot_process
 from tests.fluxemu import FluxEmulator
 
@@ -25,18 +24,6 @@ from tests.fluxemu import FluxEmulator
 FOREVER = 3600.0
 #: FLUX_MAX_CONCURRENCY: one job at the provider and one being sent to it fill the slots.
 SLOTS = 2
-
-
-def is_result(message: Message) -> bool:
-    return bool(message.attachments) and not message.ephemeral
-
-
-def results_in(channel: Channel) -> list[Message]:
-    return [m for m in channel.messages.values() if is_result(m) and not m.deleted]
-
-
-def status_line(inter: Interaction) -> str:
-    return inter.original.content if inter.original is not None else ""
 
 
 def submitted_prompts(flux: FluxEmulator) -> list[str]:
