@@ -23,13 +23,11 @@ from bot.flux import (
     EditRequest,
     FluxConnectionError,
     FluxError,
-    FluxTimeoutError,
     GenerateRequest,
     InvalidParameters,
     ModerationError,
     RateLimitedError,
     TaskState,
-    Timeouts,
     UpstreamError,
 )
 from tests.conftest import KEY, NO_WAIT, SleepRecorder, png_bytes
@@ -174,26 +172,6 @@ async def test_a_submit_refused_with_429_is_retried_after_retry_after(
     assert submission.handle in flux_emulator.tasks
     assert flux_emulator.count("POST", "/flux/images") == 2
     assert sleeps.delays == [2.0]
-
-
-async def test_a_submit_that_timed_out_is_not_sent_again(
-    flux_emulator: FluxEmulator, http_session: aiohttp.ClientSession, sleeps: SleepRecorder
-) -> None:
-    impatient = AceDataClient(
-        session=http_session,
-        api_key=SecretStr(KEY),
-        base_url=flux_emulator.base_url,
-        retry=NO_WAIT,
-        sleep=sleeps,
-        timeouts=Timeouts(submit=aiohttp.ClientTimeout(total=0.2)),
-    )
-    flux_emulator.add_fault("POST", "/flux/images", delay=0.6)
-
-    with pytest.raises(FluxTimeoutError):
-        await impatient.generate(cat())
-
-    assert flux_emulator.count("POST", "/flux/images") == 1
-    assert sleeps.delays == []
 
 
 async def test_a_submit_whose_connection_dropped_is_not_sent_again(

@@ -12,12 +12,10 @@ from bot.flux import (
     BflClient,
     CredentialsError,
     EditRequest,
-    FluxTimeoutError,
     GenerateRequest,
     ModerationError,
     RateLimitedError,
     TaskState,
-    Timeouts,
     UpstreamError,
 )
 from tests.conftest import KEY, NO_WAIT, SleepRecorder, png_bytes
@@ -154,23 +152,6 @@ async def test_polls_are_retried_and_a_malformed_poll_is_asked_again_later(
 
     flux_emulator.add_fault("GET", "/v1/get_result", body=b"{not json", times=client.retry.attempts)
     assert await client.statuses([handle]) == {}
-
-
-async def test_a_timed_out_submit_is_not_sent_again(
-    flux_emulator: FluxEmulator, http_session: aiohttp.ClientSession
-) -> None:
-    client = BflClient(
-        session=http_session,
-        api_key=SecretStr(KEY),
-        base_url=flux_emulator.base_url,
-        retry=NO_WAIT,
-        timeouts=Timeouts(submit=aiohttp.ClientTimeout(total=0.2)),
-    )
-    flux_emulator.add_fault("POST", "/v1/flux-2-pro", delay=0.6)
-
-    with pytest.raises(FluxTimeoutError):
-        await client.generate(flux2())
-    assert flux_emulator.count("POST", "/v1/flux-2-pro") == 1
 
 
 async def test_the_key_is_never_sent_to_a_foreign_polling_host(client: BflClient, flux_emulator: FluxEmulator) -> None:

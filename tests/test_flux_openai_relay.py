@@ -14,14 +14,12 @@ from bot.flux import (
     CredentialsError,
     EditRequest,
     FluxError,
-    FluxTimeoutError,
     GenerateRequest,
     InvalidParameters,
     ModerationError,
     OpenAIRelayClient,
     RateLimitedError,
     TaskState,
-    Timeouts,
     UpstreamError,
 )
 from tests.conftest import KEY, NO_WAIT, SleepRecorder, png_bytes
@@ -144,23 +142,6 @@ async def test_a_429_then_success(
     assert submission.finished is not None
     assert flux_emulator.count("POST", "/v1/images/generations") == 2
     assert sleeps.delays == [1.5]
-
-
-async def test_a_timed_out_generation_is_not_sent_again(
-    flux_emulator: FluxEmulator, http_session: aiohttp.ClientSession
-) -> None:
-    client = OpenAIRelayClient(
-        session=http_session,
-        api_key=SecretStr(KEY),
-        base_url=flux_emulator.base_url,
-        retry=NO_WAIT,
-        timeouts=Timeouts(submit=aiohttp.ClientTimeout(total=0.2)),
-    )
-    flux_emulator.add_fault("POST", "/v1/images/generations", delay=0.6)
-
-    with pytest.raises(FluxTimeoutError):
-        await client.generate(kontext())
-    assert flux_emulator.count("POST", "/v1/images/generations") == 1
 
 
 @pytest.mark.parametrize("body", [b"{}", b'{"data": [{"url": "", "b64_json": ""}]}', b'{"data": [{"url": "ht'])
