@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 #: Progress of one job is reported at most this often (a final word is always reported).
 PROGRESS_INTERVAL = 5.0
+#: Seconds a stopping bot waits for submits under way (see :meth:`JobRunner.stop`).
+STOP_GRACE = 10.0
 #: How often a delivery is tried before the job is given up.
 DELIVERY_ATTEMPTS = 3
 
@@ -172,6 +174,7 @@ class JobRunner:
         self._job_timeout = job_timeout
         self._clock = clock
         self._tasks = TaskSet("jobs")
+        self._submits = TaskSet("submits")
         self._dispatch_needed = asyncio.Event()
         self._poll_needed = asyncio.Event()
         self._starting: set[int] = set()
@@ -194,10 +197,20 @@ class JobRunner:
         self._tasks.spawn(self._dispatch_loop(), name="dispatcher")
         self._tasks.spawn(self._poll_loop(), name="poller")
 
-    async def stop(self) -> None:
-        """Stop every loop and in-flight task. Jobs stay in the database for the next start."""
+    async def stop(self, *, grace: float = STOP_GRACE) -> None:
+        """Stop every loop and in-flight task. Jobs stay in the database for the next start.
+
+        Submits already under way get ``grace`` seconds to finish first: one cut off mid-request would
+        have an unknown outcome, and the next start would have to give it up as lost.
+        """
         self._running = False
         await self._tasks.close()
+        if len(self._submits):
+            log.info("waiting up to %.0f s for %d submits under way", grace, len(self._submits))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._submits.wait()
+        await self._submits.close()
 
     # -- the front door -------------------------------------------------------------------------
 
@@ -245,7 +258,7 @@ class JobRunner:
         free = self._concurrency - await self.in_flight()
         for job in queued[: max(free, 0)]:
             if await db.mark_submitting(self._store, job.id):
-                self._tasks.spawn(self._start_job(job), name=f"submit-{job.id}")
+                self._submits.spawn(self._start_job(job), name=f"submit-{job.id}")
         for position, job in enumerate(queued[max(free, 0) :], start=1):
             await self._progress(job, JobQueued(position))
 

@@ -34,6 +34,11 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    async def wait(self) -> None:
+        """Wait until every task has ended. Cancelling this wait leaves the tasks running."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
     async def close(self) -> None:
         """Cancel every task and wait until they have all ended."""
         tasks = list(self._tasks)

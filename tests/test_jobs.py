@@ -345,3 +345,21 @@ async def test_progress_is_reported_at_most_every_five_seconds_but_the_outcome_a
     progress = [update for job_id, update in courier.updates if job_id == job.id and isinstance(update, JobStarted)]
     assert 1 <= len(progress) <= 2
     assert isinstance(courier.final(job.id), JobDone)
+
+
+async def test_stopping_lets_a_submit_under_way_finish_so_it_is_not_lost(
+    make_runner: RunnerFactory, store: Store, flux_emulator: FluxEmulator
+) -> None:
+    flux_emulator.task_delay = 3600
+    flux_emulator.add_fault("POST", "/flux/images", delay=0.3)  # a slow answer, still within the grace
+    runner = make_runner()
+    await runner.start()
+    job = await accepted(runner, request())
+    await flux_emulator.wait_until(lambda: flux_emulator.count("POST", "/flux/images") == 1)
+
+    await runner.stop()
+
+    stopped = await db.get_job(store, job.id)
+    assert stopped is not None
+    assert stopped.status is JobStatus.SUBMITTED
+    assert stopped.provider_task_id in flux_emulator.tasks
