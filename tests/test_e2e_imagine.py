@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
+from PIL import Image
+
 from bot.db import JobStatus, jobs_in
 from tests.fluxbot_harness import FluxbotHarness, is_result
 
@@ -39,3 +43,22 @@ async def test_imagine_posts_the_providers_images_in_the_channel(fluxbot: Fluxbo
     assert [job.status for job in jobs] == [JobStatus.POSTED]
     (sent,) = fluxbot.flux.requests_to("POST", "/flux/images")
     assert sent.json is not None and (sent.json["count"], sent.json["size"]) == (2, "16:9")
+
+
+async def test_results_too_large_for_the_upload_limit_are_shrunk_until_they_fit(fluxbot: FluxbotHarness) -> None:
+    world = fluxbot.world
+    fluxbot.flux.large_results = 2048  # two noisy PNGs of about 12 MB each; the server allows 10 MiB
+    async with fluxbot.running():
+        await world.member.slash(world.channel, "imagine", prompt="static on a television", count=2)
+        result = await world.emu.wait_for_message(world.channel, is_result, author=world.emu.bot_user, timeout=30)
+
+    (task,) = fluxbot.flux.tasks.values()
+    originals = [fluxbot.flux.image_bytes(url) for url in task.images]
+    assert sum(map(len, originals)) > 20 * 2**20
+    assert len(result.attachments) == 2
+    assert sum(f.size for f in result.attachments) <= 10 * 2**20
+    for posted in result.attachments:
+        image = Image.open(io.BytesIO(posted.data))
+        image.load()
+        assert image.format == "JPEG"
+        assert posted.filename.endswith(".jpg")

@@ -64,6 +64,8 @@ class Engine:
     def __init__(self, api_key: str) -> None:
         self.api_key = api_key
         self.task_delay = 0.0
+        #: When set, results are noisy PNGs this many pixels square (2048: about 12 MB each).
+        self.large_results: int | None = None
         self.max_in_flight = 0
         self.requests: list[RecordedRequest] = []
         self.callbacks: list[CallbackDelivery] = []
@@ -350,7 +352,7 @@ class Engine:
     def _produce_images(self, task: EmuTask) -> None:
         for n in range(task.image_count):
             path = f"/images/{task.id}/{n}.png"
-            self._results[path] = render_png(task.id, n)
+            self._results[path] = render_png(task.id, n, noisy_side=self.large_results)
             task.images.append(self.base_url + path)
             task.seeds.append(task.requested_seed if task.requested_seed is not None else _seed(task.id, n))
             # The real service reports timings sometimes as a Unix time, sometimes as an object.

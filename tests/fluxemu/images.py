@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import io
+import random
 import re
 
 import aiohttp
@@ -24,16 +25,22 @@ class SourceError(Exception):
     """The source image of an edit could not be fetched, decoded or opened."""
 
 
-def render_png(task_id: str, n: int) -> bytes:
-    """Return a small real PNG, the same for the same ``(task_id, n)`` and different otherwise.
+def render_png(task_id: str, n: int, *, noisy_side: int | None = None) -> bytes:
+    """Return a real PNG, the same for the same ``(task_id, n)`` and different otherwise.
 
     The background and a diagonal band take their colours from a hash of the pair, so two results of
-    one task differ as well as results of different tasks.
+    one task differ as well as results of different tasks. With ``noisy_side`` the image is that many
+    pixels square and filled with noise that does not compress (a 2048 px side makes about 12 MB), like
+    the large results that must be shrunk to fit Discord's upload limit.
     """
     digest = hashlib.sha256(f"{task_id}/{n}".encode()).digest()
-    background, band = (digest[0], digest[1], digest[2]), (digest[3], digest[4], digest[5])
-    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), background)
-    ImageDraw.Draw(image).polygon([(0, 0), (IMAGE_SIZE // 2, 0), (IMAGE_SIZE, IMAGE_SIZE)], fill=band)
+    if noisy_side is not None:
+        pixels = random.Random(digest).randbytes(noisy_side * noisy_side * 3)
+        image = Image.frombytes("RGB", (noisy_side, noisy_side), pixels)
+    else:
+        background, band = (digest[0], digest[1], digest[2]), (digest[3], digest[4], digest[5])
+        image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), background)
+        ImageDraw.Draw(image).polygon([(0, 0), (IMAGE_SIZE // 2, 0), (IMAGE_SIZE, IMAGE_SIZE)], fill=band)
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
