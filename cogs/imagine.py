@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord import app_commands
 from discord.ext import commands
+from yarl import URL
 
 from bot.db import Job, JobKind, NewJob, QuotaRefusal
 from bot.flux import MAX_COUNT, MAX_PROMPT_LENGTH, ModelCatalog, ModelSpec
@@ -123,8 +124,7 @@ class ImagineCog(commands.Cog, name="Imagine"):
     async def reroll(self, interaction: discord.Interaction[FluxBot], job: Job) -> None:
         """The result's Re-roll button: the same request again, for (and charged to) whoever clicked."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        if job.source_image_url is not None:
-            await self._check_source_still_there(job.source_image_url)
+        source = await self._fresh_source(job.source_image_url) if job.source_image_url else None
         await self.start_job(
             interaction,
             kind=job.kind,
@@ -132,21 +132,40 @@ class ImagineCog(commands.Cog, name="Imagine"):
             model=job.model,
             size=job.size,
             count=job.count,
-            source_image_url=job.source_image_url,
+            source_image_url=source,
             parent_job_id=job.id,
         )
 
-    async def _check_source_still_there(self, ref: str) -> None:
-        """A re-rolled edit reuses its source's URL, and Discord's links to attachments expire after a day:
-        refuse clearly instead of sending the provider a dead link."""
+    async def _fresh_source(self, ref: str) -> str:
+        """The source of a re-rolled edit, still reachable.
+
+        Discord's links to attachments expire after a day, so a Discord link is refreshed first; a source
+        that is gone (its message deleted, say) is refused clearly instead of sent to the provider dead.
+        """
+        if _is_discord_attachment(ref):
+            ref = await self._refreshed_attachment_url(ref)
         try:
             await download_image(self.bot.session, ref, max_bytes=self.bot.settings.edit_max_bytes)
         except DownloadError as exc:
             log.info("the source of a re-rolled edit is gone: %s", exc)
             raise UserFacingError(
-                "The image this edit started from is no longer available (Discord's links to images expire). "
-                "Use Edit on the image again instead."
+                "The image this edit started from is no longer available. Use Edit on the image again instead."
             ) from exc
+        return ref
+
+    async def _refreshed_attachment_url(self, url: str) -> str:
+        """A new signed link for a Discord attachment link (expired or not), or the same link if Discord
+        will not refresh it."""
+        route = discord.http.Route("POST", "/attachments/refresh-urls")
+        try:
+            answer = await self.bot.http.request(route, json={"attachment_urls": [url]})
+        except discord.HTTPException as exc:
+            log.info("could not refresh an attachment link: %s", exc)
+            return url
+        for item in answer.get("refreshed_urls", []) if isinstance(answer, dict) else []:
+            if item.get("original") == url and isinstance(item.get("refreshed"), str):
+                return str(item["refreshed"])
+        return url
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -287,6 +306,11 @@ class ImagineCog(commands.Cog, name="Imagine"):
     def _provider_ref(self, url: str, image: SourceImage) -> str:
         """What the provider gets: the image's URL where it must fetch one, else the checked bytes inline."""
         return image.data_uri() if self.bot.flux.accepts_inline_images else url
+
+
+def _is_discord_attachment(url: str) -> bool:
+    """Whether ``url`` is a signed Discord attachment link (``?ex=…&is=…&hm=…``), which expires."""
+    return {"ex", "is", "hm"} <= set(URL(url).query)
 
 
 def first_image(message: discord.Message) -> discord.Attachment | str | None:

@@ -162,7 +162,26 @@ async def test_buttons_on_a_result_posted_before_a_restart_still_work(fluxbot: F
     assert [job.parent_job_id for job in jobs] == [None, jobs[0].id, jobs[0].id]
 
 
-async def test_reroll_of_an_edit_whose_source_link_expired_says_so_without_calling_the_provider(
+async def test_reroll_of_an_edit_whose_source_link_expired_refreshes_the_link(fluxbot: FluxbotHarness) -> None:
+    world = fluxbot.world
+    async with fluxbot.running():
+        slash = await world.member.slash(
+            world.channel, "edit", image=Attachment("boat.png", png_bytes(64, 64)), prompt="paint it red"
+        )
+        edited = await delivered(world, slash, 0)
+        world.emu.advance(25 * 3600)  # Discord's signed attachment links live about a day
+        again = await click_reroll(world, edited)
+
+    first, second = (body["image_url"] for body in provider_calls(fluxbot))
+    assert yarl.URL(first).path == yarl.URL(second).path
+    assert first != second  # a fresh signature, fetched by the provider after the old one expired
+    (_, retry) = fluxbot.flux.tasks.values()
+    assert retry.source_ok is True
+    assert is_result(again)
+    assert world.emu.calls("POST", "/attachments/refresh-urls")
+
+
+async def test_reroll_of_an_edit_whose_source_is_gone_says_so_without_calling_the_provider(
     fluxbot: FluxbotHarness,
 ) -> None:
     world = fluxbot.world
@@ -171,7 +190,10 @@ async def test_reroll_of_an_edit_whose_source_link_expired_says_so_without_calli
             world.channel, "edit", image=Attachment("boat.png", png_bytes(64, 64)), prompt="paint it red"
         )
         edited = await delivered(world, slash, 0)
-        world.emu.advance(25 * 3600)  # Discord's signed attachment links live about a day
+        source = yarl.URL(provider_calls(fluxbot)[0]["image_url"]).path
+        for file_id, stored in list(world.emu.files.items()):
+            if stored.path == source:
+                del world.emu.files[file_id]  # Discord no longer has the image
         click = await world.member.click(edited, f"flux:reroll:{job_of(edited)}")
         answer = await click.wait_response()
 

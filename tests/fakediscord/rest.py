@@ -13,6 +13,7 @@ from fnmatch import fnmatch
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+import yarl
 from aiohttp import web
 
 from .constants import (
@@ -125,6 +126,7 @@ ROUTES: list[tuple[str, str, str, bool]] = [
     ("GET", "/users/@me", "get_me", True),
     ("POST", "/users/@me/channels", "create_dm", True),
     ("GET", "/users/{user_id}", "get_user", True),
+    ("POST", "/attachments/refresh-urls", "refresh_urls", True),
     ("GET", "/oauth2/applications/@me", "get_application", True),
     ("GET", "/applications/@me", "get_application", True),
     ("GET", "/applications/{application_id}/commands", "list_commands", True),
@@ -387,6 +389,21 @@ class RestMixin:
 
     async def h_get_me(self, req: Request) -> Answer:
         return 200, {**self.bot_user.payload(), "verified": True, "mfa_enabled": False, "flags": 0, "email": None}
+
+    async def h_refresh_urls(self, req: Request) -> Answer:
+        """Fresh signed URLs for attachment URLs, expired or not (the file must still exist)."""
+        urls = req.body.get("attachment_urls")
+        if not isinstance(urls, list) or not urls or len(urls) > 50:
+            raise ApiError(400, Code.INVALID_FORM_BODY, "attachment_urls must list 1 to 50 URLs")
+        refreshed = []
+        for url in urls:
+            stored = self._stored_file_at(str(url))
+            refreshed.append({"original": url, "refreshed": stored.url() if stored else url})
+        return 200, {"refreshed_urls": refreshed}
+
+    def _stored_file_at(self, url: str) -> StoredFile | None:
+        path = unquote(yarl.URL(url).path)
+        return next((f for f in self.files.values() if unquote(f.path) == path), None)
 
     async def h_get_user(self, req: Request) -> Answer:
         unknown = ApiError(404, Code.UNKNOWN_USER, "Unknown User")
