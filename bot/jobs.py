@@ -177,7 +177,6 @@ class JobRunner:
         self._submits = TaskSet("submits")
         self._dispatch_needed = asyncio.Event()
         self._poll_needed = asyncio.Event()
-        self._starting: set[int] = set()
         self._delivering: set[int] = set()
         self._delivery_failures: dict[int, int] = {}
         self._last_progress: dict[int, tuple[float, JobUpdate]] = {}
