@@ -76,18 +76,7 @@ class MemberActions:
         values = {**(options or {}), **kwargs}
         data: dict[str, Any] = {"id": str(cmd.id), "name": cmd.name, "type": 1}
         data["options"] = self._command_options(cmd, names, values, {}, channel, focused=focused)
-        if cmd.guild_id is not None:
-            data["guild_id"] = str(cmd.guild_id)
-        inter = self.emu.new_interaction(
-            type=InteractionType.AUTOCOMPLETE,
-            user=self.user,
-            member=self._member(channel),
-            channel=channel,
-            data=data,
-            command=cmd,
-            locale=self.locale,
-        )
-        return self.emu.deliver(inter)
+        return self._deliver_command(cmd, channel, data, {}, kind=InteractionType.AUTOCOMPLETE)
 
     async def context_menu(self, message: Message, command: str, /, *, force: bool = False) -> Interaction:
         """Right-click ``message`` > Apps > ``command`` (a message context-menu command)."""
@@ -313,14 +302,20 @@ class MemberActions:
         return cmd
 
     def _deliver_command(
-        self, cmd: Command, channel: Channel, data: dict[str, Any], resolved: dict[str, dict[str, Any]]
+        self,
+        cmd: Command,
+        channel: Channel,
+        data: dict[str, Any],
+        resolved: dict[str, dict[str, Any]],
+        *,
+        kind: InteractionType = InteractionType.APPLICATION_COMMAND,
     ) -> Interaction:
         if resolved:
             data["resolved"] = resolved
         if cmd.guild_id is not None:
             data["guild_id"] = str(cmd.guild_id)
         inter = self.emu.new_interaction(
-            type=InteractionType.APPLICATION_COMMAND,
+            type=kind,
             user=self.user,
             member=self._member(channel),
             channel=channel,
