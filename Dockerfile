@@ -17,4 +17,6 @@ RUN pip install --no-cache-dir . \
 
 USER fluxbot
 VOLUME ["/app/data"]
+# Only used when CALLBACK_PUBLIC_URL is set (the callback receiver listens on CALLBACK_LISTEN).
+EXPOSE 8080
 CMD ["fluxbot"]

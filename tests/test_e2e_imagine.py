@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import logging
 
+import pytest
 from PIL import Image
 
+from bot import db
 from bot.db import JobStatus, jobs_in
-from tests.fluxbot_harness import FluxbotHarness, is_result
+from tests.fakediscord import Perm
+from tests.fluxbot_harness import FluxbotHarness, is_result, results_in, status_line
 
 
 async def test_the_real_bot_comes_online_with_its_commands_synced(fluxbot: FluxbotHarness) -> None:
@@ -62,3 +66,33 @@ async def test_results_too_large_for_the_upload_limit_are_shrunk_until_they_fit(
         image.load()
         assert image.format == "JPEG"
         assert posted.filename.endswith(".jpg")
+
+
+async def test_a_channel_the_bot_cannot_post_in_fails_the_job_clearly_and_charges_nothing(
+    fluxbot: FluxbotHarness,
+) -> None:
+    world = fluxbot.world
+    world.channel.set_permissions(world.emu.bot_user, deny=Perm.SEND_MESSAGES | Perm.ATTACH_FILES)
+    async with fluxbot.running() as bot:
+        inter = await world.member.slash(world.channel, "imagine", prompt="a quiet street")
+        await world.emu.wait_until(lambda: status_line(inter).startswith("❌"), timeout=10)
+        usage = await db.user_usage(bot.store, world.guild.id, world.member.id)
+
+    assert "could not be posted" in status_line(inter)
+    assert "not charged" in status_line(inter)
+    assert usage.today == 0
+    assert not results_in(world.channel)
+
+
+async def test_secrets_never_reach_the_log(fluxbot: FluxbotHarness, caplog: pytest.LogCaptureFixture) -> None:
+    world = fluxbot.world
+    caplog.set_level(logging.DEBUG)
+    fluxbot.flux.fail_next_task(code="invalid_token", message="bad key")
+    async with fluxbot.running() as bot:
+        for prompt in ("a red kite", "a blue kite"):
+            inter = await world.member.slash(world.channel, "imagine", prompt=prompt)
+            await world.emu.wait_until(lambda i=inter: status_line(i).startswith(("✅", "❌")), timeout=10)
+        secrets = [bot.settings.discord_token.get_secret_value(), bot.settings.flux_api_key.get_secret_value()]
+
+    assert "needs attention" in caplog.text or "invalid_token" in caplog.text
+    assert all(secret not in caplog.text for secret in secrets)
