@@ -8,10 +8,20 @@ from typing import Any
 import discord
 from discord import app_commands
 
+from bot import db
+from bot.db import QuotaRefusal
 from bot.flux import FluxError
 from bot.images import ImageError
+from bot.limits import Refusal, RefusalKind
 
-__all__ = ["UNEXPECTED_ERROR", "UserFacingError", "reply_with_error", "user_message_for"]
+__all__ = [
+    "UNEXPECTED_ERROR",
+    "UserFacingError",
+    "describe_quota_refusal",
+    "describe_refusal",
+    "reply_with_error",
+    "user_message_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +63,38 @@ async def reply_with_error(interaction: discord.Interaction[Any], error: BaseExc
             await interaction.response.send_message(message, ephemeral=True)
     except discord.HTTPException as exc:
         log.warning("could not tell the member about an error in interaction %s: %s", interaction.id, exc)
+
+
+def describe_refusal(refusal: Refusal) -> str:
+    """The member's explanation of a rule that refused their request (never naming a blocked term)."""
+    match refusal.kind:
+        case RefusalKind.DMS_OFF:
+            return "The bot does not take requests in direct messages. Use it in a server."
+        case RefusalKind.CHANNEL:
+            return (
+                "The bot is not used in this channel here. Try " + ", ".join(f"<#{c}>" for c in refusal.allowed) + "."
+            )
+        case RefusalKind.MODEL:
+            return "That model is not allowed in this server. Allowed: " + ", ".join(refusal.allowed) + "."
+        case RefusalKind.COUNT:
+            most = refusal.allowed[0]
+            return f"This server allows at most {most} image{'' if most == '1' else 's'} per request."
+        case RefusalKind.BLOCKED_TERM:
+            return "This server does not allow a word or phrase in that prompt. Please rephrase it."
+
+
+def describe_quota_refusal(refusal: QuotaRefusal) -> str:
+    """Which limit stopped the request and when it resets, as a Discord relative timestamp."""
+    when = f" It resets <t:{int(refusal.resets_at)}:R>." if refusal.resets_at else ""
+    limit, current = int(refusal.limit), int(refusal.current)
+    match refusal.kind:
+        case db.LimitKind.USER_DAILY:
+            text = f"Daily limit reached: you have used {current} of your {limit} images today"
+            text += f" and asked for {refusal.requested} more." if refusal.requested > 1 else "."
+        case db.LimitKind.GUILD_DAILY:
+            text = f"This server's daily limit is reached: {current} of {limit} images used today."
+        case db.LimitKind.MAX_CONCURRENT:
+            text = f"You already have {current} jobs in progress; the limit is {limit}. Wait for one to finish."
+        case db.LimitKind.COOLDOWN:
+            text = f"Cooldown: this server allows one request every {limit} s."
+    return text + when

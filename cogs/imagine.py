@@ -22,8 +22,14 @@ from bot.db import Job, JobKind, NewJob, QuotaRefusal
 from bot.flux import MAX_COUNT, MAX_PROMPT_LENGTH, ModelCatalog, ModelSpec
 from bot.images import DownloadError, SourceImage, download_image, inspect_source, public_url, size_text
 from bot.limits import Refusal, admit
-from cogs.feedback import UserFacingError, reply_with_error, user_message_for
-from cogs.limits import describe_quota_refusal, describe_refusal
+from cogs.feedback import (
+    UserFacingError,
+    describe_quota_refusal,
+    describe_refusal,
+    reply_with_error,
+    user_message_for,
+)
+from cogs.results import IMAGINE_COG
 
 if TYPE_CHECKING:
     from bot.app import FluxBot
@@ -44,7 +50,7 @@ class Source:
     ref: str
 
 
-class ImagineCog(commands.Cog, name="Imagine"):
+class ImagineCog(commands.Cog, name=IMAGINE_COG):
     """Image generation and editing."""
 
     def __init__(self, bot: FluxBot) -> None:

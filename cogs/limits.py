@@ -14,52 +14,17 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import db
-from bot.db import JobStatus, QuotaRefusal
+from bot.db import JobStatus
 from bot.db.days import next_utc_midnight
-from bot.limits import DM_GUILD_ID, Limits, Refusal, RefusalKind, limits_for
+from bot.limits import DM_GUILD_ID, Limits, limits_for
 from cogs.feedback import UserFacingError
 
 if TYPE_CHECKING:
     from bot.app import FluxBot
 
-__all__ = ["LimitsCog", "describe_quota_refusal", "describe_refusal", "setup"]
+__all__ = ["LimitsCog", "setup"]
 
 log = logging.getLogger(__name__)
-
-
-def describe_refusal(refusal: Refusal) -> str:
-    """The member's explanation of a rule that refused their request (never naming a blocked term)."""
-    match refusal.kind:
-        case RefusalKind.DMS_OFF:
-            return "The bot does not take requests in direct messages. Use it in a server."
-        case RefusalKind.CHANNEL:
-            return (
-                "The bot is not used in this channel here. Try " + ", ".join(f"<#{c}>" for c in refusal.allowed) + "."
-            )
-        case RefusalKind.MODEL:
-            return "That model is not allowed in this server. Allowed: " + ", ".join(refusal.allowed) + "."
-        case RefusalKind.COUNT:
-            most = refusal.allowed[0]
-            return f"This server allows at most {most} image{'' if most == '1' else 's'} per request."
-        case RefusalKind.BLOCKED_TERM:
-            return "This server does not allow a word or phrase in that prompt. Please rephrase it."
-
-
-def describe_quota_refusal(refusal: QuotaRefusal) -> str:
-    """Which limit stopped the request and when it resets, as a Discord relative timestamp."""
-    when = f" It resets <t:{int(refusal.resets_at)}:R>." if refusal.resets_at else ""
-    limit, current = int(refusal.limit), int(refusal.current)
-    match refusal.kind:
-        case db.LimitKind.USER_DAILY:
-            text = f"Daily limit reached: you have used {current} of your {limit} images today"
-            text += f" and asked for {refusal.requested} more." if refusal.requested > 1 else "."
-        case db.LimitKind.GUILD_DAILY:
-            text = f"This server's daily limit is reached: {current} of {limit} images used today."
-        case db.LimitKind.MAX_CONCURRENT:
-            text = f"You already have {current} jobs in progress; the limit is {limit}. Wait for one to finish."
-        case db.LimitKind.COOLDOWN:
-            text = f"Cooldown: this server allows one request every {limit} s."
-    return text + when
 
 
 def _limit(value: int | None) -> str:

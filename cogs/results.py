@@ -23,7 +23,6 @@ from bot.db import INTERACTION_LIFETIME, Job, JobKind
 from bot.images import DownloadedImage, ImageRejected, fit_images
 from bot.jobs import DeliveryError, JobDone, JobFailed, JobQueued, JobStarted, JobUpdate, PostedResult
 from cogs.feedback import reply_with_error
-from cogs.imagine import ImagineCog
 
 if TYPE_CHECKING:
     from bot.app import FluxBot
@@ -180,12 +179,16 @@ _BUTTONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
 }
 
 
+#: The name of the cog (``cogs.imagine``) that re-rolls and edits results.
+IMAGINE_COG = "Imagine"
+
+
 @runtime_checkable
 class ResultActions(Protocol):
     """What the buttons ask of the Imagine cog.
 
-    Checked by shape, not by class: ``load_extension`` executes ``cogs.imagine`` afresh, so the loaded cog
-    is an instance of another ``ImagineCog`` class object than the one imported here.
+    Checked by shape, not by class: extension modules are executed by ``load_extension``, so modules
+    that are not extensions (like this one) never import them.
     """
 
     async def reroll(self, interaction: discord.Interaction[Any], job: Job, /) -> None: ...
@@ -213,9 +216,9 @@ class JobButton(
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         try:
-            cog = interaction.client.get_cog(ImagineCog.__cog_name__)
+            cog = interaction.client.get_cog(IMAGINE_COG)
             if not isinstance(cog, ResultActions):
-                raise RuntimeError(f"the {ImagineCog.__cog_name__} cog is not loaded")
+                raise RuntimeError(f"the {IMAGINE_COG} cog is not loaded")
             job = await db.get_job(interaction.client.store, self.job_id)
             if job is None:
                 await interaction.response.send_message("That image is no longer known to the bot.", ephemeral=True)
