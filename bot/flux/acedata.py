@@ -155,7 +155,7 @@ class AceDataClient(FluxClient):
         payload["async"] = True
         if self.callback_url:
             payload["callback_url"] = self.callback_url
-        body = await self._post(f"{self.base_url}/flux/images", payload, submit=True)
+        body = await self._post_submit(f"{self.base_url}/flux/images", payload)
         try:
             answer = AceImagesResponse.model_validate(body)
         except ValidationError as exc:

@@ -107,9 +107,9 @@ class FluxClient(ABC):
     async def _submit(self, call: Callable[[], Awaitable[Submission]]) -> Submission:
         return await call_with_retries(call, policy=self.retry, retryable=retryable_submit, sleep=self._sleep)
 
-    async def _post(self, url: str, payload: Mapping[str, Any], *, submit: bool) -> Any:
-        """POST once (no retries here: callers decide with :meth:`_submit` or :meth:`_poll`)."""
-        return await self._send("POST", url, payload=payload, submit=submit)
+    async def _post_submit(self, url: str, payload: Mapping[str, Any]) -> Any:
+        """POST a submit once, with the submit timeout (whether to retry is :meth:`_submit`'s decision)."""
+        return await self._send("POST", url, payload=payload, submit=True)
 
     async def _poll(self, method: str, url: str, payload: Mapping[str, Any] | None = None) -> Any:
         """A status request, retried on transient failures."""

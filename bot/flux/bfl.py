@@ -96,7 +96,7 @@ class BflClient(FluxClient):
             payload["seed"] = seed
         if image is not None:
             payload["input_image"] = image
-        body = await self._post(f"{self.base_url}/v1/{spec.name}", payload, submit=True)
+        body = await self._post_submit(f"{self.base_url}/v1/{spec.name}", payload)
         try:
             answer = BflSubmitted.model_validate(body)
         except ValidationError as exc:

@@ -99,7 +99,7 @@ class OpenAIRelayClient(FluxClient):
         payload["output_format"] = "png"
         if seed is not None:
             payload["seed"] = seed  # omitted rather than sent as the string "null" (seed 003's example)
-        body = await self._post(f"{self.base_url}/v1/images/generations", payload, submit=True)
+        body = await self._post_submit(f"{self.base_url}/v1/images/generations", payload)
         try:
             answer = RelayImagesResponse.model_validate(body)
         except ValidationError as exc:
