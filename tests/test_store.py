@@ -634,3 +634,18 @@ async def test_the_blocklist_is_trimmed_case_insensitive_unique_and_per_server(s
         await add_blocked_term(store, GUILD, "   ", changed_by=ADMIN)
     audit = [(c.field, c.old_value, c.new_value) for c in await recent_limit_changes(store, GUILD)]
     assert audit == [("blocklist", '"gore"', None), ("blocklist", None, '"strasse"'), ("blocklist", None, '"gore"')]
+
+
+async def test_upgrading_keeps_server_settings_and_then_accepts_no_concurrency_limit(tmp_path: Path) -> None:
+    path = tmp_path / "upgrade.db"
+    before_rebuild = [m for m in load_migrations() if m.version < 3]
+    async with await Store.open(path, migrations=before_rebuild) as old:
+        await update_guild_settings(old, GUILD, ADMIN, user_daily=7, max_concurrent=2, allowed_models=["flux-dev"])
+
+    async with await Store.open(path) as upgraded:
+        kept = await get_guild_settings(upgraded, GUILD)
+        changed = await update_guild_settings(upgraded, GUILD, ADMIN, max_concurrent=0)
+        assert upgraded.schema_version == load_migrations()[-1].version
+
+    assert (kept.user_daily, kept.max_concurrent, kept.allowed_models) == (7, 2, ("flux-dev",))
+    assert changed.max_concurrent == 0
