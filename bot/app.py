@@ -98,7 +98,9 @@ class FluxBot(commands.Bot):
     async def sync_commands_if_changed(self) -> None:
         """Sync the application commands only when they differ from the last sync (it is rate limited)."""
         payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
-        fingerprint = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        # The application is part of it: the same database used with another bot token must sync again.
+        signed = {"application_id": self.application_id, "commands": payload}
+        fingerprint = hashlib.sha256(json.dumps(signed, sort_keys=True).encode()).hexdigest()
         if await db.get_state(self.store, COMMANDS_FINGERPRINT) == fingerprint:
             log.info("application commands unchanged; not syncing")
             return

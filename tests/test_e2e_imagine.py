@@ -97,3 +97,21 @@ async def test_secrets_never_reach_the_log(fluxbot: FluxbotHarness, caplog: pyte
 
     assert "needs attention" in caplog.text or "invalid_token" in caplog.text
     assert all(secret not in caplog.text for secret in secrets)
+
+
+async def test_commands_are_synced_only_when_they_changed(fluxbot: FluxbotHarness) -> None:
+    async with fluxbot.running():
+        pass
+    async with fluxbot.running():  # same commands, same database: no sync (Discord rate-limits it)
+        pass
+    assert len(fluxbot.discord.command_syncs) == 1
+
+    async with fluxbot.running(FLUX_PROVIDER="bfl"):  # another model table: other choices
+        pass
+    assert len(fluxbot.discord.command_syncs) == 2
+    assert {c["value"] for c in _option(fluxbot, "imagine", "model")["choices"]} >= {"flux-2-klein-4b"}
+
+
+def _option(harness: FluxbotHarness, command: str, option: str) -> dict[str, object]:
+    (synced,) = [c for c in harness.discord.commands(None) if c.name == command]
+    return next(o for o in synced.options if o["name"] == option)
