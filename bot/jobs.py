@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL = 5.0
 #: Seconds a stopping bot waits for submits under way (see :meth:`JobRunner.stop`).
 STOP_GRACE = 10.0
+#: Deliveries (download, fit, post) at once: each holds its images in memory, up to 4 x 25 MiB.
+DELIVERY_CONCURRENCY = 4
 #: How often a delivery is tried before the job is given up.
 DELIVERY_ATTEMPTS = 3
 
@@ -181,6 +183,7 @@ class JobRunner:
         self._delivery_failures: dict[int, int] = {}
         self._last_progress: dict[int, tuple[float, JobUpdate]] = {}
         self._recovered: set[int] = set()
+        self._delivery_slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
         self._running = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -343,8 +346,9 @@ class JobRunner:
         try:
             posted = await self._already_posted(job)
             if posted is None:
-                images = [await download_image(self._session, ref) for ref in job.image_urls]
-                posted = PostedResult(await self._courier.deliver(job, images), len(images))
+                async with self._delivery_slots:  # results are held in memory while they are posted
+                    images = [await download_image(self._session, ref) for ref in job.image_urls]
+                    posted = PostedResult(await self._courier.deliver(job, images), len(images))
         except (DownloadError, DeliveryError) as error:
             attempts = self._delivery_failures.get(job.id, 0) + 1
             self._delivery_failures[job.id] = attempts
