@@ -261,8 +261,8 @@ class JobRunner:
         for job in queued[: max(free, 0)]:
             if await db.mark_submitting(self._store, job.id):
                 self._submits.spawn(self._start_job(job), name=f"submit-{job.id}")
-        for position, job in enumerate(queued[max(free, 0) :], start=1):
-            await self._progress(job, JobQueued(position))
+        waiting = enumerate(queued[max(free, 0) :], start=1)
+        await asyncio.gather(*(self._progress(job, JobQueued(position)) for position, job in waiting))
 
     async def _start_job(self, job: Job) -> None:
         try:
@@ -311,6 +311,7 @@ class JobRunner:
             except FluxError as error:
                 log.warning("polling %d jobs failed; asking again next tick: %s", len(handles), error)
         now = self._clock()
+        still_running: list[Job] = []
         for job in submitted:
             status = statuses.get(job.provider_task_id or "")
             if status is not None and status.state is not TaskState.PENDING:
@@ -318,7 +319,9 @@ class JobRunner:
             elif now - (job.submitted_at or job.created_at) > self._job_timeout:
                 await self._fail(job, "deadline", DEADLINE_MESSAGE)
             else:
-                await self._progress(job, JobStarted(now - job.created_at))
+                still_running.append(job)
+        # Status edits go out together, so many jobs do not hold up the next tick one edit at a time.
+        await asyncio.gather(*(self._progress(job, JobStarted(now - job.created_at)) for job in still_running))
         for job in await db.jobs_in(self._store, JobStatus.SUCCEEDED):
             self._deliver_soon(job)
 
