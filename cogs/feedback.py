@@ -19,6 +19,7 @@ __all__ = [
     "UserFacingError",
     "describe_quota_refusal",
     "describe_refusal",
+    "explain",
     "reply_with_error",
     "user_message_for",
 ]
@@ -45,8 +46,8 @@ def user_message_for(error: BaseException) -> str | None:
     return None
 
 
-async def reply_with_error(interaction: discord.Interaction[Any], error: BaseException) -> None:
-    """Tell the member what went wrong, ephemerally, whether or not the interaction was answered yet.
+def explain(error: BaseException, where: str) -> str:
+    """What to tell the member about ``error``, which happened in ``where`` (for the log).
 
     Our own errors become their short message; anything else is logged once, with its traceback, and
     the member gets a generic apology — never a traceback.
@@ -54,8 +55,15 @@ async def reply_with_error(interaction: discord.Interaction[Any], error: BaseExc
     message = user_message_for(error)
     if message is None:
         cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
-        log.error("unhandled error in interaction %s", interaction.id, exc_info=cause)
+        log.error("unhandled error in %s", where, exc_info=cause)
         message = UNEXPECTED_ERROR
+    return message
+
+
+async def reply_with_error(interaction: discord.Interaction[Any], error: BaseException) -> None:
+    """Tell the member what went wrong (see :func:`explain`), ephemerally, whether or not the interaction
+    was answered yet."""
+    message = explain(error, f"interaction {interaction.id}")
     try:
         if interaction.response.is_done():
             await interaction.followup.send(message, ephemeral=True)

@@ -26,8 +26,8 @@ from cogs.feedback import (
     UserFacingError,
     describe_quota_refusal,
     describe_refusal,
+    explain,
     reply_with_error,
-    user_message_for,
 )
 from cogs.results import IMAGINE_COG
 
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 __all__ = ["ImagineCog", "setup"]
 
 log = logging.getLogger(__name__)
+
+#: Who asks for a job: a member's command, button or modal, or a message (a reply asking for an edit).
+Requester = discord.Interaction["FluxBot"] | discord.Message
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 _MENTION = re.compile(r"<@!?(\d+)>")
@@ -108,7 +111,7 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
 
     async def _start_edit(
         self,
-        interaction: discord.Interaction[FluxBot],
+        requester: Requester,
         spec: ModelSpec,
         prompt: str,
         source: Source,
@@ -117,7 +120,7 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
     ) -> Job:
         """An edit of ``source`` with ``spec``'s model, in the ratio nearest to the source's."""
         return await self.start_job(
-            interaction,
+            requester,
             kind=JobKind.EDIT,
             prompt=prompt,
             model=spec.name,
@@ -184,11 +187,7 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
         try:
             await self._edit_from_reply(message)
         except Exception as error:
-            text = user_message_for(error)
-            if text is None:
-                log.error("unhandled error editing from message %d", message.id, exc_info=error)
-                text = "Something went wrong on the bot's side. The operators can see what in the log."
-            await message.reply(text, mention_author=False)
+            await message.reply(explain(error, f"an edit request in message {message.id}"), mention_author=False)
 
     async def _edit_from_reply(self, message: discord.Message) -> None:
         assert message.reference is not None and message.reference.message_id is not None
@@ -207,29 +206,15 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
                 "That message has no image I can see: without the Message Content intent the bot does not see "
                 "other members' images. Use the message's Apps menu > Edit image instead."
             )
-        model = self.catalog.default_edit_model
-        spec = self.catalog.check_edit(prompt=prompt, model=model, size=None)
-        source = await self.source_from_message(target)
-        new = NewJob(
-            guild_id=message.guild.id if message.guild else 0,
-            channel_id=message.channel.id,
-            user_id=message.author.id,
-            kind=JobKind.EDIT,
-            prompt=prompt,
-            model=model,
-            size=source.image.aspect_ratio(spec.ratios),
-            count=1,
-            provider=self.bot.settings.flux_provider,
-            source_image_url=source.ref,
-        )
-        job = await self.submit(new)
+        spec = self.catalog.check_edit(prompt=prompt, model=self.catalog.default_edit_model, size=None)
+        job = await self._start_edit(message, spec, prompt, await self.source_from_message(target))
         await message.reply(f"🎨 On it — job #{job.id}.", mention_author=False)
 
     # -- shared steps ---------------------------------------------------------------------------------
 
     async def start_job(
         self,
-        interaction: discord.Interaction[FluxBot],
+        requester: Requester,
         *,
         kind: JobKind,
         prompt: str,
@@ -239,12 +224,22 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
         source_image_url: str | None = None,
         parent_job_id: int | None = None,
     ) -> Job:
-        """Record the job for the member behind ``interaction`` (already deferred) and queue it."""
-        assert interaction.channel_id is not None
+        """Record the job for the member behind ``requester`` and queue it.
+
+        An interaction (already deferred) also gives the job its token, to show progress in the member's
+        response; a message (a reply asking for an edit) has none.
+        """
+        if isinstance(requester, discord.Interaction):
+            assert requester.channel_id is not None
+            interaction, guild_id = requester, requester.guild_id or 0
+            channel_id, user_id = requester.channel_id, requester.user.id
+        else:
+            interaction, guild_id = None, requester.guild.id if requester.guild else 0
+            channel_id, user_id = requester.channel.id, requester.author.id
         new = NewJob(
-            guild_id=interaction.guild_id or 0,
-            channel_id=interaction.channel_id,
-            user_id=interaction.user.id,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            user_id=user_id,
             kind=kind,
             prompt=prompt,
             model=model,
@@ -253,9 +248,9 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
             provider=self.bot.settings.flux_provider,
             source_image_url=source_image_url,
             parent_job_id=parent_job_id,
-            interaction_application_id=interaction.application_id,
-            interaction_token=interaction.token,
-            interaction_created_at=interaction.created_at.timestamp(),
+            interaction_application_id=interaction.application_id if interaction else None,
+            interaction_token=interaction.token if interaction else None,
+            interaction_created_at=interaction.created_at.timestamp() if interaction else None,
         )
         return await self.submit(new)
 
