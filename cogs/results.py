@@ -71,7 +71,7 @@ class DiscordCourier:
         except ImageRejected as exc:
             raise DeliveryError(str(exc), retryable=False) from exc
         files = [discord.File(io.BytesIO(image.data), filename=image.filename) for image in fitted]
-        channel = self._bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id or None)
+        channel = self._channel(job)
         verb = "edited" if job.kind is JobKind.EDIT else "imagined"
         try:
             message = await channel.send(
@@ -79,9 +79,7 @@ class DiscordCourier:
                 embed=result_embed(job),
                 files=files,
                 view=result_view(job.id),
-                allowed_mentions=discord.AllowedMentions(
-                    users=[discord.Object(job.user_id)], roles=False, everyone=False
-                ),
+                allowed_mentions=_requester_only(job),
                 # Discord answers a repeated nonce with the first message: a post that happened just
                 # before a crash is not made twice when the job is delivered again after the restart.
                 nonce=f"fluxjob-{job.id}",
@@ -96,7 +94,7 @@ class DiscordCourier:
 
     async def find_posted(self, job: Job) -> PostedResult | None:
         """Look for the job's result among the bot's messages in the channel since the job began."""
-        channel = self._bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id or None)
+        channel = self._channel(job)
         since = discord.Object(discord.utils.time_snowflake(datetime.fromtimestamp(job.created_at, UTC)))
         me = self._bot.user
         try:
@@ -107,6 +105,10 @@ class DiscordCourier:
         except discord.HTTPException as exc:
             raise DeliveryError(f"cannot read channel {job.channel_id}: {exc}", retryable=True) from exc
         return None
+
+    def _channel(self, job: Job) -> discord.PartialMessageable:
+        """The job's channel, usable with the bot token alone (no cache needed, also after a restart)."""
+        return self._bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id or None)
 
     def _upload_limit(self, job: Job) -> int:
         guild = self._bot.get_guild(job.guild_id) if job.guild_id else None
@@ -126,11 +128,11 @@ class DiscordCourier:
             await self._tell_in_channel(job, line)
 
     async def _tell_in_channel(self, job: Job, line: str) -> None:
-        channel = self._bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id or None)
+        channel = self._channel(job)
         try:
             await channel.send(
                 f"<@{job.user_id}> {line}",
-                allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+                allowed_mentions=_requester_only(job),
             )
         except discord.HTTPException as exc:
             log.info("job %d: could not tell the member in the channel: %s", job.id, exc)
@@ -139,6 +141,11 @@ class DiscordCourier:
     def _token_alive(job: Job) -> bool:
         created = job.interaction_created_at or job.created_at
         return time.time() < created + INTERACTION_LIFETIME - TOKEN_MARGIN
+
+
+def _requester_only(job: Job) -> discord.AllowedMentions:
+    """Ping the member who asked, and nobody else (prompts are user text)."""
+    return discord.AllowedMentions(users=[discord.Object(job.user_id)], roles=False, everyone=False)
 
 
 def result_embed(job: Job) -> discord.Embed:
