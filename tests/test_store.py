@@ -27,6 +27,7 @@ from bot.db import (
     QuotaRefusal,
     SchemaTooNewError,
     Store,
+    StoreBusyError,
     active_jobs,
     add_blocked_term,
     blocked_terms,
@@ -335,14 +336,47 @@ async def test_posting_twice_charges_once_and_only_what_was_delivered(store: Sto
     job = await accepted(store, request(count=4))
     await advance(store, job.id, JobStatus.SUBMITTED)
     assert await mark_succeeded(store, job.id, ["a", "b", "c"], None)
-    with pytest.raises(ValueError, match="reserved 4"):
-        await mark_posted(store, job.id, 1, delivered=5)
-    assert (await get_job(store, job.id)).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
     assert await mark_posted(store, job.id, 1, delivered=3)
     assert not await mark_posted(store, job.id, 1, delivered=3)
     assert await usage_row(store, "2025-03-14") == (0, 3)
     posted = await get_job(store, job.id)
     assert posted is not None and posted.charged_images == 3 and posted.reserved_images == 4
+
+
+async def test_a_post_of_more_images_than_reserved_is_recorded_and_charged_only_the_reservation(
+    store: Store,
+) -> None:
+    job = await accepted(store, request(count=1))
+    await advance(store, job.id, JobStatus.SUBMITTED)
+    assert await mark_succeeded(store, job.id, ["a", "b"], None)
+    assert await mark_posted(store, job.id, 1, delivered=2)  # the post happened: it must be recorded
+    posted = await get_job(store, job.id)
+    assert posted is not None and (posted.status, posted.charged_images) == (JobStatus.POSTED, 1)
+    assert await usage_row(store, "2025-03-14") == (0, 1)
+
+
+async def test_ending_a_job_clears_its_interaction_token(store: Store) -> None:
+    ended = []
+    for end in ("posted", "failed", "lost"):
+        job = await accepted(store, request(interaction_token="secret-token", interaction_application_id=7))
+        assert job.interaction_token == "secret-token"
+        if end == "lost":
+            assert await mark_submitting(store, job.id)
+            assert await mark_lost(store, job.id, "lost")
+        elif end == "failed":
+            assert await mark_failed(store, job.id, "x", "failed")
+        else:
+            await advance(store, job.id, JobStatus.SUBMITTED)
+            assert await mark_succeeded(store, job.id, ["a"], None)
+            assert await mark_posted(store, job.id, 1, delivered=1)
+        ended.append(await get_job(store, job.id))
+    assert [(job.status.value, job.interaction_token) for job in ended if job] == [
+        ("posted", None),
+        ("failed", None),
+        ("lost", None),
+    ]
+    row = await store.fetch_one("SELECT count(*) FROM jobs WHERE interaction_token IS NOT NULL")
+    assert row is not None and row[0] == 0
 
 
 async def test_queue_positions_and_status_lookups_follow_job_order(store: Store) -> None:
@@ -649,3 +683,43 @@ async def test_upgrading_keeps_server_settings_and_then_accepts_no_concurrency_l
 
     assert (kept.user_daily, kept.max_concurrent, kept.allowed_models) == (7, 2, ("flux-dev",))
     assert changed.max_concurrent == 0
+
+
+# -- another connection holding the write lock ------------------------------------------------------------
+
+
+def hold_write_lock(db_path: Path) -> sqlite3.Connection:
+    """Another process's connection in the middle of a write transaction (it holds the write lock)."""
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+async def test_a_write_that_meets_another_connections_lock_waits_and_then_succeeds(
+    db_path: Path, clock: FakeClock
+) -> None:
+    async with await Store.open(db_path, clock=clock, busy_timeout_ms=50, busy_window=10.0) as store:
+        job = await accepted(store)
+        holder = hold_write_lock(db_path)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, holder.rollback)  # longer than one busy_timeout: SQLite alone would give up
+        try:
+            assert await mark_submitting(store, job.id)
+        finally:
+            holder.close()
+        assert (await get_job(store, job.id)).status is JobStatus.SUBMITTING  # type: ignore[union-attr]
+
+
+async def test_a_lock_held_past_the_busy_window_is_a_typed_error_and_the_write_can_be_done_later(
+    db_path: Path, clock: FakeClock
+) -> None:
+    async with await Store.open(db_path, clock=clock, busy_timeout_ms=20, busy_window=0.2) as store:
+        job = await accepted(store)
+        holder = hold_write_lock(db_path)
+        try:
+            with pytest.raises(StoreBusyError):
+                await mark_submitting(store, job.id)
+            assert (await get_job(store, job.id)).status is JobStatus.QUEUED  # type: ignore[union-attr]
+        finally:
+            holder.close()
+        assert await mark_submitting(store, job.id)  # the store is usable again: nothing was left half-done

@@ -50,7 +50,7 @@ from bot.db.models import (
 )
 from bot.db.schema import Migration, MigrationError, SchemaTooNewError, load_migrations
 from bot.db.state import get_state, set_state
-from bot.db.store import Store, Transaction
+from bot.db.store import Store, StoreBusyError, Transaction
 from bot.db.usage import guild_usage_today, user_usage
 
 __all__ = [
@@ -73,6 +73,7 @@ __all__ = [
     "SchemaTooNewError",
     "SettingsChanges",
     "Store",
+    "StoreBusyError",
     "Transaction",
     "UsageSummary",
     "active_jobs",

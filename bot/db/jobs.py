@@ -9,8 +9,9 @@ wrong status changes nothing and returns ``False``)::
     submitting -> lost
 
 Settling the reservation happens in the same transaction as the transition that ends the job:
-``posted`` charges what was delivered, ``failed`` and ``lost`` charge nothing. Because a terminal job can
-never transition again, repeating a call can never charge or release twice.
+``posted`` charges what was delivered (at most what was reserved), ``failed`` and ``lost`` charge nothing.
+Because a terminal job can never transition again, repeating a call can never charge or release twice.
+The transition that ends a job also clears its interaction token: a secret that is no use any more.
 """
 
 from __future__ import annotations
@@ -158,28 +159,32 @@ async def mark_succeeded(store: Store, job_id: int, image_urls: Sequence[str], s
 async def mark_posted(store: Store, job_id: int, message_id: int, delivered: int) -> bool:
     """succeeded -> posted: release the reservation and charge the ``delivered`` images.
 
-    ``delivered`` must be between 0 and the images reserved. A second call returns False and charges
-    nothing.
+    The post has happened, so it is always recorded: more images than were reserved are charged as the
+    reserved number (never more). A second call returns False and charges nothing.
     """
     if delivered < 0:
         raise ValueError(f"delivered cannot be negative ({delivered})")
     async with store.transaction() as tx:
         row = await tx.fetch_one(
             """
-            UPDATE jobs SET status = 'posted', posted_message_id = ?, posted_at = ?, charged_images = ?
-            WHERE id = ? AND status = 'succeeded' AND ? <= reserved_images
-            RETURNING guild_id, user_id, usage_day, reserved_images
+            UPDATE jobs SET status = 'posted', posted_message_id = ?, posted_at = ?,
+                            charged_images = min(?, reserved_images), interaction_token = NULL
+            WHERE id = ? AND status = 'succeeded'
+            RETURNING guild_id, user_id, usage_day, reserved_images, charged_images
             """,
-            (message_id, store.now(), delivered, job_id, delivered),
+            (message_id, store.now(), delivered, job_id),
         )
         if row is None:
-            reserved = await tx.fetch_one(
-                "SELECT reserved_images FROM jobs WHERE id = ? AND status = 'succeeded'", (job_id,)
-            )
-            if reserved is not None:
-                raise ValueError(f"job {job_id} reserved {reserved[0]} image(s); cannot charge {delivered}")
             return await _done(tx, job_id, row, JobStatus.POSTED)
-        await _settle(tx, row, used=delivered)
+        if row["charged_images"] < delivered:
+            log.warning(
+                "job %d delivered %d image(s) but reserved %d; charged %d",
+                job_id,
+                delivered,
+                row["reserved_images"],
+                row["charged_images"],
+            )
+        await _settle(tx, row, used=row["charged_images"])
         return True
 
 
@@ -188,7 +193,8 @@ async def mark_failed(store: Store, job_id: int, code: str, message: str) -> boo
     async with store.transaction() as tx:
         row = await tx.fetch_one(
             """
-            UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, finished_at = ?
+            UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, finished_at = ?,
+                            interaction_token = NULL
             WHERE id = ? AND status IN ('queued', 'submitting', 'submitted', 'succeeded')
             RETURNING guild_id, user_id, usage_day, reserved_images
             """,
@@ -204,7 +210,8 @@ async def mark_lost(store: Store, job_id: int, message: str) -> bool:
     async with store.transaction() as tx:
         row = await tx.fetch_one(
             """
-            UPDATE jobs SET status = 'lost', error_code = ?, error_message = ?, finished_at = ?
+            UPDATE jobs SET status = 'lost', error_code = ?, error_message = ?, finished_at = ?,
+                            interaction_token = NULL
             WHERE id = ? AND status = 'submitting'
             RETURNING guild_id, user_id, usage_day, reserved_images
             """,

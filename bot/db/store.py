@@ -5,7 +5,9 @@ transaction per connection, so two coroutines must never interleave statements o
 :meth:`Store.transaction` holds an :class:`asyncio.Lock` from ``BEGIN IMMEDIATE`` to ``COMMIT``, and the
 read helpers take the same lock so they never see another coroutine's uncommitted work. Between
 processes (or several Store instances on one file) ``BEGIN IMMEDIATE`` plus ``busy_timeout`` make
-writers queue up inside SQLite instead of failing.
+writers queue up inside SQLite instead of failing; a write that still meets the lock (another connection
+held it for longer than ``busy_timeout``) is tried again for up to ``busy_window`` seconds, and only then
+raises :class:`StoreBusyError` — a normal condition that callers retry later, not a crash.
 
 The repository functions live next to this module (``jobs``, ``usage``, ``guilds``) and take the store
 as their first argument.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sqlite3
 import time
@@ -29,12 +32,24 @@ import aiosqlite
 from bot.db.days import utc_day
 from bot.db.schema import Migration, MigrationError, load_migrations, pending
 
-__all__ = ["BUSY_TIMEOUT_MS", "Params", "Reader", "Store", "Transaction"]
+__all__ = ["BUSY_TIMEOUT_MS", "BUSY_WINDOW", "Params", "Reader", "Store", "StoreBusyError", "Transaction"]
 
 log = logging.getLogger(__name__)
 
-#: How long a writer waits for another process's write transaction before giving up.
+#: How long one attempt to start a write transaction waits inside SQLite for another connection's.
 BUSY_TIMEOUT_MS = 5000
+#: How long, in all, a write keeps trying to start before :class:`StoreBusyError`.
+BUSY_WINDOW = 30.0
+_BUSY_RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+class StoreBusyError(Exception):
+    """Another connection held the database's write lock for longer than the store's busy window.
+
+    Nothing was written; the same write can be tried again later.
+    """
+
 
 #: Positional (``?``) or named (``:name``) SQL parameters.
 Params = Sequence[object] | Mapping[str, object]
@@ -75,11 +90,18 @@ class Transaction:
 class Store:
     """The bot's database. Create it with ``await Store.open(path)``; close it with :meth:`close`."""
 
-    def __init__(self, conn: aiosqlite.Connection, clock: Callable[[], float], schema_version: int) -> None:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        clock: Callable[[], float],
+        schema_version: int,
+        busy_window: float = BUSY_WINDOW,
+    ) -> None:
         """Wrap an open, migrated connection; use :meth:`open` rather than calling this directly."""
         self._conn = conn
         self._clock = clock
         self._schema_version = schema_version
+        self._busy_window = busy_window
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[object] | None = None
 
@@ -90,11 +112,15 @@ class Store:
         *,
         clock: Callable[[], float] = time.time,
         migrations: Sequence[Migration] | None = None,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        busy_window: float = BUSY_WINDOW,
     ) -> Self:
         """Open (creating if needed) the database at ``path`` and apply pending migrations.
 
         ``clock`` returns unix seconds and is the only source of time for timestamps and usage days.
-        ``migrations`` defaults to the files shipped in ``bot/db/migrations``.
+        ``migrations`` defaults to the files shipped in ``bot/db/migrations``. ``busy_timeout_ms`` is how long one
+        attempt waits inside SQLite for another connection's write transaction, ``busy_window`` how long a
+        write keeps trying in all before :class:`StoreBusyError`.
         Raises :class:`~bot.db.schema.SchemaTooNewError` if the file is newer than this code.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,17 +128,17 @@ class Store:
         conn = await aiosqlite.connect(path, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row
-            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+            await conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms:d}")
             rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
             if str(rows[0][0]).lower() != "wal":
                 raise MigrationError(f"could not switch {path} to WAL journal mode (got {rows[0][0]!r})")
             await conn.execute("PRAGMA foreign_keys = ON")
             await conn.execute("PRAGMA synchronous = NORMAL")
-            version = await _migrate(conn, known, path)
+            version = await _migrate(conn, known, path, busy_window)
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, clock, version)
+        return cls(conn, clock, version, busy_window)
 
     async def close(self) -> None:
         """Wait for the running transaction, if any, then close the connection."""
@@ -148,7 +174,8 @@ class Store:
         """``async with store.transaction() as tx:`` - one ``BEGIN IMMEDIATE`` ... ``COMMIT``.
 
         Any exception (or cancellation) inside the block rolls the transaction back. Transactions do not
-        nest; inside one, use ``tx`` for every statement (the store's read helpers also work).
+        nest; inside one, use ``tx`` for every statement (the store's read helpers also work). Raises
+        :class:`StoreBusyError`, before the block runs, when another connection keeps the write lock.
         """
         if self._owns_lock():
             raise RuntimeError("store transactions do not nest; use the Transaction you already have")
@@ -156,7 +183,7 @@ class Store:
             self._owner = asyncio.current_task()
             try:
                 try:
-                    await self._conn.execute("BEGIN IMMEDIATE")
+                    await _begin_immediate(self._conn, self._busy_window)
                     yield Transaction(self._conn)
                     await self._conn.execute("COMMIT")
                 except BaseException:
@@ -186,9 +213,26 @@ class Store:
             await self._conn.execute("ROLLBACK")
 
 
-async def _migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration], path: Path) -> int:
+async def _begin_immediate(conn: aiosqlite.Connection, busy_window: float) -> None:
+    """``BEGIN IMMEDIATE``, tried again while another connection holds the write lock, for up to
+    ``busy_window`` seconds in all; then :class:`StoreBusyError`."""
+    deadline = time.monotonic() + busy_window
+    for attempt in itertools.count():
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in _BUSY_CODES:
+                raise
+            if time.monotonic() >= deadline:
+                raise StoreBusyError(f"the database stayed locked by another connection for {busy_window:g} s") from exc
+            log.warning("the database is locked by another connection; trying again (attempt %d)", attempt + 1)
+        await asyncio.sleep(_BUSY_RETRY_DELAYS[min(attempt, len(_BUSY_RETRY_DELAYS) - 1)])
+
+
+async def _migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration], path: Path, busy_window: float) -> int:
     """Apply the pending migrations and set ``user_version`` in one transaction; return the version."""
-    await conn.execute("BEGIN IMMEDIATE")  # taken before reading the version: two processes can't both migrate
+    await _begin_immediate(conn, busy_window)  # taken before reading the version: two processes can't both migrate
     try:
         rows = list(await conn.execute_fetchall("PRAGMA user_version"))
         current = int(rows[0][0])
