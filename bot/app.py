@@ -78,6 +78,7 @@ class FluxBot(commands.Bot):
             concurrency=settings.flux_max_concurrency,
             poll_interval=settings.flux_poll_interval,
             job_timeout=settings.flux_job_timeout,
+            delivery_window=settings.delivery_retry_window,
         )
 
     async def setup_hook(self) -> None:

@@ -23,16 +23,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import aiohttp
 
 from bot import db
-from bot.db import Job, JobKind, JobStatus, NewJob, QuotaLimits, QuotaRefusal, Store
+from bot.db import Job, JobKind, JobStatus, NewJob, QuotaLimits, QuotaRefusal, Store, StoreBusyError
 from bot.flux import (
     EditRequest,
     FluxClient,
@@ -40,6 +42,7 @@ from bot.flux import (
     FluxError,
     FluxTimeoutError,
     GenerateRequest,
+    RetryPolicy,
     Submission,
     TaskState,
     TaskStatus,
@@ -67,8 +70,14 @@ PROGRESS_INTERVAL = 5.0
 STOP_GRACE = 10.0
 #: Deliveries (download, fit, post) at once: each holds its images in memory, up to 4 x 25 MiB.
 DELIVERY_CONCURRENCY = 4
-#: How often a delivery is tried before the job is given up.
-DELIVERY_ATTEMPTS = 3
+#: How long a delivery keeps trying through transient failures (Discord 5xx, 429, dropped connections).
+DELIVERY_WINDOW = 15 * 60.0
+#: The waits between delivery attempts: exponential from 1 s, capped at 60 s, with jitter.
+DELIVERY_BACKOFF = RetryPolicy(attempts=1_000_000, initial_delay=1.0, max_delay=60.0)
+#: Unexpected failures handling one job (not the database being busy) before the job is given up.
+MAX_STRIKES = 3
+#: Seconds between attempts to record an outcome while the database is busy.
+PERSIST_RETRY_DELAY = 1.0
 
 LOST_MESSAGE = (
     "The bot restarted while sending this request to the image service, so it cannot tell whether it "
@@ -79,6 +88,8 @@ UNKNOWN_OUTCOME_MESSAGE = (
     "and you were not charged; please try again."
 )
 DEADLINE_MESSAGE = "The image service did not finish in time. You were not charged; please try again."
+DELIVERY_FAILED_MESSAGE = "The finished image could not be posted. You were not charged."
+INTERNAL_ERROR_MESSAGE = "The bot could not finish this request. You were not charged; please try again."
 
 
 # -- what the runner reports --------------------------------------------------------------------------
@@ -153,7 +164,14 @@ class Courier(Protocol):
 
 
 class JobRunner:
-    """Runs every job: a dispatcher for queued jobs, one poller for submitted ones, and deliveries."""
+    """Runs every job: a dispatcher for queued jobs, one poller for submitted ones, and deliveries.
+
+    Nothing that goes wrong with one job stops the others, and nothing stops a loop: each tick, and each
+    job within it, is guarded. A busy database (:class:`~bot.db.StoreBusyError`) is normal: the work is
+    done again at the next tick, and every state change is guarded by the job's status, so repeating one
+    is harmless. Any other unexpected error counts against its job; after :data:`MAX_STRIKES` the job is
+    failed with a message and its reservation released.
+    """
 
     def __init__(
         self,
@@ -165,6 +183,8 @@ class JobRunner:
         concurrency: int,
         poll_interval: float,
         job_timeout: float,
+        delivery_window: float = DELIVERY_WINDOW,
+        delivery_backoff: RetryPolicy = DELIVERY_BACKOFF,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -174,27 +194,26 @@ class JobRunner:
         self._concurrency = concurrency
         self._poll_interval = poll_interval
         self._job_timeout = job_timeout
+        self._delivery_window = delivery_window
+        self._delivery_backoff = delivery_backoff
         self._clock = clock
         self._tasks = TaskSet("jobs")
         self._submits = TaskSet("submits")
         self._dispatch_needed = asyncio.Event()
         self._poll_needed = asyncio.Event()
+        self._submitting: set[int] = set()
         self._delivering: set[int] = set()
-        self._delivery_failures: dict[int, int] = {}
+        self._strikes: dict[int, int] = {}
         self._last_progress: dict[int, tuple[float, JobUpdate]] = {}
-        self._recovered: set[int] = set()
+        self._recovered: set[int] | None = None
+        self._reported: set[str] = set()
         self._delivery_slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
         self._running = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover what a previous run left behind, then start the dispatcher and the poller."""
-        for job in await db.jobs_in(self._store, JobStatus.SUBMITTING):
-            if await db.mark_lost(self._store, job.id, LOST_MESSAGE):
-                log.warning("job %d was being submitted when the bot stopped; marked lost", job.id)
-                await self._notify(job, JobFailed(LOST_MESSAGE))
-        self._recovered = {job.id for job in await db.jobs_in(self._store, JobStatus.SUCCEEDED)}
+        """Start the dispatcher and the poller; their first ticks recover what a previous run left behind."""
         self._running = True
         self._tasks.spawn(self._dispatch_loop(), name="dispatcher")
         self._tasks.spawn(self._poll_loop(), name="poller")
@@ -237,7 +256,11 @@ class JobRunner:
         :class:`~bot.flux.errors.CallbackError` for a body that is not a callback.
         """
         status = self._flux.parse_callback(body)
-        if await db.submitted_job(self._store, status.handle) is None:
+        try:
+            waiting = await db.submitted_job(self._store, status.handle) is not None
+        except StoreBusyError:
+            waiting = True  # cannot tell now; asking the provider is harmless
+        if not waiting:
             log.warning("ignoring a callback for a task that no job is waiting for")
             return False
         self.poll_now()
@@ -251,37 +274,55 @@ class JobRunner:
 
     async def _dispatch_loop(self) -> None:
         while self._running:
-            await self._dispatch()
+            await self._tick("dispatching", self._dispatch)
             await self._dispatch_needed.wait()
             self._dispatch_needed.clear()
 
     async def _dispatch(self) -> None:
+        # A job caught submitting by no submit of ours was cut off (the bot stopped, or recording the
+        # outcome failed): whether the provider received it is unknown, so it is never sent again.
+        for job in await db.jobs_in(self._store, JobStatus.SUBMITTING):
+            if job.id not in self._submitting:
+                await self._guarded(job, "giving up an interrupted submit", self._lose(job))
         queued = await db.jobs_in(self._store, JobStatus.QUEUED)
-        free = self._concurrency - await self.in_flight()
-        for job in queued[: max(free, 0)]:
+        free = max(self._concurrency - await self.in_flight(), 0)
+        for job in queued[:free]:
             if await db.mark_submitting(self._store, job.id):
+                self._submitting.add(job.id)
                 self._submits.spawn(self._start_job(job), name=f"submit-{job.id}")
-        waiting = enumerate(queued[max(free, 0) :], start=1)
+        waiting = enumerate(queued[free:], start=1)
         await asyncio.gather(*(self._progress(job, JobQueued(position)) for position, job in waiting))
 
+    async def _lose(self, job: Job) -> None:
+        if await db.mark_lost(self._store, job.id, LOST_MESSAGE):
+            log.warning("job %d was cut off while being submitted; marked lost", job.id)
+            await self._notify(job, JobFailed(LOST_MESSAGE))
+
     async def _start_job(self, job: Job) -> None:
+        """Send one submit, exactly once, and record its outcome (however long the database is busy)."""
         try:
-            submission = await self._send(job)
-        except FluxError as error:
-            unknown = isinstance(error, FluxTimeoutError) or (
-                isinstance(error, FluxConnectionError) and error.reached_server
-            )
-            message = UNKNOWN_OUTCOME_MESSAGE if unknown else error.user_message
-            log.warning("job %d: submit failed: %s", job.id, error)
-            await self._fail(job, error.code or type(error).__name__, message)
-        else:
-            if submission.finished is not None:
-                await self._finished(job, submission.finished)
+            try:
+                submission = await self._send(job)
+            except FluxError as error:
+                unknown = isinstance(error, FluxTimeoutError) or (
+                    isinstance(error, FluxConnectionError) and error.reached_server
+                )
+                log.warning("job %d: submit failed: %s", job.id, error)
+                code, message = (
+                    error.code or type(error).__name__,
+                    UNKNOWN_OUTCOME_MESSAGE if unknown else error.user_message,
+                )
+                await self._persist(job, partial(self._fail, job, code, message))
+            except Exception:
+                log.exception("job %d: the submit failed unexpectedly; it is not sent again", job.id)
+                await self._persist(job, partial(self._fail, job, "internal", UNKNOWN_OUTCOME_MESSAGE))
             else:
-                await db.mark_submitted(self._store, job.id, submission.handle)
-                await self._progress(job, JobStarted(0.0))
-                self._poll_needed.set()
+                await self._persist(job, partial(self._accepted, job, submission))
+        except Exception:
+            # Recording the outcome failed: the next dispatch gives the job up as lost, never re-sent.
+            log.exception("job %d: recording the submit's outcome failed", job.id)
         finally:
+            self._submitting.discard(job.id)
             self._dispatch_needed.set()
 
     async def _send(self, job: Job) -> Submission:
@@ -292,38 +333,54 @@ class JobRunner:
         request = GenerateRequest(prompt=job.prompt, model=job.model, size=job.size, count=job.count, seed=job.seed)
         return await self._flux.generate(request)
 
+    async def _accepted(self, job: Job, submission: Submission) -> None:
+        if submission.finished is not None:
+            await self._finished(job, submission.finished)
+            return
+        await db.mark_submitted(self._store, job.id, submission.handle)
+        await self._progress(job, JobStarted(0.0))
+        self._poll_needed.set()
+
     # -- polling --------------------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
         while self._running:
-            await self._poll()
+            await self._tick("polling", self._poll)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poll_needed.wait(), timeout=self._poll_interval)
             self._poll_needed.clear()
 
     async def _poll(self) -> None:
+        if self._recovered is None:  # the first tick: results a previous run may have posted already
+            self._recovered = {job.id for job in await db.jobs_in(self._store, JobStatus.SUCCEEDED)}
         submitted = await db.jobs_in(self._store, JobStatus.SUBMITTED)
-        handles = [job.provider_task_id for job in submitted if job.provider_task_id]
-        statuses: dict[str, TaskStatus] = {}
-        if handles:
-            try:
-                statuses = await self._flux.statuses(handles)
-            except FluxError as error:
-                log.warning("polling %d jobs failed; asking again next tick: %s", len(handles), error)
+        statuses = await self._statuses([job.provider_task_id for job in submitted if job.provider_task_id])
         now = self._clock()
         still_running: list[Job] = []
         for job in submitted:
             status = statuses.get(job.provider_task_id or "")
             if status is not None and status.state is not TaskState.PENDING:
-                await self._finished(job, status)
+                await self._guarded(job, "recording its result", self._finished(job, status))
             elif now - (job.submitted_at or job.created_at) > self._job_timeout:
-                await self._fail(job, "deadline", DEADLINE_MESSAGE)
+                await self._guarded(job, "failing it at its deadline", self._fail(job, "deadline", DEADLINE_MESSAGE))
             else:
                 still_running.append(job)
         # Status edits go out together, so many jobs do not hold up the next tick one edit at a time.
         await asyncio.gather(*(self._progress(job, JobStarted(now - job.created_at)) for job in still_running))
         for job in await db.jobs_in(self._store, JobStatus.SUCCEEDED):
             self._deliver_soon(job)
+
+    async def _statuses(self, handles: list[str]) -> dict[str, TaskStatus]:
+        """The provider's news about ``handles``; none this tick if it cannot be asked (deadlines still apply)."""
+        if not handles:
+            return {}
+        try:
+            return await self._flux.statuses(handles)
+        except FluxError as error:
+            log.warning("polling %d jobs failed; asking again next tick: %s", len(handles), error)
+        except Exception:
+            self._log_once("polling", "polling %d jobs failed unexpectedly; asking again next tick", len(handles))
+        return {}
 
     async def _finished(self, job: Job, status: TaskStatus) -> None:
         self._dispatch_needed.set()  # a provider slot is free again
@@ -332,7 +389,16 @@ class JobRunner:
             log.warning("job %d failed at the provider: %s", job.id, status.error)
             await self._fail(job, status.error.code or type(status.error).__name__, status.error.user_message)
             return
-        refs = [image.url if image.url else _data_uri(image.data or b"") for image in status.images]
+        # A job posts at most the images it reserved, whatever the provider returned.
+        refs = [image.url if image.url else _data_uri(image.data or b"") for image in status.images][: job.count]
+        if len(status.images) > job.count:
+            log.warning(
+                "job %d: the provider returned %d images for %d; keeping %d",
+                job.id,
+                len(status.images),
+                job.count,
+                job.count,
+            )
         if await db.mark_succeeded(self._store, job.id, refs, status.seed):
             refreshed = await db.get_job(self._store, job.id)
             if refreshed is not None:
@@ -347,42 +413,66 @@ class JobRunner:
 
     async def _deliver(self, job: Job) -> None:
         try:
-            posted = await self._already_posted(job)
-            if posted is None:
-                async with self._delivery_slots:  # results are held in memory while they are posted
-                    images = [await download_image(self._session, ref) for ref in job.image_urls]
-                    posted = PostedResult(await self._courier.deliver(job, images), len(images))
-        except (DownloadError, DeliveryError) as error:
-            attempts = self._delivery_failures.get(job.id, 0) + 1
-            self._delivery_failures[job.id] = attempts
-            if error.retryable and attempts < DELIVERY_ATTEMPTS:
-                log.warning("job %d: delivery attempt %d failed, will retry: %s", job.id, attempts, error)
-                return
-            log.warning("job %d: giving up delivery: %s", job.id, error)
-            await self._fail(job, "delivery", "The finished image could not be posted. You were not charged.")
-        else:
-            if await db.mark_posted(self._store, job.id, posted.message_id, posted.images):
-                log.info("job %d posted as message %d", job.id, posted.message_id)
-            await self._notify(job, JobDone(posted.message_id))
-            self._forget(job.id)
+            await self._guarded(job, "delivering it", self._deliver_patiently(job))
         finally:
             self._delivering.discard(job.id)
 
-    async def _already_posted(self, job: Job) -> PostedResult | None:
-        """For a job that was being delivered when the bot stopped: its post, if that reached the channel.
+    async def _deliver_patiently(self, job: Job) -> None:
+        """Post the job's result, riding out transient failures (Discord 5xx, 429, dropped connections,
+        the result's host) with capped exponential backoff for up to the delivery window.
+
+        A failure that will not go away (no access to the channel, the channel gone, an unusable image)
+        fails the job at once. After a failed post the channel is searched before posting again, since
+        the post may have reached Discord after all.
+        """
+        images: list[DownloadedImage] | None = None  # fetched once: result URLs expire
+        look_first = self._recovered is not None and job.id in self._recovered
+        first_failure: float | None = None
+        for attempt in itertools.count():
+            try:
+                posted = await self._find_posted(job) if look_first else None
+                if posted is None:
+                    async with self._delivery_slots:  # results are held in memory while they are posted
+                        if images is None:
+                            images = [await download_image(self._session, ref) for ref in job.image_urls[: job.count]]
+                        look_first = True
+                        posted = PostedResult(await self._courier.deliver(job, images), len(images))
+            except (DownloadError, DeliveryError) as error:
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                delay = self._delivery_backoff.delay(attempt)
+                if not error.retryable or delay is None or now + delay - first_failure > self._delivery_window:
+                    log.warning("job %d: giving up delivery after %d attempt(s): %s", job.id, attempt + 1, error)
+                    await self._persist(job, partial(self._fail, job, "delivery", DELIVERY_FAILED_MESSAGE))
+                    return
+                log.warning(
+                    "job %d: delivery attempt %d failed; trying again in %.1f s: %s", job.id, attempt + 1, delay, error
+                )
+                await asyncio.sleep(delay)
+            else:
+                if self._recovered is not None:
+                    self._recovered.discard(job.id)
+                await self._persist(job, partial(self._posted, job, posted))
+                return
+
+    async def _posted(self, job: Job, posted: PostedResult) -> None:
+        if await db.mark_posted(self._store, job.id, posted.message_id, posted.images):
+            log.info("job %d posted as message %d", job.id, posted.message_id)
+            await self._notify(job, JobDone(posted.message_id))
+        self._forget(job.id)
+
+    async def _find_posted(self, job: Job) -> PostedResult | None:
+        """The job's post, if an earlier attempt (or a previous run) reached the channel after all.
 
         Discord's nonce catches a repeated post only for a few minutes; the bot may have been down longer.
         """
-        if job.id not in self._recovered:
-            return None
-        self._recovered.discard(job.id)
         try:
             return await self._courier.find_posted(job)
         except DeliveryError as error:
             log.warning("job %d: could not look for an earlier post; posting with its nonce: %s", job.id, error)
             return None
 
-    # -- endings and progress -------------------------------------------------------------------
+    # -- endings, guards and progress -----------------------------------------------------------
 
     async def _fail(self, job: Job, code: str, message: str) -> None:
         self._dispatch_needed.set()
@@ -391,8 +481,52 @@ class JobRunner:
         self._forget(job.id)
 
     def _forget(self, job_id: int) -> None:
-        self._delivery_failures.pop(job_id, None)
+        self._strikes.pop(job_id, None)
         self._last_progress.pop(job_id, None)
+
+    async def _tick(self, what: str, work: Callable[[], Awaitable[None]]) -> None:
+        """One round of a loop; whatever goes wrong, the loop goes on at its next tick."""
+        try:
+            await work()
+        except StoreBusyError as error:
+            log.warning("%s: %s; trying again next tick", what, error)
+        except Exception:
+            self._log_once(what, "%s failed unexpectedly; trying again next tick", what)
+
+    async def _guarded(self, job: Job, step: str, work: Coroutine[Any, Any, None]) -> None:
+        """Do one job's ``step``; an unexpected failure counts against the job, never against the loop."""
+        try:
+            await work
+        except StoreBusyError as error:
+            log.warning("job %d: %s: %s; trying again next tick", job.id, step, error)
+        except Exception:
+            strikes = self._strikes[job.id] = self._strikes.get(job.id, 0) + 1
+            if strikes == 1:
+                log.exception("job %d: unexpected error while %s", job.id, step)
+            else:
+                log.warning("job %d: unexpected error while %s again (%d of %d)", job.id, step, strikes, MAX_STRIKES)
+            if strikes >= MAX_STRIKES:
+                with contextlib.suppress(Exception):  # if even this fails, the next strike tries again
+                    await self._fail(job, "internal", INTERNAL_ERROR_MESSAGE)
+
+    async def _persist(self, job: Job, change: Callable[[], Awaitable[None]]) -> None:
+        """Record an outcome that exists only in memory (a submit's answer, a post), waiting out a busy
+        database for as long as it takes; losing it would lose a billed task or double a post."""
+        for attempt in itertools.count(1):
+            try:
+                await change()
+                return
+            except StoreBusyError as error:
+                log.warning("job %d: %s; recording its outcome again (attempt %d)", job.id, error, attempt)
+                await asyncio.sleep(PERSIST_RETRY_DELAY)
+
+    def _log_once(self, key: str, message: str, *args: object) -> None:
+        """Log an unexpected error with its stack the first time, then as one line."""
+        if key in self._reported:
+            log.warning(message, *args)
+        else:
+            self._reported.add(key)
+            log.exception(message, *args)
 
     async def _progress(self, job: Job, update: JobQueued | JobStarted) -> None:
         """Report progress at most every :data:`PROGRESS_INTERVAL` seconds per job, and only when it changed.

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     flux_poll_interval: float = Field(5.0, ge=0, alias="FLUX_POLL_INTERVAL")
     flux_job_timeout: float = Field(600.0, gt=0, alias="FLUX_JOB_TIMEOUT")
     flux_max_concurrency: int = Field(8, ge=1, alias="FLUX_MAX_CONCURRENCY")
+    delivery_retry_window: float = Field(900.0, ge=0, alias="DELIVERY_RETRY_WINDOW")
     callback_public_url: str | None = Field(None, alias="CALLBACK_PUBLIC_URL")
     callback_listen: str = Field("0.0.0.0:8080", alias="CALLBACK_LISTEN")
     log_level: str = Field("INFO", alias="LOG_LEVEL")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
+import aiohttp
 import discord
 
 from bot import db
@@ -39,6 +40,10 @@ HISTORY_SEARCH = 100
 #: The message id Discord's webhook routes accept for an interaction's original response.
 ORIGINAL_RESPONSE = cast(int, "@original")
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
+#: What a request to Discord raises when the connection, not Discord, failed (dropped, reset, timed out).
+TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+#: Everything a request to Discord raises when it failed: Discord's answer, or the connection.
+DISCORD_ERRORS = (discord.HTTPException, *TRANSPORT_ERRORS)
 
 
 def jump_url(guild_id: int, channel_id: int, message_id: int) -> str:
@@ -88,8 +93,8 @@ class DiscordCourier:
             raise DeliveryError(f"cannot post in channel {job.channel_id}: {exc}", retryable=False) from exc
         except discord.HTTPException as exc:
             raise DeliveryError(f"posting failed: {exc}", retryable=exc.status >= 500 or exc.status == 429) from exc
-        except OSError as exc:  # aiohttp connection errors
-            raise DeliveryError(f"posting failed: {exc}", retryable=True) from exc
+        except TRANSPORT_ERRORS as exc:
+            raise DeliveryError(f"posting failed: {type(exc).__name__}: {exc}", retryable=True) from exc
         return message.id
 
     async def find_posted(self, job: Job) -> PostedResult | None:
@@ -102,7 +107,7 @@ class DiscordCourier:
                 if me is not None and message.author.id == me.id and _footer(message) == job_footer(job.id):
                     log.info("job %d: found its earlier post %d; not posting again", job.id, message.id)
                     return PostedResult(message.id, len(message.attachments))
-        except discord.HTTPException as exc:
+        except DISCORD_ERRORS as exc:
             raise DeliveryError(f"cannot read channel {job.channel_id}: {exc}", retryable=True) from exc
         return None
 
@@ -120,7 +125,7 @@ class DiscordCourier:
             webhook = discord.Webhook.partial(job.interaction_application_id, job.interaction_token, client=self._bot)
             try:
                 await webhook.edit_message(ORIGINAL_RESPONSE, content=line)
-            except discord.HTTPException as exc:
+            except DISCORD_ERRORS as exc:
                 log.info("job %d: could not update the member's response: %s", job.id, exc)
             else:
                 return
@@ -134,7 +139,7 @@ class DiscordCourier:
                 f"<@{job.user_id}> {line}",
                 allowed_mentions=_requester_only(job),
             )
-        except discord.HTTPException as exc:
+        except DISCORD_ERRORS as exc:
             log.info("job %d: could not tell the member in the channel: %s", job.id, exc)
 
     @staticmethod

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
@@ -12,11 +16,24 @@ from pydantic import SecretStr
 
 from bot import db
 from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, Store
-from bot.flux import AceDataClient, FluxClient, GenerateRequest, OpenAIRelayClient, Timeouts
+from bot.flux import AceDataClient, FluxClient, GenerateRequest, OpenAIRelayClient, RetryPolicy, Timeouts
+from bot.flux.models import Submission, TaskStatus
 from bot.images import DownloadedImage
-from bot.jobs import DeliveryError, JobDone, JobFailed, JobRunner, JobStarted, JobUpdate, PostedResult
+from bot.jobs import (
+    UNKNOWN_OUTCOME_MESSAGE,
+    DeliveryError,
+    JobDone,
+    JobFailed,
+    JobRunner,
+    JobStarted,
+    JobUpdate,
+    PostedResult,
+)
 from tests.conftest import KEY, NO_WAIT, png_bytes
 from tests.fluxemu import FluxEmulator
+
+#: Delivery retries for tests: the same exponential shape as the bot's, in milliseconds.
+FAST_BACKOFF = RetryPolicy(attempts=1_000_000, initial_delay=0.01, max_delay=0.05)
 
 
 class RecordingCourier:
@@ -78,8 +95,15 @@ async def make_runner(
     runners: list[JobRunner] = []
 
     def make(flux: FluxClient = acedata, **options: object) -> JobRunner:
-        settings: dict[str, object] = {"concurrency": 4, "poll_interval": 0.05, "job_timeout": 60.0, **options}
-        runner = JobRunner(store=store, flux=flux, courier=courier, session=http_session, **settings)  # type: ignore[arg-type]
+        settings: dict[str, object] = {
+            "concurrency": 4,
+            "poll_interval": 0.05,
+            "job_timeout": 60.0,
+            "delivery_backoff": FAST_BACKOFF,
+            "courier": courier,
+            **options,
+        }
+        runner = JobRunner(store=store, flux=flux, session=http_session, **settings)  # type: ignore[arg-type]
         runners.append(runner)
         return runner
 
@@ -363,3 +387,200 @@ async def test_stopping_lets_a_submit_under_way_finish_so_it_is_not_lost(
     assert stopped is not None
     assert stopped.status is JobStatus.SUBMITTED
     assert stopped.provider_task_id in flux_emulator.tasks
+
+
+# -- faults that must not stop the runner ----------------------------------------------------------------
+
+
+class BrokenStatuses(AceDataClient):
+    """The real AceData client whose status parsing fails unexpectedly the first ``breaks`` times."""
+
+    breaks = 3
+
+    async def statuses(self, handles: Sequence[str]) -> dict[str, TaskStatus]:
+        if self.breaks:
+            self.breaks -= 1
+            raise TypeError("can't subtract offset-naive and offset-aware datetimes")
+        return await super().statuses(handles)
+
+
+class BrokenSubmit(AceDataClient):
+    """The real AceData client whose submit answer cannot be parsed (a parser's stray exception)."""
+
+    async def generate(self, request: GenerateRequest) -> Submission:
+        await super().generate(request)  # the provider received it: the task exists and is billed
+        raise RecursionError("maximum recursion depth exceeded while decoding a JSON object")
+
+
+def ace_client(flux_emulator: FluxEmulator, session: aiohttp.ClientSession, cls: type[AceDataClient]) -> AceDataClient:
+    return cls(session=session, api_key=SecretStr(KEY), base_url=flux_emulator.base_url, retry=NO_WAIT)
+
+
+async def test_an_unexpected_error_while_polling_does_not_stop_the_poller(
+    make_runner: RunnerFactory,
+    courier: RecordingCourier,
+    flux_emulator: FluxEmulator,
+    http_session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bot.jobs")
+    runner = make_runner(ace_client(flux_emulator, http_session, BrokenStatuses))
+    await runner.start()
+
+    jobs = [await accepted(runner, request(n)) for n in range(3)]
+    await courier.wait_for(lambda: all(isinstance(courier.final(job.id), JobDone) for job in jobs))
+
+    stacks = [record for record in caplog.records if record.exc_info]
+    assert len(stacks) == 1, "an unexpected error is logged once with its stack, then in one line"
+    assert "polling" in stacks[0].getMessage()
+
+
+async def test_a_submit_whose_answer_cannot_be_read_fails_that_job_once_and_the_others_go_on(
+    make_runner: RunnerFactory,
+    courier: RecordingCourier,
+    store: Store,
+    flux_emulator: FluxEmulator,
+    http_session: aiohttp.ClientSession,
+    acedata: AceDataClient,
+) -> None:
+    broken = make_runner(ace_client(flux_emulator, http_session, BrokenSubmit), concurrency=1)
+    await broken.start()
+    job = await accepted(broken, request(0, count=2))
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+    await broken.stop()
+
+    assert courier.final(job.id) == JobFailed(UNKNOWN_OUTCOME_MESSAGE)
+    assert flux_emulator.count("POST", "/flux/images") == 1, "an unknown outcome is never sent again"
+    assert (await db.user_usage(store, 1, job.user_id)).today == 0
+    assert await db.jobs_in(store, JobStatus.QUEUED, JobStatus.SUBMITTING) == []
+
+    healthy = make_runner(acedata, concurrency=1)
+    await healthy.start()
+    later = await accepted(healthy, request(1))
+    await courier.wait_for(lambda: isinstance(courier.final(later.id), JobDone))
+
+
+async def test_a_finished_job_is_delivered_once_a_long_database_lock_is_gone(
+    tmp_path: Path,
+    courier: RecordingCourier,
+    acedata: AceDataClient,
+    http_session: aiohttp.ClientSession,
+    flux_emulator: FluxEmulator,
+) -> None:
+    path = tmp_path / "busy.db"
+    async with await Store.open(path, busy_timeout_ms=20, busy_window=0.1) as store:
+        runner = JobRunner(
+            store=store,
+            flux=acedata,
+            courier=courier,
+            session=http_session,
+            concurrency=4,
+            poll_interval=0.02,
+            job_timeout=60.0,
+            delivery_backoff=FAST_BACKOFF,
+        )
+        flux_emulator.task_delay = 3600.0
+        await runner.start()
+        try:
+            job = await accepted(runner, request(count=1))
+            await courier.wait_for(lambda: any(j == job.id and isinstance(u, JobStarted) for j, u in courier.updates))
+
+            # Another process holds the write lock for far longer than the store waits, while the task finishes.
+            holder = sqlite3.connect(path, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            flux_emulator.advance(3600.0)
+            await asyncio.sleep(1.0)  # many ticks meet the lock
+            assert courier.final(job.id) is None
+            holder.rollback()
+            holder.close()
+
+            await courier.wait_for(lambda: courier.final(job.id) is not None)
+            assert courier.final(job.id) == JobDone(1000 + job.id)
+            assert len(courier.posts) == 1
+            assert (await db.user_usage(store, 1, job.user_id)).today == 1
+        finally:
+            await runner.stop()
+
+
+async def test_a_job_posts_at_most_the_images_it_reserved_and_is_charged_once(
+    make_runner: RunnerFactory,
+    courier: RecordingCourier,
+    store: Store,
+    flux_emulator: FluxEmulator,
+    http_session: aiohttp.ClientSession,
+) -> None:
+    two_images = {"created": 1, "data": [{"b64_json": base64.b64encode(png_bytes()).decode()}] * 2}
+    flux_emulator.add_fault("POST", "/v1/images/generations", body=json.dumps(two_images).encode())
+    relay = OpenAIRelayClient(session=http_session, api_key=SecretStr(KEY), base_url=flux_emulator.base_url)
+    runner = make_runner(relay)
+    await runner.start()
+
+    job = await accepted(runner, request(model="flux-kontext-pro", provider=Provider.OPENAI, count=1))
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+    await asyncio.sleep(0.3)  # several more ticks: nothing is delivered again
+
+    assert courier.final(job.id) == JobDone(1000 + job.id)
+    assert len(courier.posts[job.id]) == 1
+    assert [u for j, u in courier.updates if j == job.id and isinstance(u, JobDone)] == [JobDone(1000 + job.id)]
+    posted = await db.get_job(store, job.id)
+    assert posted is not None and (posted.status, posted.charged_images) == (JobStatus.POSTED, 1)
+    usage = await store.fetch_one("SELECT reserved, used FROM usage WHERE user_id = ?", (job.user_id,))
+    assert usage is not None and tuple(usage) == (0, 1)
+
+
+async def test_a_short_outage_of_the_chat_platform_does_not_lose_the_result(
+    make_runner: RunnerFactory, courier: RecordingCourier, store: Store
+) -> None:
+    courier.failures_to_inject = [DeliveryError("503 Service Unavailable", retryable=True)] * 5
+    runner = make_runner()
+    await runner.start()
+
+    job = await accepted(runner, request(count=2))
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    assert courier.final(job.id) == JobDone(1000 + job.id)
+    assert (await db.user_usage(store, 1, job.user_id)).today == 2
+
+
+async def test_an_outage_longer_than_the_delivery_window_fails_the_job_and_charges_nothing(
+    make_runner: RunnerFactory, courier: RecordingCourier, store: Store
+) -> None:
+    courier.failures_to_inject = [DeliveryError("503 Service Unavailable", retryable=True)] * 1000
+    runner = make_runner(delivery_window=0.3)
+    await runner.start()
+
+    job = await accepted(runner, request(count=2))
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    assert isinstance(courier.final(job.id), JobFailed)
+    assert 5 < 1000 - len(courier.failures_to_inject) < 100, "retried with backoff for the window, then given up"
+    assert (await db.user_usage(store, 1, job.user_id)).today == 0
+
+
+async def test_a_post_that_failed_ambiguously_is_looked_for_before_posting_again(
+    make_runner: RunnerFactory, courier: RecordingCourier
+) -> None:
+    class PostedThenDropped(RecordingCourier):
+        """The post reaches the channel, but the answer is lost (a dropped connection)."""
+
+        looked = 0
+
+        async def deliver(self, job: Job, images: Sequence[DownloadedImage]) -> int:
+            first = job.id not in self.posts
+            await super().deliver(job, images)
+            if first:
+                raise DeliveryError("connection reset", retryable=True)
+            raise AssertionError("posted a second time")
+
+        async def find_posted(self, job: Job) -> PostedResult | None:
+            self.looked += 1
+            return await super().find_posted(job)
+
+    dropping = PostedThenDropped()
+    runner = make_runner(courier=dropping)
+    await runner.start()
+
+    job = await accepted(runner, request())
+    await dropping.wait_for(lambda: dropping.final(job.id) is not None)
+    assert dropping.final(job.id) == JobDone(1000 + job.id)
+    assert dropping.looked == 1
