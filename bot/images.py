@@ -5,6 +5,9 @@ only use that one decoder, the size in bytes is checked before any decoding, the
 header before any pixel is decoded, and a decode must complete (truncated files are refused, not padded).
 Nothing here imports Discord: the cogs turn :class:`ImageError` into a message with ``user_message``.
 
+A member's image is fetched only from Discord's own hosts (:class:`MediaHosts`, the ``DISCORD_MEDIA_HOSTS``
+setting): :func:`fetch_source` checks the URL and every redirect against that list before any request is made.
+
 Decoding and encoding are CPU work (tens of milliseconds for a Flux-sized image, more for re-encoding):
 :func:`download_image` does it in a worker thread itself; callers should run :func:`inspect_source`,
 :meth:`SourceImage.as_png` and :func:`fit_images` with :func:`asyncio.to_thread`.
@@ -16,6 +19,7 @@ import asyncio
 import base64
 import binascii
 import io
+import ipaddress
 import logging
 import math
 import re
@@ -23,21 +27,29 @@ import struct
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Self
 
 import aiohttp
 from PIL import ExifTags, Image, ImageOps
+from pydantic import GetCoreSchemaHandler
+from pydantic_core import core_schema
 from yarl import URL
 
 __all__ = [
+    "DEFAULT_MEDIA_HOSTS",
     "MULTIPART_HEADROOM",
     "SUPPORTED_FORMATS",
     "DownloadError",
     "DownloadedImage",
     "FittedImage",
+    "HostNotAllowed",
     "ImageError",
     "ImageRejected",
+    "MediaHost",
+    "MediaHosts",
     "SourceImage",
     "download_image",
+    "fetch_source",
     "fit_images",
     "inspect_source",
     "public_url",
@@ -56,6 +68,7 @@ MULTIPART_HEADROOM = 64 * 1024
 _TIMES = "\N{MULTIPLICATION SIGN}"  # for "9000 by 9000 pixels"; spelled out because ruff flags the literal
 
 NOT_AN_IMAGE = "That file is not an image (PNG, JPEG, WebP or GIF)."
+_NOT_DOWNLOADED = "The bot could not download that image."
 
 _MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 _EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
@@ -76,6 +89,9 @@ _MAX_EXTRA_DOWNSCALES = 2  # at most 0.75**3 = 0.42 of the width in one step
 _SKIP_QUALITIES_BELOW = 0.4  # quality 60 saves about half of quality 90's size; more needs downscaling
 
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: Redirects followed for a member's image, each checked against the media hosts (Discord's CDN needs none).
+MAX_MEDIA_REDIRECTS = 3
 _CHUNK_SIZE = 64 * 1024
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # rotated by 90° one way or the other
 
@@ -119,6 +135,145 @@ class DownloadError(ImageError):
         super().__init__(detail, user_message=user_message or default)
         self.retryable = retryable
         self.status = status
+
+
+class HostNotAllowed(DownloadError):
+    """A member's image (or a redirect on the way to it) is not on one of Discord's media hosts: nothing
+    is fetched from it, and the provider is never given it."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            detail,
+            retryable=False,
+            user_message=(
+                "The bot only uses images stored on Discord, and that image links somewhere else. "
+                "Upload the image itself (or use /edit with the file) and try again."
+            ),
+        )
+
+
+# ----- where member images may come from ------------------------------------------------------------------
+
+#: Discord's CDN (attachments) and media proxy (embed images): where the bot fetches member images by default.
+DEFAULT_MEDIA_HOSTS = "cdn.discordapp.com media.discordapp.net images-ext-1.discordapp.net images-ext-2.discordapp.net"
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+@dataclass(frozen=True, slots=True)
+class MediaHost:
+    """One entry of ``DISCORD_MEDIA_HOSTS``. ``host`` is lowercase ASCII (an IDNA name, or an IP address in
+    its canonical form). Without a ``port`` only ``https`` on 443 is allowed; an explicit port allows
+    ``http`` or ``https`` on that port only (for a test server or a local mirror)."""
+
+    host: str
+    port: int | None = None
+
+    def allows(self, scheme: str, host: str, port: int) -> bool:
+        if host != self.host:
+            return False
+        if self.port is None:
+            return scheme == "https" and port == 443
+        return port == self.port
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaHosts:
+    """The hosts the bot downloads member images from (``DISCORD_MEDIA_HOSTS``).
+
+    A URL is allowed when it is absolute ``http``/``https`` without credentials and its host (compared
+    after IDNA encoding, lowercasing and dropping one trailing dot; IP addresses in canonical form) and
+    port match an entry exactly: ``cdn.discordapp.com.evil.com`` or ``evil.com/cdn.discordapp.com`` match
+    nothing. Anything unparseable is simply not allowed.
+    """
+
+    entries: frozenset[MediaHost]
+
+    @classmethod
+    def parse(cls, text: str) -> Self:
+        """Entries separated by spaces or commas: ``host`` or ``host:port`` (``[v6]:port`` for IPv6).
+        Raises ValueError naming the first bad entry."""
+        words = [word for word in re.split(r"[\s,]+", text) if word]
+        if not words:
+            raise ValueError("lists no host; the default is " + DEFAULT_MEDIA_HOSTS)
+        return cls(frozenset(_parse_entry(word) for word in words))
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        """In settings: a string is parsed with :meth:`parse`; an instance is taken as it is."""
+
+        def coerce(value: object) -> object:
+            return cls.parse(value) if isinstance(value, str) else value
+
+        return core_schema.no_info_before_validator_function(coerce, core_schema.is_instance_schema(cls))
+
+    def allows(self, url: str | URL) -> bool:
+        """Whether the bot may fetch ``url`` as a member's image. Never raises."""
+        return self._parsed(url) is not None
+
+    def check(self, url: str | URL) -> URL:
+        """``url`` parsed, the same object that is then requested; :class:`HostNotAllowed` if it is not on
+        a listed host."""
+        parsed = self._parsed(url)
+        if parsed is None:
+            raise HostNotAllowed(f"{public_url(str(url))} is not on a Discord media host ({self})")
+        return parsed
+
+    def _parsed(self, url: str | URL) -> URL | None:
+        try:
+            parsed = url if isinstance(url, URL) else URL(url)
+            if not parsed.absolute or parsed.scheme not in ("http", "https") or parsed.raw_user is not None:
+                return None
+            if parsed.raw_password is not None or not parsed.raw_host or parsed.port is None:
+                return None
+            host = _canonical_host(parsed.raw_host)
+        except (ValueError, TypeError):  # UnicodeError (bad IDNA) is a ValueError
+            return None
+        if host is None:
+            return None
+        return parsed if any(entry.allows(parsed.scheme, host, parsed.port) for entry in self.entries) else None
+
+    def __str__(self) -> str:
+        return " ".join(sorted(str(entry) for entry in self.entries))
+
+
+def _canonical_host(raw: str) -> str | None:
+    """``raw`` (a URL's host as sent, IDNA-encoded) lowercased without one trailing dot, an IP address in
+    canonical form; None for anything that is neither a DNS name nor an IP address."""
+    host = raw.lower().removesuffix(".")
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        pass
+    labels = host.split(".")
+    if not host.isascii() or not all(_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        return None
+    return host
+
+
+def _parse_entry(entry: str) -> MediaHost:
+    bad = f"{entry!r} is not a host or host:port (like cdn.discordapp.com or 127.0.0.1:8080)"
+    text = entry.lower()
+    if any(mark in text for mark in "/@?#"):
+        raise ValueError(bad + "; give hosts, not URLs")
+    if text.startswith("["):
+        match = re.fullmatch(r"\[([^\]]+)\](?::(\d{1,5}))?", text)
+        host, port = (match[1], match[2]) if match else ("", None)
+    elif text.count(":") > 1:
+        raise ValueError(bad + "; write an IPv6 address in brackets, like [::1]:8080")
+    else:
+        host, colon, port_text = text.partition(":")
+        if colon and not re.fullmatch(r"\d{1,5}", port_text):
+            raise ValueError(bad)
+        port = port_text or None
+    canonical = _canonical_host(host) if host.isascii() else None
+    if canonical is None or (port is not None and not 0 < int(port) < 65536):
+        raise ValueError(bad + ("; write an international name in its xn-- form" if not host.isascii() else ""))
+    return MediaHost(canonical, int(port) if port is not None else None)
 
 
 # ----- formats ----------------------------------------------------------------------------------------
@@ -331,75 +486,163 @@ async def download_image(
     *,
     max_bytes: int = 25 * 1024 * 1024,
     timeout: float = 30.0,  # noqa: ASYNC109 - becomes the request's aiohttp.ClientTimeout, like bot.flux.http
+    allowed_hosts: MediaHosts | None = None,
 ) -> DownloadedImage:
     """Fetch a result image at once (provider URLs expire) and check that it is a usable image.
 
-    The body is streamed and abandoned as soon as it passes ``max_bytes``, whatever Content-Length said.
-    A content type other than ``image/*`` is refused, except ``application/octet-stream`` or none at all,
-    which pass when the bytes decode as an image. Raises :class:`DownloadError`.
+    The body is streamed and abandoned as soon as it passes ``max_bytes``, whatever Content-Length said;
+    an inline ``data:`` image is measured before it is decoded. A content type other than ``image/*`` is
+    refused, except ``application/octet-stream`` or none at all, which pass when the bytes decode as an
+    image. With ``allowed_hosts`` (a member's image) the URL and every redirect must be on those hosts,
+    see :func:`fetch_source`. Raises :class:`DownloadError`.
     """
     if url.startswith("data:"):
-        return await _inline_image(url)
-    shown = public_url(url)
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
-    try:
-        async with session.get(url, timeout=client_timeout, headers={"Accept": "image/*"}) as response:
-            status = response.status
-            if not 200 <= status < 300:
-                raise DownloadError(
-                    f"GET {shown} answered HTTP {status}",
-                    retryable=status >= 500 or status in _RETRYABLE_STATUSES,
-                    status=status,
-                )
-            declared = _media_type(response.headers.get(aiohttp.hdrs.CONTENT_TYPE))
-            if declared is not None and not declared.startswith("image/") and declared != "application/octet-stream":
-                raise DownloadError(f"GET {shown} answered {declared}, not an image", retryable=False, status=status)
-            length = response.content_length
-            if length is not None and length > max_bytes:
-                raise _too_large(shown, f"{length} bytes", max_bytes)
-            data = await _read_capped(response, shown, max_bytes)
-    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
-        raise DownloadError(f"cannot download from {shown}: not an http(s) URL", retryable=False) from exc
-    except aiohttp.TooManyRedirects as exc:
-        raise DownloadError(f"GET {shown} redirected too many times", retryable=False) from exc
-    except TimeoutError as exc:
-        raise DownloadError(f"GET {shown} did not complete within {timeout:g}s", retryable=True) from exc
-    except aiohttp.ClientError as exc:
-        raise DownloadError(f"GET {shown} failed: {type(exc).__name__}", retryable=True) from exc
-
+        data, shown, declared = _inline_bytes(url, max_bytes), "an inline image", None
+    else:
+        data, shown, declared = await _fetch(session, url, max_bytes, timeout, allowed_hosts)
     fmt, width, height = await asyncio.to_thread(_identify, data, shown, declared)
     log.debug("downloaded %s: %s %dx%d, %d bytes", shown, fmt, width, height, len(data))
     return DownloadedImage(data=data, format=fmt, width=width, height=height, content_type=_MIME_TYPES[fmt])
 
 
-async def _inline_image(uri: str) -> DownloadedImage:
-    """The image of a ``data:...;base64,`` URI (relays may answer with inline bytes instead of a URL)."""
+async def fetch_source(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    allowed_hosts: MediaHosts,
+    max_bytes: int,
+    timeout: float = 30.0,  # noqa: ASYNC109 - becomes the request's aiohttp.ClientTimeout
+) -> SourceImage:
+    """A member's image from Discord, checked by :func:`inspect_source` (whose :class:`ImageRejected` says
+    what is wrong with it), or from inline ``data:`` (never fetched).
+
+    The URL must be on ``allowed_hosts``, else :class:`HostNotAllowed` is raised before any request.
+    Redirects are not followed by aiohttp: up to :data:`MAX_MEDIA_REDIRECTS` are followed here, each
+    ``Location`` checked the same way first. Other failures are :class:`DownloadError`.
+    """
+    if url.startswith("data:"):
+        data = _inline_bytes(url, max_bytes, "That image")
+    else:
+        data, _shown, _declared = await _fetch(session, url, max_bytes, timeout, allowed_hosts, member=True)
+    return await asyncio.to_thread(inspect_source, data, max_bytes=max_bytes)
+
+
+async def _fetch(
+    session: aiohttp.ClientSession,
+    url: str,
+    max_bytes: int,
+    timeout_s: float,
+    allowed_hosts: MediaHosts | None,
+    *,
+    member: bool = False,
+) -> tuple[bytes, str, str | None]:
+    """The body at ``url`` (capped), the URL as shown in logs, and the declared media type.
+
+    ``member``: the errors speak of the member's image rather than the provider's finished image."""
+    shown = public_url(url)
+    subject, message = ("That image", _NOT_DOWNLOADED) if member else ("The finished image", None)
+    target: str | URL = url if allowed_hosts is None else allowed_hosts.check(url)
+    client_timeout = aiohttp.ClientTimeout(total=timeout_s)
+    headers = {"Accept": "image/*"}
+    follow = allowed_hosts is None  # aiohttp follows a provider's redirects; a member image's are checked first
+    try:
+        for hop in range(MAX_MEDIA_REDIRECTS + 1):
+            async with session.get(target, timeout=client_timeout, headers=headers, allow_redirects=follow) as response:
+                status = response.status
+                if allowed_hosts is not None and status in _REDIRECT_STATUSES:
+                    target = _redirect_target(response, allowed_hosts, shown)
+                    shown = public_url(str(target))
+                    log.debug("following redirect %d to %s", hop + 1, shown)
+                    continue
+                if not 200 <= status < 300:
+                    raise DownloadError(
+                        f"GET {shown} answered HTTP {status}",
+                        retryable=status >= 500 or status in _RETRYABLE_STATUSES,
+                        status=status,
+                        user_message=message,
+                    )
+                declared = _media_type(response.headers.get(aiohttp.hdrs.CONTENT_TYPE))
+                if (
+                    declared is not None
+                    and not declared.startswith("image/")
+                    and declared != "application/octet-stream"
+                ):
+                    raise DownloadError(
+                        f"GET {shown} answered {declared}, not an image",
+                        retryable=False,
+                        status=status,
+                        user_message=message,
+                    )
+                length = response.content_length
+                if length is not None and length > max_bytes:
+                    raise _too_large(shown, f"{length} bytes", max_bytes, subject)
+                return await _read_capped(response, shown, max_bytes, subject), shown, declared
+        raise DownloadError(
+            f"GET {shown} redirected more than {MAX_MEDIA_REDIRECTS} times", retryable=False, user_message=message
+        )
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+        raise DownloadError(
+            f"cannot download from {shown}: not an http(s) URL", retryable=False, user_message=message
+        ) from exc
+    except aiohttp.TooManyRedirects as exc:
+        raise DownloadError(f"GET {shown} redirected too many times", retryable=False, user_message=message) from exc
+    except TimeoutError as exc:
+        raise DownloadError(
+            f"GET {shown} did not complete within {timeout_s:g}s", retryable=True, user_message=message
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise DownloadError(f"GET {shown} failed: {type(exc).__name__}", retryable=True, user_message=message) from exc
+
+
+def _redirect_target(response: aiohttp.ClientResponse, allowed_hosts: MediaHosts, shown: str) -> URL:
+    """Where a redirect of a member's image points, if that is on ``allowed_hosts``; else HostNotAllowed."""
+    location = response.headers.get(aiohttp.hdrs.LOCATION)
+    if not location:
+        raise DownloadError(f"GET {shown} answered HTTP {response.status} without a Location", retryable=False)
+    try:
+        target = response.url.join(URL(location))
+    except (ValueError, TypeError) as exc:
+        raise HostNotAllowed(f"GET {shown} redirected to an invalid URL") from exc
+    if not allowed_hosts.allows(target):
+        raise HostNotAllowed(f"GET {shown} redirected to {public_url(str(target))}, not a Discord media host")
+    return target
+
+
+def _inline_bytes(uri: str, max_bytes: int, subject: str = "The finished image") -> bytes:
+    """The bytes of a ``data:...;base64,`` URI (relays may answer with inline bytes instead of a URL).
+
+    The length of the base64 text is checked against ``max_bytes`` before anything is decoded."""
     header, _, payload = uri.partition(",")
     if not header.endswith(";base64"):
         raise DownloadError("an inline image is not base64-encoded", retryable=False)
+    if len(payload) > 4 * math.ceil(max_bytes / 3):
+        raise _too_large("an inline image", f"{len(payload)} base64 characters", max_bytes, subject)
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise DownloadError("an inline image is not valid base64", retryable=False) from exc
-    fmt, width, height = await asyncio.to_thread(_identify, data, "an inline image", None)
-    return DownloadedImage(data=data, format=fmt, width=width, height=height, content_type=_MIME_TYPES[fmt])
+    if len(data) > max_bytes:
+        raise _too_large("an inline image", f"{len(data)} bytes", max_bytes, subject)
+    return data
 
 
-async def _read_capped(response: aiohttp.ClientResponse, shown: str, max_bytes: int) -> bytes:
+async def _read_capped(
+    response: aiohttp.ClientResponse, shown: str, max_bytes: int, subject: str = "The finished image"
+) -> bytes:
     """The body, or DownloadError as soon as more than ``max_bytes`` arrived (the rest is never read)."""
     buffer = bytearray()
     async for chunk in response.content.iter_chunked(_CHUNK_SIZE):
         buffer += chunk
         if len(buffer) > max_bytes:
-            raise _too_large(shown, f"more than {max_bytes} bytes", max_bytes)
+            raise _too_large(shown, f"more than {max_bytes} bytes", max_bytes, subject)
     return bytes(buffer)
 
 
-def _too_large(shown: str, size: str, max_bytes: int) -> DownloadError:
+def _too_large(shown: str, size: str, max_bytes: int, subject: str = "The finished image") -> DownloadError:
     return DownloadError(
         f"GET {shown} sent {size}; the limit is {max_bytes}",
         retryable=False,
-        user_message=f"The finished image is larger than {size_text(max_bytes)}, so the bot cannot use it.",
+        user_message=f"{subject} is larger than {size_text(max_bytes)}, so the bot cannot use it.",
     )
 
 

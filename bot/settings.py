@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Annotated, Self
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bot.images import DEFAULT_MEDIA_HOSTS, MediaHosts
 
 __all__ = ["Provider", "Settings", "SettingsError", "load_settings"]
 
@@ -55,6 +57,10 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", alias="LOG_LEVEL")
     message_content_intent: bool = Field(True, alias="MESSAGE_CONTENT_INTENT")
     edit_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, alias="EDIT_MAX_BYTES")
+    # Where member images may be downloaded from: host or host:port, separated by spaces or commas.
+    discord_media_hosts: Annotated[MediaHosts, NoDecode] = Field(
+        MediaHosts.parse(DEFAULT_MEDIA_HOSTS), alias="DISCORD_MEDIA_HOSTS"
+    )
     # Limits every server starts with (admins change them with /limits); 0 means no limit.
     default_user_daily: int = Field(25, ge=0, alias="DEFAULT_USER_DAILY")
     default_guild_daily: int = Field(250, ge=0, alias="DEFAULT_GUILD_DAILY")

@@ -7,7 +7,6 @@ member's deferred response and posts the result in the channel.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from yarl import URL
 
 from bot.db import Job, JobKind, NewJob, QuotaRefusal
 from bot.flux import MAX_COUNT, MAX_PROMPT_LENGTH, ModelCatalog, ModelSpec
-from bot.images import DownloadError, SourceImage, download_image, inspect_source, public_url, size_text
+from bot.images import DownloadError, HostNotAllowed, SourceImage, fetch_source, size_text
 from bot.limits import Refusal, admit
 from cogs.feedback import (
     UserFacingError,
@@ -150,11 +149,17 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
 
         Discord's links to attachments expire after a day, so a Discord link is refreshed first; a source
         that is gone (its message deleted, say) is refused clearly instead of sent to the provider dead.
+        A source that is not on Discord's media hosts (recorded by an older version) is refused before
+        anything is fetched; so is a refreshed link that is not.
         """
-        if _is_discord_attachment(ref):
-            ref = await self._refreshed_attachment_url(ref)
+        if not ref.startswith("data:"):
+            self.bot.settings.discord_media_hosts.check(ref)
+            if _is_discord_attachment(ref):
+                ref = await self._refreshed_attachment_url(ref)
         try:
-            await download_image(self.bot.session, ref, max_bytes=self.bot.settings.edit_max_bytes)
+            await self._fetch_source(ref)
+        except HostNotAllowed:
+            raise
         except DownloadError as exc:
             log.info("the source of a re-rolled edit is gone: %s", exc)
             raise UserFacingError(
@@ -285,8 +290,7 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
         if attachment.size > limit:
             size = size_text(attachment.size, round_up=True)
             raise UserFacingError(f"{attachment.filename} is {size}; the limit is {size_text(limit)}.")
-        data = await attachment.read()
-        image = await asyncio.to_thread(inspect_source, data, max_bytes=limit)
+        image = await self._fetch_source(attachment.url)
         return Source(image, self._provider_ref(attachment.url, image))
 
     async def source_from_message(self, message: discord.Message) -> Source:
@@ -296,17 +300,31 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
             raise UserFacingError("That message has no image to edit.")
         if isinstance(found, discord.Attachment):
             return await self.source_from_attachment(found)
-        try:
-            downloaded = await download_image(self.bot.session, found, max_bytes=self.bot.settings.edit_max_bytes)
-        except DownloadError as exc:
-            log.info("could not fetch an embed image %s: %s", public_url(found), exc)
-            raise UserFacingError("The bot could not download that image.") from exc
-        image = await asyncio.to_thread(inspect_source, downloaded.data, max_bytes=self.bot.settings.edit_max_bytes)
+        image = await self._fetch_source(found)
         return Source(image, self._provider_ref(found, image))
 
+    async def _fetch_source(self, url: str) -> SourceImage:
+        """Every member image is fetched here: only from ``DISCORD_MEDIA_HOSTS`` (redirects included), capped
+        at ``EDIT_MAX_BYTES``, and checked. Raises HostNotAllowed before any request for any other host."""
+        settings = self.bot.settings
+        try:
+            return await fetch_source(
+                self.bot.session, url, allowed_hosts=settings.discord_media_hosts, max_bytes=settings.edit_max_bytes
+            )
+        except HostNotAllowed as exc:
+            log.warning("refused to fetch a member's image: %s", exc)
+            raise
+        except DownloadError as exc:
+            log.info("could not fetch a member's image: %s", exc)
+            raise
+
     def _provider_ref(self, url: str, image: SourceImage) -> str:
-        """What the provider gets: the image's URL where it must fetch one, else the checked bytes inline."""
-        return image.data_uri() if self.bot.flux.accepts_inline_images else url
+        """What the provider gets: the checked bytes inline where it takes them, else the image's URL, which
+        must be on one of Discord's media hosts (HostNotAllowed otherwise)."""
+        if self.bot.flux.accepts_inline_images:
+            return image.data_uri()
+        self.bot.settings.discord_media_hosts.check(url)
+        return url
 
 
 def _is_discord_attachment(url: str) -> bool:
@@ -315,13 +333,15 @@ def _is_discord_attachment(url: str) -> bool:
 
 
 def first_image(message: discord.Message) -> discord.Attachment | str | None:
-    """The first image of a message: an image attachment, else an embed's image or thumbnail URL."""
+    """The first image of a message: an image attachment, else an embed's image or thumbnail as Discord's
+    media proxy serves it (``proxy_url``). The embed's original ``url`` is never used: it points anywhere
+    the message's author (or a linked page) chose, and may answer the bot differently than Discord."""
     for attachment in message.attachments:
         content_type = attachment.content_type or ""
         if content_type.startswith("image/") or attachment.filename.lower().endswith(_IMAGE_SUFFIXES):
             return attachment
     for embed in message.embeds:
-        for url in (embed.image.url, embed.thumbnail.url):
+        for url in (embed.image.proxy_url, embed.thumbnail.proxy_url):
             if url:
                 return url
     return None

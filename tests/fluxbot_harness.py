@@ -28,6 +28,8 @@ def fluxbot_environment(
         "FLUX_API_KEY": KEY,
         "FLUX_API_BASE": flux.base_url,
         "DATABASE_URL": f"sqlite:///{database}",
+        # The fake Discord serves attachments and embed images (its media proxy) from its own host:port.
+        "DISCORD_MEDIA_HOSTS": f"{discord.host}:{discord.port}",
         "FLUX_POLL_INTERVAL": "0.05",
         # No quota unless a test sets one: tests of other features fire many requests as one member.
         "DEFAULT_USER_DAILY": "0",

@@ -216,16 +216,23 @@ async def test_edit_image_menu_asks_for_a_prompt_and_edits_the_messages_first_im
     assert result.pinged_ids == {world.member.id}  # whoever used the menu, not the author of the photos
 
 
-async def test_edit_image_menu_edits_an_image_shown_in_an_embed(fluxbot: FluxbotHarness) -> None:
+async def test_edit_image_menu_edits_an_image_shown_in_an_embed_through_discords_media_proxy(
+    fluxbot: FluxbotHarness,
+) -> None:
     world = fluxbot.world
     url = fluxbot.flux.add_file("sunset.png", png_bytes(64, 112), "image/png")
+    world.emu.media_proxy.publish(url)  # a site on the public web, which Discord's proxy can reach
     async with fluxbot.running():
         posted = await world.admin.send(world.channel, embeds=[{"title": "A sunset", "image": {"url": url}}])
         await _edit_with_menu(fluxbot, posted, "make it a sunrise")
 
     body = sent_body(provider_requests(fluxbot)[0])
-    assert body["image_url"] == url and body["size"] == "9:16"
+    proxied = posted.embeds[0]["image"]["proxy_url"]
+    assert body["image_url"] == proxied and body["size"] == "9:16"  # Discord's copy, never the original link
+    assert proxied.startswith(f"{world.emu.base_url}/external/")
     assert only_task(fluxbot).source_ok
+    # The bot checked the image and the provider fetched it, both through Discord's proxy.
+    assert [fetch.status for fetch in world.emu.media_proxy.log] == [200, 200]
 
 
 async def test_edit_image_menu_edits_the_bots_own_result(fluxbot: FluxbotHarness) -> None:

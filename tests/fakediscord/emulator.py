@@ -30,6 +30,7 @@ from .constants import (
     Perm,
 )
 from .gateway import GatewayMixin, Session
+from .mediaproxy import MediaProxy
 from .model import (
     Attachment,
     CdnFetch,
@@ -116,6 +117,8 @@ class DiscordEmulator(GatewayMixin, RestMixin):
         self.rest_log: list[RestCall] = []
         #: Every GET of an attachment URL (by the bot or anyone else), in arrival order.
         self.cdn_log: list[CdnFetch] = []
+        #: Discord's media proxy, which serves embed images at their ``proxy_url``.
+        self.media_proxy = MediaProxy(self)
         #: Requests to routes this emulator does not implement ("METHOD /path"): a test should fail on these.
         self.unimplemented: list[str] = []
         self.rate_limits: list[RateLimitRule] = []
@@ -143,6 +146,7 @@ class DiscordEmulator(GatewayMixin, RestMixin):
         app.router.add_get("/gateway", self._handle_gateway)
         app.router.add_get("/attachments/{channel}/{file_id}/{filename}", self._handle_cdn)
         app.router.add_get("/ephemeral-attachments/{channel}/{file_id}/{filename}", self._handle_cdn)
+        app.router.add_get("/external/{tail:.*}", self.media_proxy.handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
@@ -452,7 +456,7 @@ class DiscordEmulator(GatewayMixin, RestMixin):
             id=self.snowflakes.next(),
             author=author,
             content=body.get("content") or "",
-            embeds=list(body.get("embeds") or []),
+            embeds=self.media_proxy.with_proxy_urls(body.get("embeds")),
             components=list(body.get("components") or []),
             attachments=list(files),
             flags=flags,
@@ -493,7 +497,7 @@ class DiscordEmulator(GatewayMixin, RestMixin):
         if "content" in body:
             msg.content = body["content"] or ""
         if "embeds" in body:
-            msg.embeds = list(body["embeds"] or [])
+            msg.embeds = self.media_proxy.with_proxy_urls(body["embeds"])
         if "components" in body:
             msg.components = list(body["components"] or [])
         if "flags" in body and body["flags"] is not None:
