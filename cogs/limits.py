@@ -1,7 +1,12 @@
 """What /usage and /limits look like: members see their usage; admins set the server's rules.
 
 ``/limits`` is hidden from members without Manage Server (``default_permissions``) **and** checked when it
-runs, because a server's permission overrides can show it to anyone.
+runs, because a server's permission overrides can show it to anyone. The run-time check is attached to every
+command under ``/limits``, sub-groups included: discord.py runs only the *direct* parent group's
+``interaction_check``, so a check on the top group alone would skip ``/limits channels …`` and
+``/limits blocklist …``.
+
+Answers whose length depends on data are fitted into Discord's 2,000 characters (:mod:`cogs.text`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from bot.db import JobStatus
 from bot.db.days import next_utc_midnight
 from bot.limits import DM_GUILD_ID, Limits, limits_for
 from cogs.feedback import UserFacingError
+from cogs.text import MESSAGE_LIMIT, code, fit_lines
 
 if TYPE_CHECKING:
     from bot.app import FluxBot
@@ -31,8 +37,26 @@ def _limit(value: int | None) -> str:
     return "no limit" if value is None else str(value)
 
 
+async def require_manage_guild(interaction: discord.Interaction[Any]) -> bool:
+    """The check of every ``/limits`` command: only members with Manage Server, only in a server."""
+    if interaction.guild_id is None or not interaction.permissions.manage_guild:
+        command = interaction.command.qualified_name if interaction.command else "?"
+        log.warning(
+            "user %d tried /%s without Manage Server in guild %s", interaction.user.id, command, interaction.guild_id
+        )
+        raise app_commands.MissingPermissions(["manage_guild"])
+    return True
+
+
+def guard_every_command(group: app_commands.Group) -> None:
+    """Attach :func:`require_manage_guild` to every command under ``group``, however deeply nested."""
+    for command in group.walk_commands():
+        if isinstance(command, app_commands.Command) and require_manage_guild not in command.checks:
+            command.add_check(require_manage_guild)
+
+
 class LimitsGroup(app_commands.Group):
-    """``/limits``: the server's rules. Members without Manage Server are refused even if they see it."""
+    """``/limits``: the server's rules, for members with Manage Server (see :func:`guard_every_command`)."""
 
     def __init__(self, cog: LimitsCog) -> None:
         super().__init__(
@@ -42,14 +66,6 @@ class LimitsGroup(app_commands.Group):
             guild_only=True,
         )
         self.cog = cog
-
-    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
-        if interaction.guild_id is None or not interaction.permissions.manage_guild:
-            log.warning(
-                "user %d tried /limits without Manage Server in guild %s", interaction.user.id, interaction.guild_id
-            )
-            raise app_commands.MissingPermissions(["manage_guild"])
-        return True
 
 
 class LimitsCog(commands.Cog, name="Limits"):
@@ -61,6 +77,7 @@ class LimitsCog(commands.Cog, name="Limits"):
         self.usage_command = _build_usage_command(self)
 
     async def cog_load(self) -> None:
+        guard_every_command(self.group)  # also any command added to the group since it was built
         self.bot.tree.add_command(self.group)
         self.bot.tree.add_command(self.usage_command)
 
@@ -79,19 +96,25 @@ class LimitsCog(commands.Cog, name="Limits"):
         guild_id = interaction.guild_id or DM_GUILD_ID
         limits = await self.limits(guild_id)
         mine = await db.user_usage(store, guild_id, interaction.user.id)
-        lines = [f"**Your images today:** {mine.today}" + _of(limits.user_daily, mine.today)]
-        lines.append(f"**This month:** {mine.month}")
-        for job in await db.active_jobs(store, guild_id, interaction.user.id):
-            lines.append(f"• Job #{job.id} ({job.count} x {job.model}): {await self._job_state(job.id, job.status)}")
+        head = [f"**Your images today:** {mine.today}" + _of(limits.user_daily, mine.today)]
+        head.append(f"**This month:** {mine.month}")
+        jobs = [
+            f"• Job #{job.id} ({job.count} x {job.model}): {await self._job_state(job.id, job.status)}"
+            for job in await db.active_jobs(store, guild_id, interaction.user.id)
+        ]
+        tail = []
         if guild_id != DM_GUILD_ID:
             server = await db.guild_usage_today(store, guild_id)
-            lines.append(f"**This server today:** {server}" + _of(limits.guild_daily, server))
-        lines.append(
+            tail.append(f"**This server today:** {server}" + _of(limits.guild_daily, server))
+        tail.append(
             f"Up to {limits.max_count} images per request, {_limit(limits.max_concurrent)} jobs at a time"
             + (f", one request every {limits.cooldown:g} s" if limits.cooldown else "")
             + f". Daily counts reset <t:{int(next_utc_midnight(self.bot.store.now()))}:R>."
         )
-        await interaction.followup.send("\n".join(lines), ephemeral=True)
+        # The jobs give way first: the totals and the rules always show.
+        room = MESSAGE_LIMIT - len("\n".join(head + tail)) - 2
+        lines = [*head, *([fit_lines(jobs, room)] if jobs else []), *tail]
+        await interaction.followup.send(fit_lines(lines), ephemeral=True)
 
     async def _job_state(self, job_id: int, status: JobStatus) -> str:
         if status is JobStatus.QUEUED:
@@ -105,15 +128,20 @@ class LimitsCog(commands.Cog, name="Limits"):
         limits = await self.limits(interaction.guild_id)
         await interaction.response.send_message(self._describe(limits), ephemeral=True)
 
-    def _describe(self, limits: Limits) -> str:
+    def _describe(self, limits: Limits, title: str | None = None) -> str:
+        """The server's rules, one per line, within a message's length (with ``title`` above them)."""
+
         def row(label: str, field: str, value: str) -> str:
             origin = "set here" if field in limits.overridden else "default"
             return f"**{label}:** {value} ({origin})"
 
-        models = ", ".join(limits.allowed_models) if limits.allowed_models else "all"
-        channels = ", ".join(f"<#{c}>" for c in limits.allowed_channels) if limits.allowed_channels else "everywhere"
-        return "\n".join(
+        # Lists a server can make long are fitted in a share of the message each.
+        models = fit_lines(limits.allowed_models, 500, sep=", ") if limits.allowed_models else "all"
+        mentions = [f"<#{c}>" for c in limits.allowed_channels or ()]
+        channels = fit_lines(mentions, 1000, sep=", ") if mentions else "everywhere"
+        return fit_lines(
             [
+                *([title] if title else []),
                 row("Images per member per day", "user_daily", _limit(limits.user_daily)),
                 row("Images for the server per day", "guild_daily", _limit(limits.guild_daily)),
                 row("Images per request", "max_count", str(limits.max_count)),
@@ -135,7 +163,7 @@ class LimitsCog(commands.Cog, name="Limits"):
             raise UserFacingError(str(exc)) from exc
         log.info("guild %d: user %d changed limits %s", interaction.guild_id, interaction.user.id, changes)
         limits = await self.limits(interaction.guild_id)
-        await interaction.response.send_message("Updated.\n" + self._describe(limits), ephemeral=True)
+        await interaction.response.send_message(self._describe(limits, "Updated."), ephemeral=True)
 
     async def set_models(self, interaction: discord.Interaction[FluxBot], models: str) -> None:
         names = models.replace(",", " ").split()
@@ -175,8 +203,7 @@ class LimitsCog(commands.Cog, name="Limits"):
         store, guild_id, user_id = self.bot.store, interaction.guild_id, interaction.user.id
         if action == "list":
             terms = await db.blocked_terms(store, guild_id)
-            text = "Blocked: " + ", ".join(f"`{t}`" for t in terms) if terms else "No words or phrases are blocked."
-            await interaction.response.send_message(text, ephemeral=True)
+            await interaction.response.send_message(_blocklist_text(terms), ephemeral=True)
             return
         if not term or not db.normalize_term(term):
             raise UserFacingError("Give the word or phrase.")
@@ -197,7 +224,14 @@ class LimitsCog(commands.Cog, name="Limits"):
         await db.reset_guild_settings(self.bot.store, interaction.guild_id, interaction.user.id)
         log.info("guild %d: user %d reset the limits to the defaults", interaction.guild_id, interaction.user.id)
         limits = await self.limits(interaction.guild_id)
-        await interaction.response.send_message("Back to the defaults.\n" + self._describe(limits), ephemeral=True)
+        await interaction.response.send_message(self._describe(limits, "Back to the defaults."), ephemeral=True)
+
+
+def _blocklist_text(terms: list[str]) -> str:
+    if not terms:
+        return "No words or phrases are blocked."
+    head = f"Blocked ({len(terms)}): "
+    return head + fit_lines([code(term) for term in terms], MESSAGE_LIMIT - len(head), sep=", ")
 
 
 def _of(limit: int | None, used: int) -> str:

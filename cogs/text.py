@@ -1,0 +1,64 @@
+"""Fitting text into Discord's limits: long answers are trimmed to whole items and say how many were left out.
+
+Discord refuses a message whose content is over 2,000 characters (400, code 50035); the member would only
+see a generic error. Every answer whose length depends on data (a server's blocklist, a member's jobs, a
+list of channels) goes through :func:`fit_lines`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["EMBED_DESCRIPTION_LIMIT", "MESSAGE_LIMIT", "code", "fit_lines", "shorten"]
+
+#: Characters in a message's content.
+MESSAGE_LIMIT = 2000
+#: Characters in an embed's description.
+EMBED_DESCRIPTION_LIMIT = 4096
+
+_ELLIPSIS = "…"
+_GRAVE_LOOKALIKE = "\N{MODIFIER LETTER GRAVE ACCENT}"
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, ending with "…" when cut."""
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - len(_ELLIPSIS))] + _ELLIPSIS[: max(0, limit)]
+
+
+def fit_lines(items: Sequence[str], limit: int = MESSAGE_LIMIT, *, sep: str = "\n") -> str:
+    """``items`` joined with ``sep``, keeping as many whole items as fit in ``limit`` characters.
+
+    When some are left out, the text ends with "… and N more". An item too long to fit even alone is cut
+    (see :func:`shorten`). The result is never longer than ``limit``.
+    """
+    joined = sep.join(items)
+    if len(joined) <= limit:
+        return joined
+    kept: list[str] = []
+    used = 0
+    for index, item in enumerate(items):
+        left = len(items) - index - 1
+        # Room for this item, and for the note about the ones after it if any remain.
+        note = len(sep) + len(_more(left)) if left else 0
+        needed = used + (len(sep) if kept else 0) + len(item)
+        if needed + note > limit:
+            break
+        kept.append(item)
+        used = needed
+    if not kept:
+        # Not even the first item fits whole: show the start of it rather than nothing.
+        if len(items) == 1:
+            return shorten(items[0], limit)
+        kept = [shorten(items[0], limit - len(sep) - len(_more(len(items) - 1)))]
+    return shorten(sep.join([*kept, _more(len(items) - len(kept))]), limit)
+
+
+def _more(count: int) -> str:
+    return f"{_ELLIPSIS} and {count} more"
+
+
+def code(text: str) -> str:
+    """``text`` as inline code that no content can break out of: its backticks become a look-alike."""
+    return "`" + (text.replace("`", _GRAVE_LOOKALIKE) or " ") + "`"
