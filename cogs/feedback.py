@@ -13,6 +13,7 @@ from bot.db import QuotaRefusal
 from bot.flux import FluxError
 from bot.images import ImageError
 from bot.limits import Refusal, RefusalKind
+from cogs.text import MESSAGE_LIMIT, fit_lines, shorten
 
 __all__ = [
     "UNEXPECTED_ERROR",
@@ -50,14 +51,14 @@ def explain(error: BaseException, where: str) -> str:
     """What to tell the member about ``error``, which happened in ``where`` (for the log).
 
     Our own errors become their short message; anything else is logged once, with its traceback, and
-    the member gets a generic apology — never a traceback.
+    the member gets a generic apology — never a traceback. Never longer than a message may be.
     """
     message = user_message_for(error)
     if message is None:
         cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
         log.error("unhandled error in %s", where, exc_info=cause)
         message = UNEXPECTED_ERROR
-    return message
+    return shorten(message, MESSAGE_LIMIT)
 
 
 async def reply_with_error(interaction: discord.Interaction[Any], error: BaseException) -> None:
@@ -79,11 +80,10 @@ def describe_refusal(refusal: Refusal) -> str:
         case RefusalKind.DMS_OFF:
             return "The bot does not take requests in direct messages. Use it in a server."
         case RefusalKind.CHANNEL:
-            return (
-                "The bot is not used in this channel here. Try " + ", ".join(f"<#{c}>" for c in refusal.allowed) + "."
-            )
+            channels = fit_lines([f"<#{c}>" for c in refusal.allowed], 1000, sep=", ")
+            return f"The bot is not used in this channel here. Try {channels}."
         case RefusalKind.MODEL:
-            return "That model is not allowed in this server. Allowed: " + ", ".join(refusal.allowed) + "."
+            return f"That model is not allowed in this server. Allowed: {fit_lines(refusal.allowed, 1000, sep=', ')}."
         case RefusalKind.COUNT:
             most = refusal.allowed[0]
             return f"This server allows at most {most} image{'' if most == '1' else 's'} per request."
