@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 
 from pydantic import SecretStr
@@ -11,9 +12,18 @@ __all__ = ["RedactingFormatter", "configure_logging"]
 
 REDACTED = "[redacted]"
 
+#: Interaction and webhook tokens (valid for 15 minutes, enough to answer as the bot) as they appear in the
+#: text of library logs: in REST paths, and as a ``token`` or ``…_token`` field of a logged payload (discord.py
+#: logs gateway events, aiosqlite the parameters of every statement).
+_TOKEN_PATTERNS = (
+    re.compile(r"(/(?:webhooks|interactions)/\d+/)[^/?#\s'\"]+"),
+    re.compile(r"""(['"]\w*token['"]\s*:\s*['"])[^'"]+"""),
+)
+
 
 class RedactingFormatter(logging.Formatter):
-    """Replaces every secret value in the formatted line (message, arguments and traceback alike).
+    """Replaces every secret value in the formatted line (message, arguments and traceback alike), and
+    every interaction or webhook token (discord.py logs gateway payloads and request URLs at DEBUG).
 
     The bot never logs a secret on purpose; this is the belt to those braces, for text from libraries.
     """
@@ -26,6 +36,8 @@ class RedactingFormatter(logging.Formatter):
         line = super().format(record)
         for secret in self._secrets:
             line = line.replace(secret, REDACTED)
+        for pattern in _TOKEN_PATTERNS:
+            line = pattern.sub(rf"\g<1>{REDACTED}", line)
         return line
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from bot import db
 from bot.db import JobStatus, jobs_in
+from bot.logs import RedactingFormatter
 from tests.fakediscord import Perm
 from tests.fluxbot_harness import FluxbotHarness, is_result, results_in, status_line
 
@@ -97,6 +98,25 @@ async def test_secrets_never_reach_the_log(fluxbot: FluxbotHarness, caplog: pyte
 
     assert "needs attention" in caplog.text or "invalid_token" in caplog.text
     assert all(secret not in caplog.text for secret in secrets)
+
+
+async def test_interaction_tokens_never_reach_the_log_and_are_not_kept_after_the_job(
+    fluxbot: FluxbotHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = fluxbot.world
+    caplog.set_level(logging.DEBUG)
+    async with fluxbot.running() as bot:
+        inter = await world.member.slash(world.channel, "imagine", prompt="a kite over the dunes")
+        await world.emu.wait_until(lambda: status_line(inter).startswith("✅"), timeout=10)
+        kept = await bot.store.fetch_all("SELECT id FROM jobs WHERE interaction_token IS NOT NULL")
+        secrets = [bot.settings.discord_token, bot.settings.flux_api_key]
+
+    assert inter.token in caplog.text, "discord.py logs gateway payloads and request URLs at DEBUG"
+    formatter = RedactingFormatter("%(message)s", secrets)  # what fluxbot writes to its log
+    written = "\n".join(formatter.format(record) for record in caplog.records)
+    assert inter.token not in written
+    assert "[redacted]" in written
+    assert kept == []
 
 
 async def test_commands_are_synced_only_when_they_changed(fluxbot: FluxbotHarness) -> None:
