@@ -15,6 +15,7 @@ Middlewares, outermost first: record the request (on arrival) and track its hand
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -91,10 +92,12 @@ class FluxEmulator(Engine):
         status: int | None = None,
         code: str | None = None,
         message: str | None = None,
-        retry_after: float | None = None,
+        retry_after: float | str | None = None,
         body: bytes | None = None,
         delay: float = 0.0,
         drop: bool = False,
+        stream: int | None = None,
+        headers: Mapping[str, str] | None = None,
         times: int = 1,
     ) -> None:
         """Misbehave on the next ``times`` requests with this method and exact path (FIFO per pair).
@@ -102,15 +105,32 @@ class FluxEmulator(Engine):
         - ``status``/``code``/``message``: answer with the error of the vendor owning the path, in its
           shape; a missing status comes from the code, a missing code from the status.
         - ``body``: answer ``status`` (default 200) with these raw bytes as application/json.
-        - ``retry_after``: add a ``Retry-After`` header (seconds) to the answer.
+        - ``retry_after``: add a ``Retry-After`` header to the answer: seconds, or a string sent as it is
+          (an HTTP date, or something malformed).
+        - ``stream``: answer ``status`` (default 200) with a JSON body of this many bytes, sent in chunks
+          without Content-Length; ``streamed_bytes`` counts what was written before the client hung up.
+        - ``headers``: more headers on the answer (e.g. ``Location`` with a 3xx ``status`` and a ``body``).
         - ``delay``: sleep this long first. With nothing else set, the request is then handled normally:
           a slow answer, after which a submit has still created its task.
         - ``drop``: close the connection without answering (after ``delay``); a submit creates no task.
         """
         fault = Fault(
-            status=status, code=code, message=message, retry_after=retry_after, body=body, delay=delay, drop=drop
+            status=status,
+            code=code,
+            message=message,
+            retry_after=retry_after,
+            body=body,
+            delay=delay,
+            drop=drop,
+            stream=stream,
+            headers=dict(headers or {}),
         )
         self._faults.add(method, path, fault, times)
+
+    @property
+    def streamed_bytes(self) -> int:
+        """Bytes of ``stream`` faults written so far (a client that stops reading stops this growing)."""
+        return self._faults.streamed_bytes
 
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._record, self._faults.middleware(), _vendor_not_found])
