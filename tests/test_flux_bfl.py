@@ -157,7 +157,10 @@ async def test_polls_are_retried_and_a_malformed_poll_is_asked_again_later(
 async def test_the_key_is_never_sent_to_a_foreign_polling_host(client: BflClient, flux_emulator: FluxEmulator) -> None:
     foreign = "http://127.0.0.2:9/v1/get_result?id=abc"
 
-    assert await client.statuses([foreign]) == {}
+    (status,) = (await client.statuses([foreign])).values()
+
+    assert status.state is TaskState.FAILED  # it can never be polled: the job fails instead of waiting
+    assert isinstance(status.error, UpstreamError)
     assert flux_emulator.requests == []
 
 

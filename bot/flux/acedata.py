@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from bot.settings import Provider
 
 from .base import FluxClient
 from .catalog import ModelSpec
 from .errors import CallbackError, FluxAPIError, FluxError, UpstreamError, error_for
-from .http import retry_after_seconds
-from .models import EditRequest, GenerateRequest, ResultImage, Submission, TaskState, TaskStatus
+from .http import parse_model, retry_after_seconds
+from .models import EditRequest, GenerateRequest, ResultImage, Submission, TaskState, TaskStatus, sane_seed
 
 __all__ = ["BATCH_SIZE", "AceDataClient", "task_status"]
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: The most ids one ``retrieve_batch`` carries (the vendor's own tools never send more).
 BATCH_SIZE = 50
+#: What a task id looks like (the service's are UUIDs); anything else is never stored nor sent back.
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 class _Lenient(BaseModel):
@@ -54,10 +57,7 @@ class AceImage(_Lenient):
     @field_validator("seed", mode="before")
     @classmethod
     def _int_or_none(cls, value: Any) -> int | None:
-        try:
-            return int(value) if value is not None and not isinstance(value, bool) else None
-        except (TypeError, ValueError):
-            return None  # seed 000 documents a seed of "pop upbeat"
+        return sane_seed(value)  # seed 000 documents a seed of "pop upbeat"; 1e400 has been seen too
 
 
 class AceImagesResponse(_Lenient):
@@ -79,7 +79,8 @@ class AceTask(_Lenient):
 
 
 class AceBatch(_Lenient):
-    items: list[AceTask] = []
+    #: Each record is read on its own, so that one unreadable record does not hide the others.
+    items: list[Any] = []
 
 
 class AceErrorBody(_Lenient):
@@ -118,8 +119,8 @@ class AceDataClient(FluxClient):
 
     def _parse_error(self, status: int, body: Any, headers: Mapping[str, str]) -> FluxAPIError:
         try:
-            envelope = AceErrorBody.model_validate(body) if isinstance(body, dict) else AceErrorBody()
-        except ValidationError:
+            envelope = parse_model(AceErrorBody, body, "an error answer") if isinstance(body, dict) else AceErrorBody()
+        except FluxError:
             envelope = AceErrorBody()
         error = envelope.error or AceError()
         return error_for(
@@ -156,11 +157,10 @@ class AceDataClient(FluxClient):
         if self.callback_url:
             payload["callback_url"] = self.callback_url
         body = await self._post_submit(f"{self.base_url}/flux/images", payload)
-        try:
-            answer = AceImagesResponse.model_validate(body)
-        except ValidationError as exc:
-            raise UpstreamError(f"/flux/images answered an unexpected shape: {exc.error_count()} errors") from exc
+        answer = parse_model(AceImagesResponse, body, "the /flux/images answer")
         if answer.task_id:
+            if not _TASK_ID.fullmatch(answer.task_id):
+                raise UpstreamError("/flux/images answered a task_id that cannot be followed", trace_id=answer.trace_id)
             return Submission(handle=answer.task_id, trace_id=answer.trace_id)
         status = task_status("", answer)
         if status.error is not None:
@@ -168,11 +168,20 @@ class AceDataClient(FluxClient):
         raise UpstreamError("/flux/images answered without a task_id", trace_id=answer.trace_id)
 
     async def statuses(self, handles: Sequence[str]) -> dict[str, TaskStatus]:
-        """One ``retrieve_batch`` per 50 handles, sent concurrently."""
-        unique = list(dict.fromkeys(handles))
+        """One ``retrieve_batch`` per 50 handles, sent concurrently.
+
+        A handle that is not a task id the service could know (see :data:`_TASK_ID`) is never sent: it is
+        FAILED at once, so that it cannot spoil the batch of the others.
+        """
+        found: dict[str, TaskStatus] = {}
+        unique: list[str] = []
+        for handle in dict.fromkeys(handles):
+            if _TASK_ID.fullmatch(handle):
+                unique.append(handle)
+            else:
+                found[handle] = _unpollable(handle)
         chunks = [unique[start : start + BATCH_SIZE] for start in range(0, len(unique), BATCH_SIZE)]
         answers = await asyncio.gather(*(self._retrieve_batch(chunk) for chunk in chunks), return_exceptions=True)
-        found: dict[str, TaskStatus] = {}
         failures: list[FluxError] = []
         for answer in answers:
             if isinstance(answer, FluxError):
@@ -189,14 +198,18 @@ class AceDataClient(FluxClient):
 
     async def _retrieve_batch(self, ids: Sequence[str]) -> dict[str, TaskStatus]:
         body = await self._poll("POST", f"{self.base_url}/flux/tasks", {"action": "retrieve_batch", "ids": list(ids)})
-        try:
-            batch = AceBatch.model_validate(body)
-        except ValidationError as exc:
-            raise UpstreamError(f"/flux/tasks answered an unexpected shape: {exc.error_count()} errors") from exc
+        batch = parse_model(AceBatch, body, "the /flux/tasks answer")
         wanted = set(ids)
-        return {
-            task.id: task_status(task.id, task.response, task.trace_id) for task in batch.items if task.id in wanted
-        }
+        found: dict[str, TaskStatus] = {}
+        for item in batch.items:
+            try:
+                task = parse_model(AceTask, item, "a /flux/tasks record")
+            except UpstreamError as error:
+                log.warning("skipping a task record; its task is asked again next time: %s", error)
+                continue
+            if task.id in wanted:
+                found[task.id] = task_status(task.id, task.response, task.trace_id)
+        return found
 
     def parse_callback(self, body: Any) -> TaskStatus:
         """Read a callback POST (the synchronous response shape with ``task_id``).
@@ -204,13 +217,15 @@ class AceDataClient(FluxClient):
         Callbacks are not signed: the caller must only act on one whose ``handle`` matches a task it
         submitted itself, and keeps polling as the fallback.
         """
-        try:
-            answer = AceImagesResponse.model_validate(body)
-        except ValidationError as exc:
-            raise CallbackError("callback body is not a Flux result") from exc
+        answer = parse_model(AceImagesResponse, body, "the callback body", error=CallbackError)
         if not answer.task_id:
             raise CallbackError("callback body has no task_id")
         status = task_status(answer.task_id, answer)
         if status.state is TaskState.PENDING:
             raise CallbackError("callback body carries neither images nor an error")
         return status
+
+
+def _unpollable(handle: str) -> TaskStatus:
+    error = UpstreamError(f"the stored task id {handle[:40]!r} cannot be sent to the service")
+    return TaskStatus(handle, TaskState.FAILED, error=error)

@@ -14,7 +14,7 @@ from bot.settings import Provider
 
 from .catalog import ModelCatalog, ModelSpec, catalog_for
 from .errors import CallbackError, FluxAPIError
-from .http import ErrorParser, Timeouts, send_json
+from .http import MAX_JSON_BYTES, ErrorParser, Timeouts, send_json
 from .models import EditRequest, GenerateRequest, Submission, TaskStatus
 from .retry import RetryPolicy, Sleep, call_with_retries, retryable_poll, retryable_submit
 
@@ -107,9 +107,9 @@ class FluxClient(ABC):
     async def _submit(self, call: Callable[[], Awaitable[Submission]]) -> Submission:
         return await call_with_retries(call, policy=self.retry, retryable=retryable_submit, sleep=self._sleep)
 
-    async def _post_submit(self, url: str, payload: Mapping[str, Any]) -> Any:
+    async def _post_submit(self, url: str, payload: Mapping[str, Any], *, max_bytes: int = MAX_JSON_BYTES) -> Any:
         """POST a submit once, with the submit timeout (whether to retry is :meth:`_submit`'s decision)."""
-        return await self._send("POST", url, payload=payload, submit=True)
+        return await self._send("POST", url, payload=payload, submit=True, max_bytes=max_bytes)
 
     async def _poll(self, method: str, url: str, payload: Mapping[str, Any] | None = None) -> Any:
         """A status request, retried on transient failures."""
@@ -120,7 +120,9 @@ class FluxClient(ABC):
             sleep=self._sleep,
         )
 
-    async def _send(self, method: str, url: str, *, payload: Mapping[str, Any] | None, submit: bool) -> Any:
+    async def _send(
+        self, method: str, url: str, *, payload: Mapping[str, Any] | None, submit: bool, max_bytes: int = MAX_JSON_BYTES
+    ) -> Any:
         parse_error: ErrorParser = self._parse_error
         return await send_json(
             self._session,
@@ -130,4 +132,5 @@ class FluxClient(ABC):
             payload=payload,
             client_timeout=self.timeouts.submit if submit else self.timeouts.poll,
             parse_error=parse_error,
+            max_bytes=max_bytes,
         )

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from yarl import URL
 
 from bot.settings import Provider
@@ -19,7 +19,6 @@ from bot.settings import Provider
 from .base import FluxClient
 from .catalog import ModelSpec, ratio_to_pixels
 from .errors import (
-    BadRequestError,
     CredentialsError,
     FluxAPIError,
     FluxError,
@@ -27,8 +26,8 @@ from .errors import (
     UpstreamError,
     error_for,
 )
-from .http import retry_after_seconds
-from .models import EditRequest, GenerateRequest, ResultImage, Submission, TaskState, TaskStatus
+from .http import parse_model, retry_after_seconds
+from .models import EditRequest, GenerateRequest, ResultImage, Submission, TaskState, TaskStatus, sane_seed
 
 __all__ = ["BflClient"]
 
@@ -62,17 +61,10 @@ class BflClient(FluxClient):
         return {"x-key": self._api_key.get_secret_value(), "accept": "application/json"}
 
     def _parse_error(self, status: int, body: Any, headers: Mapping[str, str]) -> FluxAPIError:
-        detail = body.get("detail") if isinstance(body, dict) else None
-        if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-            where = ".".join(str(part) for part in detail[0].get("loc", ()) if part != "body")
-            reason = str(detail[0].get("msg", "invalid"))
-            message: str | None = f"{where}: {reason}" if where else reason
-        else:
-            message = str(detail) if detail else None
         return error_for(
             status=status,
             code=None,
-            message=message,
+            message=_error_message(body),
             retry_after=retry_after_seconds(headers),
             status_overrides=_STATUS_OVERRIDES,
         )
@@ -97,17 +89,22 @@ class BflClient(FluxClient):
         if image is not None:
             payload["input_image"] = image
         body = await self._post_submit(f"{self.base_url}/v1/{spec.name}", payload)
-        try:
-            answer = BflSubmitted.model_validate(body)
-        except ValidationError as exc:
-            raise UpstreamError(f"BFL answered an unexpected shape: {exc.error_count()} errors") from exc
+        answer = parse_model(BflSubmitted, body, "BFL's submit answer")
         return Submission(handle=answer.polling_url or f"{self.base_url}/v1/get_result?id={answer.id}")
 
     async def statuses(self, handles: Sequence[str]) -> dict[str, TaskStatus]:
-        """Poll each task's ``polling_url``, a few at a time (BFL has no batch query)."""
+        """Poll each task's ``polling_url``, a few at a time (BFL has no batch query).
+
+        A handle that can never be polled (not a URL, or not a URL the API key may be sent to, see
+        :func:`key_may_go_to`) is not requested: it comes back FAILED at once with an
+        :class:`UpstreamError`. A poll that failed after retries is left out (asked again next time).
+        """
         gate = asyncio.Semaphore(POLL_CONCURRENCY)
 
         async def poll(handle: str) -> TaskStatus | FluxError:
+            if not key_may_go_to(handle, self.base_url):
+                error = UpstreamError(f"refusing to send the API key to the polling URL {_shown(handle)}")
+                return TaskStatus(handle, TaskState.FAILED, error=error)
             async with gate:
                 try:
                     return await self._poll_one(handle)
@@ -124,21 +121,48 @@ class BflClient(FluxClient):
         return found
 
     async def _poll_one(self, handle: str) -> TaskStatus:
-        if not self._trusted(handle):
-            raise BadRequestError(f"refusing to send the API key to an unexpected polling host {URL(handle).host}")
         body = await self._poll("GET", handle)
-        try:
-            answer = BflResult.model_validate(body)
-        except ValidationError as exc:
-            raise UpstreamError(f"BFL answered an unexpected shape: {exc.error_count()} errors") from exc
-        return _task_status(handle, answer)
+        return _task_status(handle, parse_model(BflResult, body, "BFL's poll answer"))
 
-    def _trusted(self, url: str) -> bool:
-        """Whether ``url`` belongs to the configured API, so the key may go there (``api.eu.bfl.ai`` may
-        serve tasks of ``api.bfl.ai``)."""
-        host, base_host = URL(url).host or "", URL(self.base_url).host or ""
-        parent = base_host.removeprefix("api.")
-        return host == base_host or (parent != base_host and host.endswith("." + parent))
+
+def key_may_go_to(url: str, base_url: str) -> bool:
+    """Whether the API key may be sent to ``url``, a polling URL BFL gave for the API at ``base_url``.
+
+    Only with the base's scheme and port (the default one of the scheme unless the base names one). The
+    host is the base's own, or — over https only — a host under the base's parent domain (``api.eu.bfl.ai``
+    serves tasks of ``api.bfl.ai``). A URL that cannot be read is never trusted.
+    """
+    try:
+        target, base = URL(url), URL(base_url)
+        host, base_host = target.host or "", base.host or ""
+        same_origin_kind = target.scheme == base.scheme and target.port == base.port
+    except (ValueError, TypeError):
+        return False
+    if not (target.absolute and base_host and same_origin_kind) or target.user is not None:
+        return False
+    if host == base_host:
+        return True
+    parent = base_host.removeprefix("api.")
+    return target.scheme == "https" and parent != base_host and "." in parent and host.endswith("." + parent)
+
+
+def _shown(url: str) -> str:
+    """A handle for the log: short, and in repr form so that nothing in it is mistaken for log structure."""
+    return repr(url[:80])
+
+
+def _error_message(body: Any) -> str | None:
+    """The reason in BFL's error body: ``{"detail": "..."}`` or FastAPI's ``{"detail": [{"loc", "msg"}]}``."""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail or None
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        loc, msg = detail[0].get("loc"), detail[0].get("msg")
+        parts = loc if isinstance(loc, list) else []
+        where = ".".join(str(part) for part in parts if isinstance(part, str | int) and part != "body")
+        reason = msg if isinstance(msg, str) else "invalid"
+        return f"{where}: {reason}" if where else reason
+    return None
 
 
 def _task_status(handle: str, answer: BflResult) -> TaskStatus:
@@ -147,8 +171,7 @@ def _task_status(handle: str, answer: BflResult) -> TaskStatus:
         result = answer.result or {}
         sample = result.get("sample")
         if isinstance(sample, str) and sample:
-            seed = result.get("seed")
-            image = ResultImage(url=sample, seed=seed if isinstance(seed, int) else None)
+            image = ResultImage(url=sample, seed=sane_seed(result.get("seed")))
             return TaskStatus(handle, TaskState.SUCCEEDED, images=(image,))
         return TaskStatus(handle, TaskState.FAILED, error=UpstreamError("BFL said Ready without an image"))
     if status in {"Request Moderated", "Content Moderated"}:

@@ -1,13 +1,16 @@
 """What can go wrong when talking to a Flux provider, as a small typed hierarchy.
 
-Every error carries ``user_message``, a short sentence that is safe to show a Discord member (it never
-contains the provider's raw text unless that text is about the member's own request), and ``trace_id`` when
-the provider sent one. ``str(error)`` is the operator's view, with the provider's status, code and message,
-for the log. No error ever contains the API key: requests are never embedded in errors.
+Every error carries ``user_message``, a short sentence in our own words that is safe to show a Discord
+member (a provider's reason about the member's own request appears only as neutralised inline code, see
+:func:`shown_reason`), and ``trace_id`` when the provider sent one. ``str(error)`` is the operator's view,
+with the provider's status, code and message, for the log. No error ever contains the API key: requests
+are never embedded in errors.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Mapping
 
 __all__ = [
@@ -25,6 +28,7 @@ __all__ = [
     "RateLimitedError",
     "UpstreamError",
     "error_for",
+    "shown_reason",
 ]
 
 
@@ -117,7 +121,8 @@ class ModerationError(FluxAPIError):
 
 
 class BadRequestError(FluxAPIError):
-    """The provider refused the request's parameters; ``user_message`` includes the provider's reason."""
+    """The provider refused the request's parameters; ``user_message`` shows the provider's reason as
+    neutralised inline code (see :func:`shown_reason`)."""
 
     default_user_message = "The image service refused the request's parameters."
 
@@ -203,9 +208,34 @@ def error_for(
         cls = {**_STATUS_CLASSES, **(status_overrides or {})}.get(status)
     if cls is None:
         cls = UpstreamError
+    code = code[:64] if code else code
     text = (message or "").strip()[:300]
     detail = f"{cls.__name__}: {text or 'no message'}"
     if cls is RateLimitedError:
         return RateLimitedError(detail, retry_after=retry_after, trace_id=trace_id, status=status, code=code)
-    user_message = f"The image service refused the request: {text}" if cls is BadRequestError and text else None
+    user_message = None
+    if cls is BadRequestError and (reason := shown_reason(text)):
+        user_message = f"The image service refused the request's parameters. Its reason: `{reason}`"
     return cls(detail, trace_id=trace_id, status=status, code=code, user_message=user_message)
+
+
+#: The longest provider reason shown to a member.
+MAX_SHOWN_REASON = 120
+_LINK_SCHEME = re.compile(r"([a-z][a-z0-9+.-]*):/+", re.IGNORECASE)
+
+
+def shown_reason(text: str) -> str:
+    """A provider's reason made safe to show inside inline code in Discord, or "" if nothing is left.
+
+    The provider's text is not ours: backticks (which would end the code span) are removed, and nothing in
+    it can become a link, a masked link or a mention (``@`` and ``://`` get a zero-width space). Control
+    characters and runs of whitespace become one space; the result is at most :data:`MAX_SHOWN_REASON`
+    characters.
+    """
+    text = "".join(" " if unicodedata.category(char)[0] in "CZ" else char for char in text)
+    text = " ".join(text.replace("`", "").split())
+    text = _LINK_SCHEME.sub(lambda match: f"{match[1]}:\u200b//", text)
+    text = text.replace("@", "@\u200b").replace("](", "] (")
+    if len(text) > MAX_SHOWN_REASON:
+        text = text[: MAX_SHOWN_REASON - 1].rstrip() + "…"
+    return text

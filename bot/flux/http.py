@@ -1,26 +1,46 @@
-"""One HTTP exchange with a provider: explicit timeout, JSON parsed defensively, failures typed."""
+"""One HTTP exchange with a provider: explicit timeout, byte cap, JSON parsed defensively, failures typed."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+from pydantic import BaseModel, ValidationError
 from yarl import URL
 
-from .errors import FluxAPIError, FluxConnectionError, FluxTimeoutError, UpstreamError
+from .errors import FluxAPIError, FluxConnectionError, FluxError, FluxTimeoutError, UpstreamError
 
-__all__ = ["ErrorParser", "Timeouts", "retry_after_seconds", "send_json"]
+__all__ = [
+    "MAX_JSON_BYTES",
+    "MAX_RETRY_AFTER",
+    "ErrorParser",
+    "Timeouts",
+    "parse_json",
+    "parse_model",
+    "retry_after_seconds",
+    "send_json",
+]
 
 log = logging.getLogger(__name__)
 
+#: The most bytes of a provider's answer that are read; a longer answer is refused (a typed error).
+MAX_JSON_BYTES = 4 * 1024 * 1024
+#: The longest ``Retry-After`` taken at its word, in seconds; a longer one is cut to this.
+MAX_RETRY_AFTER = 24 * 3600.0
+_CHUNK_SIZE = 64 * 1024
+_DELAY_SECONDS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
+
 #: Builds the error for a non-2xx answer from its status, its parsed body (None if not JSON) and headers.
 ErrorParser = Callable[[int, Any, Mapping[str, str]], FluxAPIError]
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +49,12 @@ class Timeouts:
 
     submit: aiohttp.ClientTimeout = field(default_factory=lambda: aiohttp.ClientTimeout(total=60, connect=10))
     poll: aiohttp.ClientTimeout = field(default_factory=lambda: aiohttp.ClientTimeout(total=30, connect=10))
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: str) -> None:
+        super().__init__(size)
+        self.size = size
 
 
 async def send_json(
@@ -40,28 +66,49 @@ async def send_json(
     client_timeout: aiohttp.ClientTimeout,
     parse_error: ErrorParser,
     payload: Mapping[str, Any] | None = None,
+    max_bytes: int = MAX_JSON_BYTES,
 ) -> Any:
     """Send one request and return the JSON body of a 2xx answer.
 
+    Redirects are never followed (they would carry the API key elsewhere): a 3xx is an
+    :class:`UpstreamError`. At most ``max_bytes`` of the answer are read, whatever its Content-Length says.
+
     Raises :class:`FluxConnectionError` (with ``reached_server`` False only when the connection could not
-    be opened), :class:`FluxTimeoutError`, the provider's error from ``parse_error``, or
-    :class:`UpstreamError` for a 2xx answer that is not JSON.
+    be opened), :class:`FluxTimeoutError`, the provider's error from ``parse_error`` (built without the body
+    when it was too long), or :class:`UpstreamError` for a 2xx answer that is not JSON or is too long.
     """
+    too_large: _TooLarge | None = None
+    raw = b""
     try:
-        async with session.request(method, url, headers=headers, json=payload, timeout=client_timeout) as response:
+        async with session.request(
+            method, url, headers=headers, json=payload, timeout=client_timeout, allow_redirects=False
+        ) as response:
             status = response.status
-            raw = await response.read()
             response_headers = dict(response.headers)
+            try:
+                raw = await _read_capped(response, max_bytes)
+            except _TooLarge as exc:
+                too_large = exc
     except aiohttp.ClientConnectorError as exc:
         raise FluxConnectionError(f"could not connect to {_host(url)}: {exc.os_error}", reached_server=False) from exc
+    except (aiohttp.InvalidURL, ValueError) as exc:
+        raise FluxConnectionError(f"{method} to an unusable URL: {type(exc).__name__}", reached_server=False) from exc
     except TimeoutError as exc:
         raise FluxTimeoutError(f"{method} {_path(url)} got no answer within {client_timeout.total}s") from exc
     except aiohttp.ClientError as exc:
         raise FluxConnectionError(f"{method} {_path(url)} failed: {type(exc).__name__}", reached_server=True) from exc
 
-    body = _parse_json(raw)
+    if 300 <= status < 400:
+        raise UpstreamError(
+            f"{method} {_path(url)} answered a redirect ({status}); redirects are not followed", status=status
+        )
+    body = None if too_large else parse_json(raw)
     if status >= 400:
         raise parse_error(status, body, response_headers)
+    if too_large is not None:
+        raise UpstreamError(
+            f"{method} {_path(url)} answered {status} with {too_large.size}; the limit is {max_bytes}", status=status
+        )
     if body is None:
         raise UpstreamError(
             f"{method} {_path(url)} answered {status} with a body that is not JSON: {raw[:80]!r}", status=status
@@ -69,32 +116,75 @@ async def send_json(
     return body
 
 
-def _parse_json(raw: bytes) -> Any:
+async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    """The body, or _TooLarge as soon as more than ``max_bytes`` arrived (the rest is never read)."""
+    length = response.content_length
+    if length is not None and length > max_bytes:
+        raise _TooLarge(f"a body of {length} bytes")
+    buffer = bytearray()
+    async for chunk in response.content.iter_chunked(_CHUNK_SIZE):
+        buffer += chunk
+        if len(buffer) > max_bytes:
+            raise _TooLarge(f"more than {max_bytes} bytes")
+    return bytes(buffer)
+
+
+def parse_json(raw: bytes) -> Any:
+    """``raw`` parsed as JSON, or None when it is not JSON (or nested too deeply to parse)."""
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
+
+
+def parse_model(model: type[M], body: Any, what: str, *, error: Callable[[str], FluxError] = UpstreamError) -> M:
+    """``body`` read as ``model``, or ``error(detail)`` raised for anything that does not fit.
+
+    The one place where provider and callback JSON becomes our models: whatever validation can raise on
+    hostile input (pydantic's errors, numbers too large for an int, nesting too deep) ends as a typed error.
+    """
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise error(f"{what} has an unexpected shape: {exc.error_count()} errors") from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise error(f"{what} has an unexpected shape: {type(exc).__name__}") from exc
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """The ``Retry-After`` header in seconds (it may be a number or an HTTP date), or None."""
+    """The ``Retry-After`` header in seconds, or None when absent or unreadable.
+
+    Both RFC 9110 forms are read: delay-seconds (a fraction is tolerated) and an HTTP date (a date in the
+    past is 0; a zone other than GMT that cannot be read counts as GMT). The result is at most
+    :data:`MAX_RETRY_AFTER`.
+    """
     value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
     if value is None:
         return None
+    text = value.strip()
+    if _DELAY_SECONDS.fullmatch(text):
+        return min(float(text), MAX_RETRY_AFTER)
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        when = parsedate_to_datetime(text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    if not math.isfinite(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def _host(url: str) -> str:
-    return URL(url).host or url
+    try:
+        return URL(url).host or url
+    except ValueError:
+        return "an unreadable URL"
 
 
 def _path(url: str) -> str:
-    return URL(url).path
+    try:
+        return URL(url).path
+    except ValueError:
+        return "an unreadable URL"

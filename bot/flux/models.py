@@ -13,7 +13,31 @@ from pydantic import BaseModel, ConfigDict, Field
 from .catalog import MAX_COUNT
 from .errors import FluxError
 
-__all__ = ["EditRequest", "GenerateRequest", "ResultImage", "Submission", "TaskState", "TaskStatus"]
+__all__ = [
+    "MAX_SEED",
+    "EditRequest",
+    "GenerateRequest",
+    "ResultImage",
+    "Submission",
+    "TaskState",
+    "TaskStatus",
+    "sane_seed",
+]
+
+#: The largest seed kept from a provider's answer (it must fit a SQLite integer); others are dropped.
+MAX_SEED = 2**63 - 1
+
+
+def sane_seed(value: object) -> int | None:
+    """A seed a provider reported, as a non-negative int up to :data:`MAX_SEED`, or None for anything else
+    (a string, a bool, a fraction, ``1e400``, a number too large to store)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and (text := value.strip()).isascii() and text.isdecimal() and len(text) <= 19:
+        value = int(text)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED:
+        return value
+    return None
 
 
 class GenerateRequest(BaseModel):

@@ -9,22 +9,30 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from bot.settings import Provider
 
 from .base import FluxClient
 from .catalog import ModelSpec
-from .errors import FluxAPIError, UpstreamError, error_for
-from .http import Timeouts, retry_after_seconds
+from .errors import FluxAPIError, FluxError, UpstreamError, error_for
+from .http import MAX_JSON_BYTES, Timeouts, parse_model, retry_after_seconds
 from .models import EditRequest, GenerateRequest, ResultImage, Submission, TaskState, TaskStatus
 
-__all__ = ["OpenAIRelayClient"]
+__all__ = ["MAX_ANSWER_BYTES", "MAX_INLINE_IMAGE_BYTES", "OpenAIRelayClient"]
+
+log = logging.getLogger(__name__)
+
+#: The largest image taken inline (``b64_json``), decoded: the same cap as a downloaded result.
+MAX_INLINE_IMAGE_BYTES = 25 * 1024 * 1024
+#: The longest generation answer read: one inline image at the cap, in base64, and room for the rest.
+MAX_ANSWER_BYTES = MAX_INLINE_IMAGE_BYTES * 4 // 3 + MAX_JSON_BYTES
 
 
 class _Lenient(BaseModel):
@@ -72,9 +80,10 @@ class OpenAIRelayClient(FluxClient):
 
     def _parse_error(self, status: int, body: Any, headers: Mapping[str, str]) -> FluxAPIError:
         try:
-            envelope = RelayErrorBody.model_validate(body) if isinstance(body, dict) else RelayErrorBody()
-        except ValidationError:
-            envelope = RelayErrorBody()
+            envelope = parse_model(RelayErrorBody, body, "an error answer") if isinstance(body, dict) else None
+        except FluxError:
+            envelope = None
+        envelope = envelope or RelayErrorBody()
         error = envelope.error or RelayError()
         return error_for(
             status=status,
@@ -99,14 +108,11 @@ class OpenAIRelayClient(FluxClient):
         payload["output_format"] = "png"
         if seed is not None:
             payload["seed"] = seed  # omitted rather than sent as the string "null" (seed 003's example)
-        body = await self._post_submit(f"{self.base_url}/v1/images/generations", payload)
-        try:
-            answer = RelayImagesResponse.model_validate(body)
-        except ValidationError as exc:
-            raise UpstreamError(f"the relay answered an unexpected shape: {exc.error_count()} errors") from exc
+        body = await self._post_submit(f"{self.base_url}/v1/images/generations", payload, max_bytes=MAX_ANSWER_BYTES)
+        answer = parse_model(RelayImagesResponse, body, "the relay's answer")
         images = tuple(image for item in answer.data or () if (image := _result_image(item, seed)))
         if not images:
-            raise UpstreamError("the relay answered without any image")
+            raise UpstreamError("the relay answered without any usable image")
         handle = f"relay-{uuid.uuid4().hex}"
         return Submission(handle=handle, finished=TaskStatus(handle, TaskState.SUCCEEDED, images=images))
 
@@ -120,6 +126,13 @@ def _result_image(item: RelayImage, seed: int | None) -> ResultImage | None:
     if item.url:
         return ResultImage(url=item.url, seed=seed)
     if item.b64_json:
+        if len(item.b64_json) // 4 * 3 > MAX_INLINE_IMAGE_BYTES:
+            log.warning(
+                "ignoring an inline image of about %d bytes (limit %d)",
+                len(item.b64_json) // 4 * 3,
+                MAX_INLINE_IMAGE_BYTES,
+            )
+            return None
         try:
             return ResultImage(data=base64.b64decode(item.b64_json, validate=True), seed=seed)
         except (binascii.Error, ValueError):
