@@ -274,8 +274,10 @@ class JobRunner:
 
     async def _dispatch_loop(self) -> None:
         while self._running:
-            await self._tick("dispatching", self._dispatch)
-            await self._dispatch_needed.wait()
+            done = await self._tick("dispatching", self._dispatch)
+            # After a failed round, try again within a poll interval even if nothing else happens.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dispatch_needed.wait(), timeout=None if done else self._poll_interval)
             self._dispatch_needed.clear()
 
     async def _dispatch(self) -> None:
@@ -484,14 +486,17 @@ class JobRunner:
         self._strikes.pop(job_id, None)
         self._last_progress.pop(job_id, None)
 
-    async def _tick(self, what: str, work: Callable[[], Awaitable[None]]) -> None:
-        """One round of a loop; whatever goes wrong, the loop goes on at its next tick."""
+    async def _tick(self, what: str, work: Callable[[], Awaitable[None]]) -> bool:
+        """One round of a loop; whatever goes wrong, the loop goes on at its next tick. True if it went well."""
         try:
             await work()
         except StoreBusyError as error:
             log.warning("%s: %s; trying again next tick", what, error)
         except Exception:
             self._log_once(what, "%s failed unexpectedly; trying again next tick", what)
+        else:
+            return True
+        return False
 
     async def _guarded(self, job: Job, step: str, work: Coroutine[Any, Any, None]) -> None:
         """Do one job's ``step``; an unexpected failure counts against the job, never against the loop."""
