@@ -9,6 +9,7 @@ means none. The quota itself (daily images, concurrency, cooldown) is checked an
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -137,10 +138,20 @@ async def admit(
 
 
 def contains_blocked_term(prompt: str, terms: tuple[str, ...]) -> bool:
-    """Whether ``prompt`` contains any term as a whole word or phrase, ignoring case.
+    """Whether ``prompt`` contains any term as a whole word or phrase, both compared normalized.
 
-    Whole words only, so that blocking "ass" does not refuse "class"; runs of spaces in the prompt count
-    as one space, so a phrase cannot be dodged with extra spaces.
+    Whole words only, so that blocking "ass" does not refuse "class". Prompt and terms are compared in
+    the form of :func:`bot.db.normalize_term`, so case, extra spaces, zero-width characters, fullwidth
+    letters and Cyrillic or Greek look-alikes do not dodge a term.
     """
-    text = " ".join(prompt.casefold().split())
-    return any(re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text) for term in terms)
+    pattern = _blocklist_pattern(terms)
+    return pattern is not None and pattern.search(db.normalize_term(prompt)) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _blocklist_pattern(terms: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One regex for a whole blocklist, compiled once per distinct list (not once per prompt)."""
+    normal = sorted({term for term in map(db.normalize_term, terms) if term}, key=len, reverse=True)
+    if not normal:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, normal)) + r")(?!\w)")

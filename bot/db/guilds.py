@@ -8,9 +8,11 @@ ever travels as parameters.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sqlite3
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, TypedDict, TypeGuard, Unpack, cast
 
@@ -101,41 +103,74 @@ async def reset_guild_settings(store: Store, guild_id: int, changed_by: int) -> 
     return GuildSettings(guild_id=guild_id)
 
 
+#: Cyrillic, then Greek letters that look like Latin ones, and those Latin letters. Lower case only:
+#: folding comes after casefolding.
+_LOOKALIKES = str.maketrans(
+    "авеёкмнорстухіїјѕԁԛԝ" + "αβεηικμνορτυχω",
+    "abeekmhopctyxiijsdqw" + "abenikuvoptuxw",
+)
+
+
 def normalize_term(term: str) -> str:
-    """How blocklist terms are stored and compared: trimmed and case-folded."""
-    return term.strip().casefold()
+    """How blocklist terms are stored and prompts compared: the form that look-alike tricks cannot change.
+
+    Unicode NFKC (fullwidth and other compatibility forms become plain letters), invisible format
+    characters (zero-width spaces and joiners, soft hyphens, ...) removed, case-folded, Cyrillic and Greek
+    look-alikes folded to Latin, and every run of whitespace made one space, trimmed. Idempotent.
+    """
+    text = unicodedata.normalize("NFKC", term)
+    text = "".join(char for char in text if unicodedata.category(char) != "Cf")
+    text = text.casefold().translate(_LOOKALIKES)
+    # Casefolding and folding can leave a string NFKC would change again (e.g. a letter and a combining mark).
+    text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.split())
 
 
 async def add_blocked_term(store: Store, guild_id: int, term: str, *, changed_by: int) -> bool:
-    """Block ``term`` in the server's prompts. False if it was already blocked."""
+    """Block ``term`` in the server's prompts. False if it was already blocked (in any spelling that
+    normalizes the same, see :func:`normalize_term`)."""
     normal = _nonempty_term(term)
     async with store.transaction() as tx:
-        added = await tx.execute(
-            """
-            INSERT INTO blocklist (guild_id, term, added_by, added_at) VALUES (?, ?, ?, ?)
-            ON CONFLICT (guild_id, term) DO NOTHING
-            """,
+        if await _stored_spellings(tx, guild_id, normal):
+            return False
+        await tx.execute(
+            "INSERT INTO blocklist (guild_id, term, added_by, added_at) VALUES (?, ?, ?, ?)",
             (guild_id, normal, changed_by, store.now()),
         )
-        if added:
-            await _audit(tx, guild_id, BLOCKLIST_FIELD, None, normal, by=changed_by, at=store.now())
-    return bool(added)
+        await _audit(tx, guild_id, BLOCKLIST_FIELD, None, normal, by=changed_by, at=store.now())
+    return True
 
 
 async def remove_blocked_term(store: Store, guild_id: int, term: str, *, changed_by: int) -> bool:
-    """Unblock ``term`` (matched case-insensitively). False if it was not blocked."""
+    """Unblock ``term``, in every stored spelling that normalizes like it. False if it was not blocked."""
     normal = _nonempty_term(term)
     async with store.transaction() as tx:
-        removed = await tx.execute("DELETE FROM blocklist WHERE guild_id = ? AND term = ?", (guild_id, normal))
-        if removed:
+        stored = await _stored_spellings(tx, guild_id, normal)
+        for spelling in stored:
+            await tx.execute("DELETE FROM blocklist WHERE guild_id = ? AND term = ?", (guild_id, spelling))
+        if stored:
             await _audit(tx, guild_id, BLOCKLIST_FIELD, normal, None, by=changed_by, at=store.now())
-    return bool(removed)
+    return bool(stored)
 
 
 async def blocked_terms(store: Store, guild_id: int) -> list[str]:
-    """The server's blocked terms (normalized, see :func:`normalize_term`), alphabetically."""
-    rows = await store.fetch_all("SELECT term FROM blocklist WHERE guild_id = ? ORDER BY term", (guild_id,))
-    return [row[0] for row in rows]
+    """The server's blocked terms, normalized (see :func:`normalize_term`), alphabetically, each once.
+
+    Terms stored by an older version (only trimmed and case-folded) are normalized here, so they match
+    and show like new ones.
+    """
+    rows = await store.fetch_all("SELECT term FROM blocklist WHERE guild_id = ?", (guild_id,))
+    return sorted({normal for row in rows if (normal := _normalize_stored(row[0]))})
+
+
+async def _stored_spellings(db: Reader, guild_id: int, normal: str) -> list[str]:
+    """The stored terms of the server that normalize to ``normal`` (more than one only for old rows)."""
+    rows = await db.fetch_all("SELECT term FROM blocklist WHERE guild_id = ?", (guild_id,))
+    return [row[0] for row in rows if _normalize_stored(row[0]) == normal]
+
+
+#: Stored terms are read for every prompt: normalizing a few thousand of them each time would cost milliseconds.
+_normalize_stored = functools.lru_cache(maxsize=65_536)(normalize_term)
 
 
 async def recent_limit_changes(store: Store, guild_id: int, limit: int = 25) -> list[LimitChange]:
