@@ -6,13 +6,13 @@ it, and polling goes on regardless, so a lost or forged callback changes nothing
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import web
 from yarl import URL
 
 from bot.flux import CallbackError
+from bot.flux.http import parse_json
 from bot.jobs import JobRunner
 
 __all__ = ["CallbackReceiver"]
@@ -47,12 +47,20 @@ class CallbackReceiver:
         await self._runner_app.cleanup()
 
     async def _receive(self, request: web.Request) -> web.Response:
+        """Any body gets a 2xx or a 4xx answer, never a 5xx: nothing a caller sends is our failure."""
         try:
-            body = json.loads(await request.read())
-            known = await self._runner.accept_callback(body)
-        except (ValueError, CallbackError) as exc:
-            log.info("refused a malformed callback: %s", exc)
-            return web.json_response({"error": "not a Flux callback"}, status=400)
+            raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return web.json_response({"error": "too large"}, status=413)
+        try:
+            known = await self._runner.accept_callback(parse_json(raw))
+        except CallbackError as exc:
+            log.info("refused a malformed callback: %s", exc)
+            return web.json_response({"error": "not a Flux callback"}, status=400)
+        except Exception as exc:  # an unauthenticated caller must never see a 5xx nor put a traceback in the log
+            # The body named a task, but it could not be looked up (e.g. the database is busy): poll anyway,
+            # which is all a callback ever does.
+            log.warning("could not look a callback up (%s: %s); polling now anyway", type(exc).__name__, exc)
+            self._runner.poll_now()
+            return web.json_response({"ok": True}, status=202)
         return web.json_response({"ok": True}) if known else web.json_response({"error": "unknown task"}, status=404)

@@ -3,9 +3,12 @@ callback the bot cannot tie to a job it is waiting for changes nothing."""
 
 from __future__ import annotations
 
+import logging
 import socket
+import sqlite3
 
 import aiohttp
+import pytest
 
 from tests.fluxbot_harness import FluxbotHarness, is_result
 
@@ -76,3 +79,64 @@ async def test_a_forged_callback_for_a_real_task_is_checked_with_the_provider_no
     assert status == 200
     assert flux.count("GET", "/files/evil.png") == 0
     assert not [m for m in world.channel.messages.values() if is_result(m)]
+
+
+def no_errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_hostile_callback_bodies_get_a_4xx_and_no_traceback(
+    fluxbot: FluxbotHarness, http_session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unauthenticated callers cannot make the receiver fail: deep nesting (a 500 and an ERROR traceback
+    before), bodies that are not objects, not JSON, not UTF-8, absurd numbers, or too large."""
+    url, env = callback_settings()
+    deep = b'{"task_id": "t", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    absurd = b'{"success": true, "task_id": "not-ours", "data": [{"image_url": "https://x/a.png", "seed": 1e400}]}'
+    bodies: list[tuple[bytes, str, int]] = [
+        (deep, "application/json", 400),
+        (b"[" * 300 + b"]" * 300, "application/json", 400),
+        (b"[]", "application/json", 400),
+        (b'"a string"', "application/json", 400),
+        (b"1e400", "application/json", 400),
+        (b"null", "application/json", 400),
+        (b"", "application/json", 400),
+        (b"\xff\xfe\x00garbage", "application/octet-stream", 400),
+        (b"task_id=x", "application/x-www-form-urlencoded", 400),
+        (b'{"task_id": 12, "success": false}', "text/plain", 400),
+        (absurd, "application/json", 404),  # read fine (seed dropped): names no task we wait for
+        (b'{"a": "' + b"x" * (300 * 1024) + b'"}', "application/json", 413),
+    ]
+    caplog.set_level(logging.INFO)
+    statuses = []
+    async with fluxbot.running(**env):
+        for body, content_type, _ in bodies:
+            async with http_session.post(url, data=body, headers={"Content-Type": content_type}) as answer:
+                statuses.append(answer.status)
+        async with http_session.get(url) as wrong_method:
+            statuses.append(wrong_method.status)
+
+    assert statuses == [expected for _, _, expected in bodies] + [405]
+    assert no_errors_logged(caplog) == []
+
+
+async def test_a_callback_that_cannot_be_looked_up_still_prompts_a_poll(
+    fluxbot: FluxbotHarness, http_session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store failing under the lookup (e.g. "database is locked") is not the caller's fault: 202, a poll."""
+    url, env = callback_settings()
+    body = {"success": True, "task_id": "some-task", "data": [{"image_url": "https://x/a.png"}]}
+    async with fluxbot.running(**env) as bot:
+        polls = []
+
+        async def locked(_body: object) -> bool:
+            raise sqlite3.OperationalError("database is locked")
+
+        bot.runner.accept_callback = locked  # type: ignore[method-assign]
+        bot.runner.poll_now = lambda: polls.append(1)  # type: ignore[method-assign]
+        async with http_session.post(url, json=body) as answer:
+            status = answer.status
+
+    assert status == 202
+    assert polls == [1]
+    assert no_errors_logged(caplog) == []
