@@ -2,13 +2,18 @@
 
 The real bot runs against the loopback Discord and the Flux emulator with a real SQLite file. The Flux
 emulator fetches an edit's source image like the vendor does, from the fake Discord's CDN (or any URL).
+Member images come only from Discord's hosts: the last section points messages at a recording server that
+stands for the bot's own network (``127.0.0.1``, ``169.254.169.254``) and checks that nothing reaches it.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import random
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,6 +24,7 @@ from tests.conftest import png_bytes
 from tests.fakediscord import Attachment, Message, MessageFlag
 from tests.fluxbot_harness import FluxbotHarness, is_result
 from tests.fluxemu.records import EmuTask, RecordedRequest
+from tests.test_media_hosts import LoopbackSite
 
 #: The model /edit and the other edit paths use unless the member picks one (AceData's catalog).
 DEFAULT_EDIT_MODEL = "flux-kontext-pro"
@@ -350,3 +356,150 @@ async def test_without_the_message_content_intent_a_reply_to_a_members_image_poi
 
     assert "Message Content intent" in answer.content and "Edit image" in answer.content
     assert provider_requests(fluxbot) == []
+
+
+# -- images from anywhere but Discord ----------------------------------------------------------------------
+
+NOT_ON_DISCORD = "only uses images stored on Discord"
+NOT_DOWNLOADED = "could not download that image"
+
+
+@pytest.fixture
+async def sites() -> AsyncIterator[Callable[[], Awaitable[LoopbackSite]]]:
+    """``await sites()`` starts a recording HTTP server on loopback; all are closed after the test."""
+    started: list[LoopbackSite] = []
+
+    async def start() -> LoopbackSite:
+        started.append(await LoopbackSite().start())
+        return started[-1]
+
+    yield start
+    for site in started:
+        await site.close()
+
+
+def jobs_recorded(harness: FluxbotHarness) -> int:
+    """Jobs in the bot's SQLite file: a refused request records none, so reserves and charges nothing."""
+    with contextlib.closing(sqlite3.connect(harness.database, timeout=5)) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM jobs").fetchone()
+    return int(count)
+
+
+async def _refused_menu_edit(harness: FluxbotHarness, target: Message) -> str:
+    """Edit image on ``target`` and a prompt; return the ephemeral refusal the member gets."""
+    world = harness.world
+    menu = await world.member.context_menu(target, "Edit image")
+    await menu.wait_response()
+    submitted = await world.member.submit_modal(menu, {"prompt": "make it blue"})
+    answer = await submitted.wait_response()
+    assert isinstance(answer, Message)
+    assert answer.ephemeral and answer.visible_to == world.member.id
+    return answer.content
+
+
+async def test_edit_image_menu_on_an_embed_pointing_into_the_bots_network_fetches_nothing(
+    fluxbot: FluxbotHarness, sites: Callable[[], Awaitable[LoopbackSite]]
+) -> None:
+    world = fluxbot.world
+    inner = await sites()
+    url = inner.serve("/latest/meta-data/image.png", png_bytes(64, 64))
+    async with fluxbot.running():
+        posted = await world.admin.send(world.channel, embeds=[{"title": "look", "image": {"url": url}}])
+        answer = await _refused_menu_edit(fluxbot, posted)
+
+    assert inner.requests == []  # neither the bot nor the provider reached it
+    assert NOT_DOWNLOADED in answer
+    # The bot asked Discord's media proxy, which cannot reach the bot's network either.
+    assert [(fetch.original, fetch.status) for fetch in world.emu.media_proxy.log] == [(url, 404)]
+    assert provider_requests(fluxbot) == [] and jobs_recorded(fluxbot) == 0
+
+
+async def test_a_link_preview_whose_image_redirects_only_the_bot_fetches_nothing_inside(
+    fluxbot: FluxbotHarness, sites: Callable[[], Awaitable[LoopbackSite]]
+) -> None:
+    world = fluxbot.world
+    inner, page = await sites(), await sites()
+    inner.serve("/admin/snapshot.png", png_bytes(64, 64))
+    preview = page.redirect("/og-image.png", inner.url("/admin/snapshot.png"))
+    world.emu.media_proxy.publish(preview)  # an ordinary public web page
+    embed = {"type": "article", "url": page.url("/article"), "thumbnail": {"url": preview}}
+    async with fluxbot.running():
+        posted = await world.member.send(world.channel, page.url("/article"), embeds=[embed])
+        answer = await _refused_menu_edit(fluxbot, posted)
+
+    assert inner.requests == []
+    assert NOT_DOWNLOADED in answer
+    assert page.requests == ["/og-image.png"]  # once, by Discord's proxy, never by the bot
+    assert provider_requests(fluxbot) == [] and jobs_recorded(fluxbot) == 0
+
+
+async def test_a_reply_asking_to_edit_an_embed_pointing_into_the_bots_network_is_refused_in_a_reply(
+    fluxbot: FluxbotHarness, sites: Callable[[], Awaitable[LoopbackSite]]
+) -> None:
+    world = fluxbot.world
+    inner = await sites()
+    url = inner.serve("/image.png", png_bytes(64, 64))
+    async with fluxbot.running():
+        posted = await world.admin.send(world.channel, embeds=[{"image": {"url": url}, "thumbnail": {"url": url}}])
+        answer = await _reply_with_mention(fluxbot, posted, "make it blue")
+
+    assert inner.requests == []
+    assert NOT_DOWNLOADED in answer.content and not answer.ephemeral
+    assert provider_requests(fluxbot) == [] and jobs_recorded(fluxbot) == 0
+
+
+async def test_an_attachment_on_a_host_off_the_list_is_refused_before_it_is_fetched(fluxbot: FluxbotHarness) -> None:
+    cat = Attachment("cat.png", png_bytes(64, 64))
+
+    answer = await _refused_edit(fluxbot, cat, DISCORD_MEDIA_HOSTS="cdn.discordapp.com")
+
+    assert fluxbot.discord.cdn_log == []
+    assert NOT_ON_DISCORD in answer
+    assert jobs_recorded(fluxbot) == 0
+
+
+async def _reroll_with_source(harness: FluxbotHarness, source: str, **env: str) -> str:
+    """An edit posted, then its recorded source replaced by ``source`` (as an older version may have
+    stored it), then Re-roll clicked after a restart; returns the member's ephemeral answer."""
+    world = harness.world
+    async with harness.running(**env):
+        slash = await world.member.slash(
+            world.channel, "edit", image=Attachment("boat.png", png_bytes(64, 64)), prompt="x"
+        )
+        await slash.wait_acknowledged()
+        edited = await world.emu.wait_for_message(world.channel, is_result, author=world.emu.bot_user)
+    with contextlib.closing(sqlite3.connect(harness.database, timeout=5)) as conn, conn:
+        conn.execute("UPDATE jobs SET source_image_url = ?", (source,))
+    async with harness.running(**env):
+        click = await world.member.click(edited, edited.custom_ids[0].replace(":edit:", ":reroll:"))
+        answer = await click.wait_response()
+    assert isinstance(answer, Message) and answer.ephemeral
+    assert len(provider_requests(harness)) == 1  # only the first edit
+    assert jobs_recorded(harness) == 1
+    return answer.content
+
+
+async def test_reroll_of_an_edit_whose_recorded_source_is_not_on_discord_fetches_nothing(
+    fluxbot: FluxbotHarness, sites: Callable[[], Awaitable[LoopbackSite]]
+) -> None:
+    inner = await sites()
+
+    answer = await _reroll_with_source(fluxbot, inner.serve("/image.png", png_bytes()))
+
+    assert NOT_ON_DISCORD in answer
+    assert inner.requests == []
+
+
+async def test_reroll_never_follows_a_redirect_from_a_listed_host_to_another(
+    fluxbot: FluxbotHarness, sites: Callable[[], Awaitable[LoopbackSite]]
+) -> None:
+    inner, listed = await sites(), await sites()
+    inner.serve("/image.png", png_bytes())
+    source = listed.redirect("/attachments/1/2/boat.png", inner.url("/image.png"))
+    hosts = f"{fluxbot.discord.host}:{fluxbot.discord.port} {listed.host_port}"
+
+    answer = await _reroll_with_source(fluxbot, source, DISCORD_MEDIA_HOSTS=hosts)
+
+    assert NOT_ON_DISCORD in answer
+    assert listed.requests == ["/attachments/1/2/boat.png"]
+    assert inner.requests == []
