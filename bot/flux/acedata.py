@@ -23,7 +23,15 @@ from .errors import CallbackError, FluxAPIError, FluxError, UpstreamError, error
 from .http import parse_model, retry_after_seconds
 from .models import EditRequest, GenerateRequest, ResultImage, Submission, TaskState, TaskStatus, sane_seed
 
-__all__ = ["BATCH_SIZE", "AceDataClient", "task_status"]
+__all__ = [
+    "BATCH_SIZE",
+    "AceDataClient",
+    "batch_answer",
+    "callback_answer",
+    "error_answer",
+    "submit_answer",
+    "task_status",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +126,7 @@ class AceDataClient(FluxClient):
         }
 
     def _parse_error(self, status: int, body: Any, headers: Mapping[str, str]) -> FluxAPIError:
-        try:
-            envelope = parse_model(AceErrorBody, body, "an error answer") if isinstance(body, dict) else AceErrorBody()
-        except FluxError:
-            envelope = AceErrorBody()
-        error = envelope.error or AceError()
-        return error_for(
-            status=status,
-            code=error.code,
-            message=error.message,
-            trace_id=envelope.trace_id,
-            retry_after=retry_after_seconds(headers),
-        )
+        return error_answer(status, body, headers)
 
     async def _submit_generate(self, request: GenerateRequest, spec: ModelSpec) -> Submission:
         payload = {
@@ -156,16 +153,7 @@ class AceDataClient(FluxClient):
         payload["async"] = True
         if self.callback_url:
             payload["callback_url"] = self.callback_url
-        body = await self._post_submit(f"{self.base_url}/flux/images", payload)
-        answer = parse_model(AceImagesResponse, body, "the /flux/images answer")
-        if answer.task_id:
-            if not _TASK_ID.fullmatch(answer.task_id):
-                raise UpstreamError("/flux/images answered a task_id that cannot be followed", trace_id=answer.trace_id)
-            return Submission(handle=answer.task_id, trace_id=answer.trace_id)
-        status = task_status("", answer)
-        if status.error is not None:
-            raise status.error
-        raise UpstreamError("/flux/images answered without a task_id", trace_id=answer.trace_id)
+        return submit_answer(await self._post_submit(f"{self.base_url}/flux/images", payload))
 
     async def statuses(self, handles: Sequence[str]) -> dict[str, TaskStatus]:
         """One ``retrieve_batch`` per 50 handles, sent concurrently.
@@ -198,18 +186,7 @@ class AceDataClient(FluxClient):
 
     async def _retrieve_batch(self, ids: Sequence[str]) -> dict[str, TaskStatus]:
         body = await self._poll("POST", f"{self.base_url}/flux/tasks", {"action": "retrieve_batch", "ids": list(ids)})
-        batch = parse_model(AceBatch, body, "the /flux/tasks answer")
-        wanted = set(ids)
-        found: dict[str, TaskStatus] = {}
-        for item in batch.items:
-            try:
-                task = parse_model(AceTask, item, "a /flux/tasks record")
-            except UpstreamError as error:
-                log.warning("skipping a task record; its task is asked again next time: %s", error)
-                continue
-            if task.id in wanted:
-                found[task.id] = task_status(task.id, task.response, task.trace_id)
-        return found
+        return batch_answer(body, ids)
 
     def parse_callback(self, body: Any) -> TaskStatus:
         """Read a callback POST (the synchronous response shape with ``task_id``).
@@ -217,13 +194,67 @@ class AceDataClient(FluxClient):
         Callbacks are not signed: the caller must only act on one whose ``handle`` matches a task it
         submitted itself, and keeps polling as the fallback.
         """
-        answer = parse_model(AceImagesResponse, body, "the callback body", error=CallbackError)
-        if not answer.task_id:
-            raise CallbackError("callback body has no task_id")
-        status = task_status(answer.task_id, answer)
-        if status.state is TaskState.PENDING:
-            raise CallbackError("callback body carries neither images nor an error")
-        return status
+        return callback_answer(body)
+
+
+# -- the parsers of AceData's answers (pure functions: they raise only FluxError) ---------------------------
+
+
+def error_answer(status: int, body: Any, headers: Mapping[str, str]) -> FluxAPIError:
+    """The error of a non-2xx answer, by its code, else by its status (a body that cannot be read has none)."""
+    try:
+        envelope = parse_model(AceErrorBody, body, "an error answer") if isinstance(body, dict) else AceErrorBody()
+    except FluxError:
+        envelope = AceErrorBody()
+    error = envelope.error or AceError()
+    return error_for(
+        status=status,
+        code=error.code,
+        message=error.message,
+        trace_id=envelope.trace_id,
+        retry_after=retry_after_seconds(headers),
+    )
+
+
+def submit_answer(body: Any) -> Submission:
+    """The task a ``/flux/images`` answer started, or the error it reports, or UpstreamError."""
+    answer = parse_model(AceImagesResponse, body, "the /flux/images answer")
+    if answer.task_id:
+        if not _TASK_ID.fullmatch(answer.task_id):
+            raise UpstreamError("/flux/images answered a task_id that cannot be followed", trace_id=answer.trace_id)
+        return Submission(handle=answer.task_id, trace_id=answer.trace_id)
+    status = task_status("", answer)
+    if status.error is not None:
+        raise status.error
+    raise UpstreamError("/flux/images answered without a task_id", trace_id=answer.trace_id)
+
+
+def batch_answer(body: Any, ids: Sequence[str]) -> dict[str, TaskStatus]:
+    """The statuses of the wanted ``ids`` in a ``retrieve_batch`` answer; a record that cannot be read is
+    left out (asked again next time), so that it cannot hide the others."""
+    batch = parse_model(AceBatch, body, "the /flux/tasks answer")
+    wanted = set(ids)
+    found: dict[str, TaskStatus] = {}
+    for item in batch.items:
+        try:
+            task = parse_model(AceTask, item, "a /flux/tasks record")
+        except UpstreamError as error:
+            log.warning("skipping a task record; its task is asked again next time: %s", error)
+            continue
+        if task.id in wanted:
+            found[task.id] = task_status(task.id, task.response, task.trace_id)
+    return found
+
+
+def callback_answer(body: Any) -> TaskStatus:
+    """A callback body's final status; CallbackError if it is not one."""
+    answer = parse_model(AceImagesResponse, body, "the callback body", error=CallbackError)
+    if not answer.task_id:
+        raise CallbackError("callback body has no task_id")
+    status = task_status(answer.task_id, answer)
+    if status.state is TaskState.PENDING:
+        raise CallbackError("callback body carries neither images nor an error")
+    return status
 
 
 def _unpollable(handle: str) -> TaskStatus:

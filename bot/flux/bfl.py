@@ -29,7 +29,7 @@ from .errors import (
 from .http import parse_model, retry_after_seconds
 from .models import EditRequest, GenerateRequest, ResultImage, Submission, TaskState, TaskStatus, sane_seed
 
-__all__ = ["BflClient"]
+__all__ = ["BflClient", "error_answer", "key_may_go_to", "poll_answer", "submit_answer"]
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,7 @@ class BflClient(FluxClient):
         return {"x-key": self._api_key.get_secret_value(), "accept": "application/json"}
 
     def _parse_error(self, status: int, body: Any, headers: Mapping[str, str]) -> FluxAPIError:
-        return error_for(
-            status=status,
-            code=None,
-            message=_error_message(body),
-            retry_after=retry_after_seconds(headers),
-            status_overrides=_STATUS_OVERRIDES,
-        )
+        return error_answer(status, body, headers)
 
     async def _submit_generate(self, request: GenerateRequest, spec: ModelSpec) -> Submission:
         return await self._submit_task(spec, request.prompt, request.size, request.seed, image=None)
@@ -88,9 +82,7 @@ class BflClient(FluxClient):
             payload["seed"] = seed
         if image is not None:
             payload["input_image"] = image
-        body = await self._post_submit(f"{self.base_url}/v1/{spec.name}", payload)
-        answer = parse_model(BflSubmitted, body, "BFL's submit answer")
-        return Submission(handle=answer.polling_url or f"{self.base_url}/v1/get_result?id={answer.id}")
+        return submit_answer(await self._post_submit(f"{self.base_url}/v1/{spec.name}", payload), self.base_url)
 
     async def statuses(self, handles: Sequence[str]) -> dict[str, TaskStatus]:
         """Poll each task's ``polling_url``, a few at a time (BFL has no batch query).
@@ -121,8 +113,7 @@ class BflClient(FluxClient):
         return found
 
     async def _poll_one(self, handle: str) -> TaskStatus:
-        body = await self._poll("GET", handle)
-        return _task_status(handle, parse_model(BflResult, body, "BFL's poll answer"))
+        return poll_answer(handle, await self._poll("GET", handle))
 
 
 def key_may_go_to(url: str, base_url: str) -> bool:
@@ -149,6 +140,31 @@ def key_may_go_to(url: str, base_url: str) -> bool:
 def _shown(url: str) -> str:
     """A handle for the log: short, and in repr form so that nothing in it is mistaken for log structure."""
     return repr(url[:80])
+
+
+# -- the parsers of BFL's answers (pure functions: they raise only FluxError) ------------------------------
+
+
+def error_answer(status: int, body: Any, headers: Mapping[str, str]) -> FluxAPIError:
+    """The error of a non-2xx answer, by its status (BFL sends no codes), with the reason in ``detail``."""
+    return error_for(
+        status=status,
+        code=None,
+        message=_error_message(body),
+        retry_after=retry_after_seconds(headers),
+        status_overrides=_STATUS_OVERRIDES,
+    )
+
+
+def submit_answer(body: Any, base_url: str) -> Submission:
+    """The task a submit answer started (its handle is the polling URL), or UpstreamError."""
+    answer = parse_model(BflSubmitted, body, "BFL's submit answer")
+    return Submission(handle=answer.polling_url or f"{base_url}/v1/get_result?id={answer.id}")
+
+
+def poll_answer(handle: str, body: Any) -> TaskStatus:
+    """Where the task stands according to a poll answer, or UpstreamError."""
+    return _task_status(handle, parse_model(BflResult, body, "BFL's poll answer"))
 
 
 def _error_message(body: Any) -> str | None:

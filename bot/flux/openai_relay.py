@@ -25,7 +25,7 @@ from .errors import FluxAPIError, FluxError, UpstreamError, error_for
 from .http import MAX_JSON_BYTES, Timeouts, parse_model, retry_after_seconds
 from .models import EditRequest, GenerateRequest, ResultImage, Submission, TaskState, TaskStatus
 
-__all__ = ["MAX_ANSWER_BYTES", "MAX_INLINE_IMAGE_BYTES", "OpenAIRelayClient"]
+__all__ = ["MAX_ANSWER_BYTES", "MAX_INLINE_IMAGE_BYTES", "OpenAIRelayClient", "error_answer", "generation_answer"]
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +79,7 @@ class OpenAIRelayClient(FluxClient):
         }
 
     def _parse_error(self, status: int, body: Any, headers: Mapping[str, str]) -> FluxAPIError:
-        try:
-            envelope = parse_model(RelayErrorBody, body, "an error answer") if isinstance(body, dict) else None
-        except FluxError:
-            envelope = None
-        envelope = envelope or RelayErrorBody()
-        error = envelope.error or RelayError()
-        return error_for(
-            status=status,
-            code=error.code or error.type,
-            message=error.message,
-            retry_after=retry_after_seconds(headers),
-        )
+        return error_answer(status, body, headers)
 
     async def _submit_generate(self, request: GenerateRequest, spec: ModelSpec) -> Submission:
         payload: dict[str, Any] = {"model": spec.name, "prompt": request.prompt, "aspect_ratio": request.size}
@@ -109,16 +98,39 @@ class OpenAIRelayClient(FluxClient):
         if seed is not None:
             payload["seed"] = seed  # omitted rather than sent as the string "null" (seed 003's example)
         body = await self._post_submit(f"{self.base_url}/v1/images/generations", payload, max_bytes=MAX_ANSWER_BYTES)
-        answer = parse_model(RelayImagesResponse, body, "the relay's answer")
-        images = tuple(image for item in answer.data or () if (image := _result_image(item, seed)))
-        if not images:
-            raise UpstreamError("the relay answered without any usable image")
-        handle = f"relay-{uuid.uuid4().hex}"
-        return Submission(handle=handle, finished=TaskStatus(handle, TaskState.SUCCEEDED, images=images))
+        return generation_answer(body, seed)
 
     async def statuses(self, handles: Sequence[str]) -> dict[str, TaskStatus]:
         """Relays finish inside the submit; there is never a task to ask about."""
         return {}
+
+
+# -- the parsers of a relay's answers (pure functions: they raise only FluxError) -------------------------
+
+
+def error_answer(status: int, body: Any, headers: Mapping[str, str]) -> FluxAPIError:
+    """The error of a non-2xx answer, by its code (or type), else by its status."""
+    try:
+        envelope = parse_model(RelayErrorBody, body, "an error answer") if isinstance(body, dict) else None
+    except FluxError:
+        envelope = None
+    error = (envelope or RelayErrorBody()).error or RelayError()
+    return error_for(
+        status=status,
+        code=error.code or error.type,
+        message=error.message,
+        retry_after=retry_after_seconds(headers),
+    )
+
+
+def generation_answer(body: Any, seed: int | None) -> Submission:
+    """The finished task of a generation answer (its images, by URL or inline), or UpstreamError."""
+    answer = parse_model(RelayImagesResponse, body, "the relay's answer")
+    images = tuple(image for item in answer.data or () if (image := _result_image(item, seed)))
+    if not images:
+        raise UpstreamError("the relay answered without any usable image")
+    handle = f"relay-{uuid.uuid4().hex}"
+    return Submission(handle=handle, finished=TaskStatus(handle, TaskState.SUCCEEDED, images=images))
 
 
 def _result_image(item: RelayImage, seed: int | None) -> ResultImage | None:
