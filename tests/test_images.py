@@ -454,6 +454,28 @@ async def test_a_body_announced_larger_than_the_limit_is_refused(
     assert caught.value.user_message == "The finished image is larger than 48.8 KiB, so the bot cannot use it."
 
 
+async def test_an_inline_image_over_the_limit_is_refused(http_session: aiohttp.ClientSession) -> None:
+    data = encode(noise(200, 200, seed=8), "PNG")
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+    assert (await download_image(http_session, uri, max_bytes=len(data))).data == data
+    with pytest.raises(DownloadError) as caught:
+        await download_image(http_session, uri, max_bytes=len(data) - 1)
+
+    assert caught.value.retryable is False
+    assert f"the limit is {len(data) - 1}" in str(caught.value)
+    assert caught.value.user_message.startswith("The finished image is larger than")
+
+
+async def test_an_inline_image_is_measured_before_it_is_decoded(http_session: aiohttp.ClientSession) -> None:
+    # 64 MiB of text that is not even base64: decoding it first would say "not valid base64" (and cost
+    # the memory); measuring first refuses it for its size.
+    uri = "data:image/png;base64," + "!" * (64 * MiB)
+
+    with pytest.raises(DownloadError, match=f"sent {64 * MiB} base64 characters; the limit is 50000"):
+        await download_image(http_session, uri, max_bytes=50_000)
+
+
 # ----- download_image against hand-made servers -------------------------------------------------------
 
 
