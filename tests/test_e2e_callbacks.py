@@ -3,6 +3,7 @@ callback the bot cannot tie to a job it is waiting for changes nothing."""
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import sqlite3
@@ -115,8 +116,11 @@ async def test_hostile_callback_bodies_get_a_4xx_and_no_traceback(
                 statuses.append(answer.status)
         async with http_session.get(url) as wrong_method:
             statuses.append(wrong_method.status)
+        bomb = gzip.compress(b'{"a": "' + b" " * (64 * 1024 * 1024) + b'"}')  # 64 MiB once inflated
+        async with http_session.post(url, data=bomb, headers={"Content-Encoding": "gzip"}) as inflated:
+            statuses.append(inflated.status)
 
-    assert statuses == [expected for _, _, expected in bodies] + [405]
+    assert statuses == [expected for _, _, expected in bodies] + [405, 413]
     assert no_errors_logged(caplog) == []
 
 

@@ -23,6 +23,7 @@ from bot.flux import (
     BadRequestError,
     BflClient,
     FluxClient,
+    FluxConnectionError,
     GenerateRequest,
     InvalidParameters,
     OpenAIRelayClient,
@@ -481,3 +482,13 @@ def test_our_own_validation_text_is_shown_as_it_is() -> None:
 def test_an_empty_or_blank_reason_gives_our_sentence_alone() -> None:
     error = error_for(status=400, code=None, message="` \u200b `")
     assert error.user_message == BadRequestError.default_user_message
+
+
+async def test_an_unusable_url_is_refused_before_anything_is_sent(
+    http_session: aiohttp.ClientSession, sleeps: SleepRecorder
+) -> None:
+    client = AceDataClient(session=http_session, api_key=SecretStr(KEY), base_url="http://[::1", retry=NO_WAIT)
+
+    with pytest.raises(FluxConnectionError) as refused:
+        await client.generate(request_for(Provider.ACEDATA))
+    assert refused.value.reached_server is False  # so a submit may safely be tried again later

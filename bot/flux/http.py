@@ -77,6 +77,10 @@ async def send_json(
     be opened), :class:`FluxTimeoutError`, the provider's error from ``parse_error`` (built without the body
     when it was too long), or :class:`UpstreamError` for a 2xx answer that is not JSON or is too long.
     """
+    try:
+        URL(url)
+    except ValueError as exc:
+        raise FluxConnectionError(f"{method} to an unusable URL: {type(exc).__name__}", reached_server=False) from exc
     too_large: _TooLarge | None = None
     raw = b""
     try:
@@ -91,7 +95,7 @@ async def send_json(
                 too_large = exc
     except aiohttp.ClientConnectorError as exc:
         raise FluxConnectionError(f"could not connect to {_host(url)}: {exc.os_error}", reached_server=False) from exc
-    except (aiohttp.InvalidURL, ValueError) as exc:
+    except aiohttp.InvalidURL as exc:  # refused before any connection
         raise FluxConnectionError(f"{method} to an unusable URL: {type(exc).__name__}", reached_server=False) from exc
     except TimeoutError as exc:
         raise FluxTimeoutError(f"{method} {_path(url)} got no answer within {client_timeout.total}s") from exc
