@@ -16,6 +16,7 @@ from enum import StrEnum
 
 from bot import db
 from bot.db import GuildSettings, QuotaLimits, Store
+from bot.db.guilds import comparable_text
 from bot.settings import Settings
 
 __all__ = ["DM_GUILD_ID", "Limits", "Refusal", "RefusalKind", "admit", "contains_blocked_term", "limits_for"]
@@ -141,17 +142,17 @@ def contains_blocked_term(prompt: str, terms: tuple[str, ...]) -> bool:
     """Whether ``prompt`` contains any term as a whole word or phrase, both compared normalized.
 
     Whole words only, so that blocking "ass" does not refuse "class". Prompt and terms are compared in
-    the form of :func:`bot.db.normalize_term`, so case, extra spaces, zero-width characters, fullwidth
-    letters and Cyrillic or Greek look-alikes do not dodge a term.
+    the form of :func:`bot.db.guilds.comparable_text`, so case, extra spaces, zero-width characters,
+    fullwidth letters and Cyrillic or Greek look-alikes do not dodge a term.
     """
     pattern = _blocklist_pattern(terms)
-    return pattern is not None and pattern.search(db.normalize_term(prompt)) is not None
+    return pattern is not None and pattern.search(comparable_text(prompt)) is not None
 
 
 @functools.lru_cache(maxsize=256)
 def _blocklist_pattern(terms: tuple[str, ...]) -> re.Pattern[str] | None:
     """One regex for a whole blocklist, compiled once per distinct list (not once per prompt)."""
-    normal = sorted({term for term in map(db.normalize_term, terms) if term}, key=len, reverse=True)
+    normal = sorted({term for term in map(comparable_text, terms) if term}, key=len, reverse=True)
     if not normal:
         return None
     return re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, normal)) + r")(?!\w)")

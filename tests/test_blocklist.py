@@ -93,6 +93,19 @@ async def test_terms_stored_by_an_older_version_still_match_show_and_unblock(sto
     assert not await refused(store, settings, "a red fox")
 
 
+async def test_a_term_in_another_script_lists_as_typed_and_look_alikes_count_as_the_same(
+    store: Store, settings: Settings
+) -> None:
+    assert await db.add_blocked_term(store, GUILD, "\u041a\u041e\u0422", changed_by=ADMIN)  # Russian "cat"
+    assert await db.add_blocked_term(store, GUILD, "gore", changed_by=ADMIN)
+    assert not await db.add_blocked_term(store, GUILD, "g\u043ere", changed_by=ADMIN)  # "gore", Cyrillic o
+
+    assert await db.blocked_terms(store, GUILD) == ["gore", "\u043a\u043e\u0442"]
+    assert await refused(store, settings, "\u0447\u0451\u0440\u043d\u044b\u0439 \u043a\u043e\u0442")
+    assert await db.remove_blocked_term(store, GUILD, "g\u043ere", changed_by=ADMIN)
+    assert await db.blocked_terms(store, GUILD) == ["\u043a\u043e\u0442"]
+
+
 @pytest.mark.parametrize(
     ("prompt", "blocked"),
     [

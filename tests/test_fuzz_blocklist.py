@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bot import db
 from bot.db import Store
+from bot.db.guilds import comparable_text
 from bot.limits import Refusal, RefusalKind, admit, contains_blocked_term
 from bot.settings import Settings, load_settings
 from cogs.feedback import describe_refusal
@@ -72,11 +73,13 @@ def prompts_containing(draw: st.DrawFn) -> tuple[str, str]:
 @FUZZ
 @given(text=st.text(max_size=300))
 def test_normalizing_never_fails_and_is_stable(text: str) -> None:
-    normal = db.normalize_term(text)
+    for normalize in (db.normalize_term, comparable_text):
+        normal = normalize(text)
 
-    assert db.normalize_term(normal) == normal
-    assert normal == normal.strip() and "  " not in normal
-    assert not any(unicodedata.category(char) == "Cf" for char in normal)
+        assert normalize(normal) == normal
+        assert normal == normal.strip() and "  " not in normal
+        assert not any(unicodedata.category(char) == "Cf" for char in normal)
+    assert comparable_text(db.normalize_term(text)) == comparable_text(text)
 
 
 @FUZZ

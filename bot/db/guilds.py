@@ -25,6 +25,7 @@ __all__ = [
     "SettingsChanges",
     "add_blocked_term",
     "blocked_terms",
+    "comparable_text",
     "get_guild_settings",
     "normalize_term",
     "recent_limit_changes",
@@ -112,23 +113,30 @@ _LOOKALIKES = str.maketrans(
 
 
 def normalize_term(term: str) -> str:
-    """How blocklist terms are stored and prompts compared: the form that look-alike tricks cannot change.
+    """How blocklist terms are stored and shown: the admin's words without the tricks that hide them.
 
     Unicode NFKC (fullwidth and other compatibility forms become plain letters), invisible format
-    characters (zero-width spaces and joiners, soft hyphens, ...) removed, case-folded, Cyrillic and Greek
-    look-alikes folded to Latin, and every run of whitespace made one space, trimmed. Idempotent.
+    characters (zero-width spaces and joiners, soft hyphens, ...) removed, case-folded, and every run of
+    whitespace made one space, trimmed. Idempotent.
     """
     text = unicodedata.normalize("NFKC", term)
-    text = "".join(char for char in text if unicodedata.category(char) != "Cf")
-    text = text.casefold().translate(_LOOKALIKES)
-    # Casefolding and folding can leave a string NFKC would change again (e.g. a letter and a combining mark).
-    text = unicodedata.normalize("NFKC", text)
-    return " ".join(text.split())
+    text = "".join(char for char in text if unicodedata.category(char) != "Cf").casefold()
+    # Casefolding can leave a string NFKC would change again (a letter and a combining mark).
+    return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
+def comparable_text(text: str) -> str:
+    """The form in which prompts and blocked terms are compared: :func:`normalize_term`, and Cyrillic and
+    Greek look-alikes folded to Latin, so "gore" spelled with a Cyrillic "o" is "gore". Idempotent.
+
+    Folding happens only here, not in the stored term, so a blocklist in another script still lists as typed.
+    """
+    return unicodedata.normalize("NFKC", normalize_term(text).translate(_LOOKALIKES))
 
 
 async def add_blocked_term(store: Store, guild_id: int, term: str, *, changed_by: int) -> bool:
     """Block ``term`` in the server's prompts. False if it was already blocked (in any spelling that
-    normalizes the same, see :func:`normalize_term`)."""
+    compares the same, see :func:`comparable_text`)."""
     normal = _nonempty_term(term)
     async with store.transaction() as tx:
         if await _stored_spellings(tx, guild_id, normal):
@@ -142,7 +150,7 @@ async def add_blocked_term(store: Store, guild_id: int, term: str, *, changed_by
 
 
 async def remove_blocked_term(store: Store, guild_id: int, term: str, *, changed_by: int) -> bool:
-    """Unblock ``term``, in every stored spelling that normalizes like it. False if it was not blocked."""
+    """Unblock ``term``, in every stored spelling that compares the same. False if it was not blocked."""
     normal = _nonempty_term(term)
     async with store.transaction() as tx:
         stored = await _stored_spellings(tx, guild_id, normal)
@@ -163,14 +171,16 @@ async def blocked_terms(store: Store, guild_id: int) -> list[str]:
     return sorted({normal for row in rows if (normal := _normalize_stored(row[0]))})
 
 
-async def _stored_spellings(db: Reader, guild_id: int, normal: str) -> list[str]:
-    """The stored terms of the server that normalize to ``normal`` (more than one only for old rows)."""
+async def _stored_spellings(db: Reader, guild_id: int, term: str) -> list[str]:
+    """The server's stored terms that compare the same as ``term`` (at most one, except for old rows)."""
+    wanted = comparable_text(term)
     rows = await db.fetch_all("SELECT term FROM blocklist WHERE guild_id = ?", (guild_id,))
-    return [row[0] for row in rows if _normalize_stored(row[0]) == normal]
+    return [row[0] for row in rows if _comparable_stored(row[0]) == wanted]
 
 
-#: Stored terms are read for every prompt: normalizing a few thousand of them each time would cost milliseconds.
+# Stored terms are read for every prompt: normalizing a few thousand of them each time would cost milliseconds.
 _normalize_stored = functools.lru_cache(maxsize=65_536)(normalize_term)
+_comparable_stored = functools.lru_cache(maxsize=65_536)(comparable_text)
 
 
 async def recent_limit_changes(store: Store, guild_id: int, limit: int = 25) -> list[LimitChange]:
