@@ -27,6 +27,7 @@ from bot.flux import (
     FluxClient,
     FluxError,
     GenerateRequest,
+    InvalidParameters,
     OpenAIRelayClient,
     RetryPolicy,
     TaskState,
@@ -35,6 +36,7 @@ from bot.flux import (
     catalog_for,
     openai_relay,
 )
+from bot.flux.catalog import ratio_to_pixels
 from bot.flux.errors import error_for, shown_reason
 from bot.flux.http import MAX_RETRY_AFTER, parse_json, retry_after_seconds
 from bot.settings import Provider
@@ -310,3 +312,34 @@ async def through_the_client(provider: Provider, status: int, raw: bytes, retry_
 @example(provider=Provider.ACEDATA, status=503, raw=b"{}", retry_after="Wed, 21 Oct 2015 07:28:00 CET")
 def test_raw_answers_through_the_clients(provider: Provider, status: int, raw: bytes, retry_after: str) -> None:
     asyncio.run(through_the_client(provider, status, raw, retry_after.strip()))
+
+
+# -- what members type: model, size, count, prompt ------------------------------------------------------
+
+SIZES = st.one_of(
+    st.text(max_size=12),
+    st.from_regex(r"[0-9]{1,6}[x:][0-9]{1,6}\n?", fullmatch=True),
+    st.sampled_from(["1024x1024\n", "\u0661\u0660\u0662\u0664x\u0661\u0660\u0662\u0664", "0:5", "16:0", "00:00"]),
+)
+
+
+@FUZZ
+@given(
+    provider=st.sampled_from(list(Provider)),
+    model=st.one_of(st.text(max_size=20), st.sampled_from(["flux-2-pro", "flux-dev", "flux-kontext-pro"])),
+    size=SIZES,
+    count=st.integers(min_value=-(2**70), max_value=2**70),
+    prompt=st.text(max_size=50),
+)
+def test_member_requests_are_checked_into_invalid_parameters_only(
+    provider: Provider, model: str, size: str, count: int, prompt: str
+) -> None:
+    catalog = catalog_for(provider)
+    try:
+        spec = catalog.check_generate(prompt=prompt, model=model, size=size, count=count)
+        catalog.check_edit(prompt=prompt, model=model, size=size)
+    except InvalidParameters:
+        return
+    width, height = ratio_to_pixels(size, multiple=spec.pixels.multiple if spec.pixels else 32)
+    assert width > 0 and height > 0
+    assert size.isascii() and "\n" not in size

@@ -33,8 +33,9 @@ STANDARD_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9
 #: The Kontext ratio enum documented by the OpenAI-style relays (seed 003): no 3:2 or 2:3.
 KONTEXT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "21:9", "9:21")
 
-_RATIO = re.compile(r"^(\d{1,2}):(\d{1,2})$")
-_PIXELS = re.compile(r"^(\d{2,5})x(\d{2,5})$")
+#: Sizes are read with ``fullmatch`` and ASCII digits only: no trailing newline, no other scripts' digits.
+_RATIO = re.compile(r"([1-9][0-9]?):([1-9][0-9]?)")
+_PIXELS = re.compile(r"([0-9]{2,5})x([0-9]{2,5})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +136,7 @@ def check_prompt(prompt: str) -> None:
 def check_size(spec: ModelSpec, size: str) -> None:
     if size in spec.ratios:
         return
-    pixels = _PIXELS.match(size)
+    pixels = _PIXELS.fullmatch(size)
     if pixels and spec.pixels and spec.pixels.accepts(int(pixels[1]), int(pixels[2])):
         return
     allowed = ", ".join(spec.ratios)
@@ -146,10 +147,10 @@ def check_size(spec: ModelSpec, size: str) -> None:
 
 def ratio_to_pixels(size: str, *, multiple: int = 32, target_pixels: int = 1024 * 1024) -> tuple[int, int]:
     """Width and height near ``target_pixels`` for a ratio (or the pixels of a ``WxH`` size)."""
-    pixels = _PIXELS.match(size)
+    pixels = _PIXELS.fullmatch(size)
     if pixels:
         return int(pixels[1]), int(pixels[2])
-    ratio = _RATIO.match(size)
+    ratio = _RATIO.fullmatch(size)
     if not ratio:
         raise InvalidParameters(f"Size {size!r} is neither a ratio like 16:9 nor a size like 1024x1024.")
     rw, rh = int(ratio[1]), int(ratio[2])
