@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["EMBED_DESCRIPTION_LIMIT", "MESSAGE_LIMIT", "code", "fit_lines", "shorten"]
+__all__ = ["MESSAGE_LIMIT", "code", "fit_lines", "shorten"]
 
-#: Characters in a message's content.
+#: Characters (code points, as Discord counts them) in a message's content.
 MESSAGE_LIMIT = 2000
-#: Characters in an embed's description.
-EMBED_DESCRIPTION_LIMIT = 4096
 
 _ELLIPSIS = "…"
 _GRAVE_LOOKALIKE = "\N{MODIFIER LETTER GRAVE ACCENT}"
