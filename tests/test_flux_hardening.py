@@ -492,3 +492,17 @@ async def test_an_unusable_url_is_refused_before_anything_is_sent(
     with pytest.raises(FluxConnectionError) as refused:
         await client.generate(request_for(Provider.ACEDATA))
     assert refused.value.reached_server is False  # so a submit may safely be tried again later
+
+
+async def test_an_unknowable_acedata_handle_fails_even_while_the_service_is_down(
+    ace: AceDataClient, flux_emulator: FluxEmulator
+) -> None:
+    good = (await ace.generate(request_for(Provider.ACEDATA))).handle
+    flux_emulator.add_fault("POST", "/flux/tasks", status=503, times=4)
+
+    found = await ace.statuses([good, "bad id with spaces"])
+
+    assert set(found) == {"bad id with spaces"} and found["bad id with spaces"].state is TaskState.FAILED
+    flux_emulator.add_fault("POST", "/flux/tasks", status=503, times=4)
+    with pytest.raises(UpstreamError):
+        await ace.statuses([good])  # nothing else to report: the failure itself is

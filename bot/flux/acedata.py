@@ -159,7 +159,9 @@ class AceDataClient(FluxClient):
         """One ``retrieve_batch`` per 50 handles, sent concurrently.
 
         A handle that is not a task id the service could know (see :data:`_TASK_ID`) is never sent: it is
-        FAILED at once, so that it cannot spoil the batch of the others.
+        FAILED at once, so that it cannot spoil the batch of the others. A batch that failed after retries
+        leaves its tasks out (asked again next time); when every batch failed and there is nothing else to
+        report, its error is raised.
         """
         found: dict[str, TaskStatus] = {}
         unique: list[str] = []
@@ -178,7 +180,7 @@ class AceDataClient(FluxClient):
                 raise answer
             else:
                 found.update(answer)
-        if failures and len(failures) == len(chunks):
+        if failures and len(failures) == len(chunks) and not found:
             raise failures[0]
         for failure in failures:
             log.warning("a status batch failed; its tasks are asked again next time: %s", failure)
