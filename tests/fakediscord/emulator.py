@@ -29,6 +29,7 @@ from .constants import (
     MessageType,
     Perm,
 )
+from .faults import RestFaults
 from .gateway import GatewayMixin, Session
 from .mediaproxy import MediaProxy
 from .model import (
@@ -123,6 +124,8 @@ class DiscordEmulator(GatewayMixin, RestMixin):
         self.unimplemented: list[str] = []
         self.rate_limits: list[RateLimitRule] = []
         self.held_responses: list[HeldResponses] = []
+        #: Failures injected into the bot's requests (5xx, 429, dropped connections): see ``faults``.
+        self.rest_faults = RestFaults()
         self._nonces: dict[tuple[int, int, str], tuple[Message, float]] = {}
 
         #: When True, an IDENTIFY asking for a privileged intent (members, presences, message content) is

@@ -27,6 +27,7 @@ from .constants import (
     MessageType,
     Perm,
 )
+from .faults import FaultKind
 from .model import CdnFetch, Command, Interaction, Message, RestCall, StoredFile
 from .validation import (
     ApiError,
@@ -202,6 +203,7 @@ class RestMixin:
             params = {k: unquote(v) for k, v in match.groupdict().items()}
             headers: dict[str, str] = {}
             req = Request(params, call.query, None, [], call)
+            fault = None
             try:
                 if needs_auth and request.headers.get("Authorization") != f"Bot {self.token}":
                     raise ApiError(401, 0, "401: Unauthorized")
@@ -213,7 +215,11 @@ class RestMixin:
                     req.json, req.files = await self._read_body(request)
                     call.json = req.json
                     call.files = [(f.filename, len(f.data)) for f in req.files]
-                    status, body = await getattr(self, f"h_{handler_name}")(req)
+                    fault = self.rest_faults.take(method, template, call)
+                    if fault is None or fault.handled:
+                        status, body = await getattr(self, f"h_{handler_name}")(req)
+                    else:
+                        status, body = fault.answer(headers, self.clock.time(), self.rest_faults.bucket)
             except ApiError as exc:
                 status, body = exc.status, exc.body()
             except Exception:
@@ -232,6 +238,9 @@ class RestMixin:
                 if not held.released and held.matches(method, template, call.path):
                     await held.hold(call)
                     self._bump()
+            if fault is not None and fault.kind is FaultKind.DROPPED:
+                self.rest_faults.drop(request)
+                return web.Response()  # never sent: the connection is gone
             return _json(status, body, headers)
         call.route, call.status, call.code = "?", 404, 0
         self.rest_log.append(call)
