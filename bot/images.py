@@ -546,40 +546,21 @@ async def _fetch(
     headers = {"Accept": "image/*"}
     follow = allowed_hosts is None  # aiohttp follows a provider's redirects; a member image's are checked first
     try:
-        for hop in range(MAX_MEDIA_REDIRECTS + 1):
-            async with session.get(target, timeout=client_timeout, headers=headers, allow_redirects=follow) as response:
-                status = response.status
-                if allowed_hosts is not None and status in _REDIRECT_STATUSES:
-                    target = _redirect_target(response, allowed_hosts, shown)
-                    shown = public_url(str(target))
-                    log.debug("following redirect %d to %s", hop + 1, shown)
-                    continue
-                if not 200 <= status < 300:
-                    raise DownloadError(
-                        f"GET {shown} answered HTTP {status}",
-                        retryable=status >= 500 or status in _RETRYABLE_STATUSES,
-                        status=status,
-                        user_message=message,
-                    )
-                declared = _media_type(response.headers.get(aiohttp.hdrs.CONTENT_TYPE))
-                if (
-                    declared is not None
-                    and not declared.startswith("image/")
-                    and declared != "application/octet-stream"
-                ):
-                    raise DownloadError(
-                        f"GET {shown} answered {declared}, not an image",
-                        retryable=False,
-                        status=status,
-                        user_message=message,
-                    )
-                length = response.content_length
-                if length is not None and length > max_bytes:
-                    raise _too_large(shown, f"{length} bytes", max_bytes, subject)
-                return await _read_capped(response, shown, max_bytes, subject), shown, declared
-        raise DownloadError(
-            f"GET {shown} redirected more than {MAX_MEDIA_REDIRECTS} times", retryable=False, user_message=message
-        )
+        async with asyncio.timeout(timeout_s):  # all the redirects and the body together
+            for hop in range(MAX_MEDIA_REDIRECTS + 1):
+                async with session.get(
+                    target, timeout=client_timeout, headers=headers, allow_redirects=follow
+                ) as response:
+                    if allowed_hosts is not None and response.status in _REDIRECT_STATUSES:
+                        target = _redirect_target(response, allowed_hosts, shown)
+                        shown = public_url(str(target))
+                        log.debug("following redirect %d to %s", hop + 1, shown)
+                        continue
+                    data, declared = await _image_body(response, shown, max_bytes, subject, message)
+                    return data, shown, declared
+            raise DownloadError(
+                f"GET {shown} redirected more than {MAX_MEDIA_REDIRECTS} times", retryable=False, user_message=message
+            )
     except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
         raise DownloadError(
             f"cannot download from {shown}: not an http(s) URL", retryable=False, user_message=message
@@ -592,6 +573,29 @@ async def _fetch(
         ) from exc
     except aiohttp.ClientError as exc:
         raise DownloadError(f"GET {shown} failed: {type(exc).__name__}", retryable=True, user_message=message) from exc
+
+
+async def _image_body(
+    response: aiohttp.ClientResponse, shown: str, max_bytes: int, subject: str, message: str | None
+) -> tuple[bytes, str | None]:
+    """The body of a final answer and its declared media type, if the status, type and size are acceptable."""
+    status = response.status
+    if not 200 <= status < 300:
+        raise DownloadError(
+            f"GET {shown} answered HTTP {status}",
+            retryable=status >= 500 or status in _RETRYABLE_STATUSES,
+            status=status,
+            user_message=message,
+        )
+    declared = _media_type(response.headers.get(aiohttp.hdrs.CONTENT_TYPE))
+    if declared is not None and not declared.startswith("image/") and declared != "application/octet-stream":
+        raise DownloadError(
+            f"GET {shown} answered {declared}, not an image", retryable=False, status=status, user_message=message
+        )
+    length = response.content_length
+    if length is not None and length > max_bytes:
+        raise _too_large(shown, f"{length} bytes", max_bytes, subject)
+    return await _read_capped(response, shown, max_bytes, subject), declared
 
 
 def _redirect_target(response: aiohttp.ClientResponse, allowed_hosts: MediaHosts, shown: str) -> URL:
