@@ -22,6 +22,7 @@ from bot.flux import (
     AceDataClient,
     BadRequestError,
     BflClient,
+    CallbackError,
     FluxClient,
     FluxConnectionError,
     GenerateRequest,
@@ -506,3 +507,14 @@ async def test_an_unknowable_acedata_handle_fails_even_while_the_service_is_down
     flux_emulator.add_fault("POST", "/flux/tasks", status=503, times=4)
     with pytest.raises(UpstreamError):
         await ace.statuses([good])  # nothing else to report: the failure itself is
+
+
+def test_a_callback_naming_an_impossible_task_id_is_refused(ace: AceDataClient) -> None:
+    body = {"success": True, "task_id": "t" * 100_000, "data": [{"image_url": "https://x/a.png"}]}
+    with pytest.raises(CallbackError):
+        ace.parse_callback(body)
+
+
+def test_a_provider_message_is_one_line_in_the_log() -> None:
+    error = error_for(status=500, code=None, message="boom\nINFO fake log line\r\n")
+    assert "\n" not in str(error) and "\r" not in str(error)

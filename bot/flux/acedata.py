@@ -253,6 +253,8 @@ def callback_answer(body: Any) -> TaskStatus:
     answer = parse_model(AceImagesResponse, body, "the callback body", error=CallbackError)
     if not answer.task_id:
         raise CallbackError("callback body has no task_id")
+    if not _TASK_ID.fullmatch(answer.task_id):
+        raise CallbackError("callback body names a task_id the service never gives")
     status = task_status(answer.task_id, answer)
     if status.state is TaskState.PENDING:
         raise CallbackError("callback body carries neither images nor an error")

@@ -209,7 +209,7 @@ def error_for(
     if cls is None:
         cls = UpstreamError
     code = code[:64] if code else code
-    text = (message or "").strip()[:300]
+    text = " ".join((message or "").split())[:300]  # one line in the log, whatever the provider sent
     detail = f"{cls.__name__}: {text or 'no message'}"
     if cls is RateLimitedError:
         return RateLimitedError(detail, retry_after=retry_after, trace_id=trace_id, status=status, code=code)
