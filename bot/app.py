@@ -79,6 +79,7 @@ class FluxBot(commands.Bot):
             poll_interval=settings.flux_poll_interval,
             job_timeout=settings.flux_job_timeout,
             delivery_window=settings.delivery_retry_window,
+            media_hosts=settings.discord_media_hosts,
         )
 
     async def setup_hook(self) -> None:

@@ -46,8 +46,9 @@ from bot.flux import (
     Submission,
     TaskState,
     TaskStatus,
+    UpstreamError,
 )
-from bot.images import DownloadedImage, DownloadError, download_image
+from bot.images import DownloadedImage, DownloadError, ImageError, MediaHosts, download_image
 from bot.tasks import TaskSet
 
 __all__ = [
@@ -185,6 +186,7 @@ class JobRunner:
         job_timeout: float,
         delivery_window: float = DELIVERY_WINDOW,
         delivery_backoff: RetryPolicy = DELIVERY_BACKOFF,
+        media_hosts: MediaHosts | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -196,6 +198,7 @@ class JobRunner:
         self._job_timeout = job_timeout
         self._delivery_window = delivery_window
         self._delivery_backoff = delivery_backoff
+        self._media_hosts = media_hosts
         self._clock = clock
         self._tasks = TaskSet("jobs")
         self._submits = TaskSet("submits")
@@ -306,8 +309,11 @@ class JobRunner:
             try:
                 submission = await self._send(job)
             except FluxError as error:
-                unknown = isinstance(error, FluxTimeoutError) or (
-                    isinstance(error, FluxConnectionError) and error.reached_server
+                unknown = (
+                    isinstance(error, FluxTimeoutError)
+                    or (isinstance(error, FluxConnectionError) and error.reached_server)
+                    # accepted (2xx), but the answer could not be read: the task may well exist
+                    or (isinstance(error, UpstreamError) and 200 <= (error.status or 0) < 300)
                 )
                 log.warning("job %d: submit failed: %s", job.id, error)
                 code, message = (
@@ -315,6 +321,9 @@ class JobRunner:
                     UNKNOWN_OUTCOME_MESSAGE if unknown else error.user_message,
                 )
                 await self._persist(job, partial(self._fail, job, code, message))
+            except ImageError as error:  # refused before anything was sent
+                log.warning("job %d: refused before submitting: %s", job.id, error)
+                await self._persist(job, partial(self._fail, job, "source", error.user_message))
             except Exception:
                 log.exception("job %d: the submit failed unexpectedly; it is not sent again", job.id)
                 await self._persist(job, partial(self._fail, job, "internal", UNKNOWN_OUTCOME_MESSAGE))
@@ -330,6 +339,8 @@ class JobRunner:
     async def _send(self, job: Job) -> Submission:
         if job.kind is JobKind.EDIT:
             assert job.source_image_url is not None
+            if self._media_hosts is not None and not job.source_image_url.startswith("data:"):
+                self._media_hosts.check(job.source_image_url)  # also for jobs queued by an older version
             edit = EditRequest(prompt=job.prompt, model=job.model, image_url=job.source_image_url, size=job.size)
             return await self._flux.edit(edit)
         request = GenerateRequest(prompt=job.prompt, model=job.model, size=job.size, count=job.count, seed=job.seed)

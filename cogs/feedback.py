@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import aiohttp
 import discord
 from discord import app_commands
 
@@ -16,6 +17,9 @@ from bot.limits import Refusal, RefusalKind
 from cogs.text import MESSAGE_LIMIT, fit_lines, shorten
 
 __all__ = [
+    "BUSY",
+    "DISCORD_ERRORS",
+    "TRANSPORT_ERRORS",
     "UNEXPECTED_ERROR",
     "UserFacingError",
     "describe_quota_refusal",
@@ -28,6 +32,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 UNEXPECTED_ERROR = "Something went wrong on the bot's side. The operators can see what in the log."
+#: What a request to Discord raises when the connection, not Discord, failed (dropped, reset, timed out).
+TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+#: Everything a request to Discord raises when it failed: Discord's answer, or the connection.
+DISCORD_ERRORS = (discord.HTTPException, *TRANSPORT_ERRORS)
+
+BUSY = "The bot is very busy right now and could not take this request. Nothing was charged; please try again."
 
 
 class UserFacingError(Exception):
@@ -44,6 +54,9 @@ def user_message_for(error: BaseException) -> str | None:
         return error.user_message
     if isinstance(error, app_commands.CheckFailure):
         return "You don't have permission to do that here."
+    if isinstance(error, db.StoreBusyError):
+        log.warning("refused a request: %s", error)
+        return BUSY
     return None
 
 
@@ -70,7 +83,7 @@ async def reply_with_error(interaction: discord.Interaction[Any], error: BaseExc
             await interaction.followup.send(message, ephemeral=True)
         else:
             await interaction.response.send_message(message, ephemeral=True)
-    except discord.HTTPException as exc:
+    except DISCORD_ERRORS as exc:
         log.warning("could not tell the member about an error in interaction %s: %s", interaction.id, exc)
 
 

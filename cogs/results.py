@@ -16,14 +16,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
-import aiohttp
 import discord
 
 from bot import db
 from bot.db import INTERACTION_LIFETIME, Job, JobKind
 from bot.images import DownloadedImage, ImageRejected, fit_images
 from bot.jobs import DeliveryError, JobDone, JobFailed, JobQueued, JobStarted, JobUpdate, PostedResult
-from cogs.feedback import reply_with_error
+from cogs.feedback import DISCORD_ERRORS, TRANSPORT_ERRORS, reply_with_error
 
 if TYPE_CHECKING:
     from bot.app import FluxBot
@@ -40,10 +39,6 @@ HISTORY_SEARCH = 100
 #: The message id Discord's webhook routes accept for an interaction's original response.
 ORIGINAL_RESPONSE = cast(int, "@original")
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
-#: What a request to Discord raises when the connection, not Discord, failed (dropped, reset, timed out).
-TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
-#: Everything a request to Discord raises when it failed: Discord's answer, or the connection.
-DISCORD_ERRORS = (discord.HTTPException, *TRANSPORT_ERRORS)
 
 
 def jump_url(guild_id: int, channel_id: int, message_id: int) -> str:

@@ -18,7 +18,7 @@ from bot import db
 from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, Store
 from bot.flux import AceDataClient, FluxClient, GenerateRequest, OpenAIRelayClient, RetryPolicy, Timeouts
 from bot.flux.models import Submission, TaskStatus
-from bot.images import DownloadedImage
+from bot.images import DownloadedImage, MediaHosts
 from bot.jobs import (
     UNKNOWN_OUTCOME_MESSAGE,
     DeliveryError,
@@ -584,3 +584,34 @@ async def test_a_post_that_failed_ambiguously_is_looked_for_before_posting_again
     await dropping.wait_for(lambda: dropping.final(job.id) is not None)
     assert dropping.final(job.id) == JobDone(1000 + job.id)
     assert dropping.looked == 1
+
+
+async def test_a_submit_accepted_with_an_unreadable_answer_is_an_unknown_outcome_and_not_resent(
+    make_runner: RunnerFactory, courier: RecordingCourier, store: Store, flux_emulator: FluxEmulator
+) -> None:
+    flux_emulator.add_fault("POST", "/flux/images", body=b'{"task_id": ' + b"[" * 100_000)
+    runner = make_runner()
+    await runner.start()
+
+    job = await accepted(runner, request(count=2))
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    assert courier.final(job.id) == JobFailed(UNKNOWN_OUTCOME_MESSAGE)
+    assert flux_emulator.count("POST", "/flux/images") == 1
+    assert (await db.user_usage(store, 1, job.user_id)).today == 0
+
+
+async def test_an_edit_queued_with_a_source_off_discord_is_refused_before_anything_is_sent(
+    make_runner: RunnerFactory, courier: RecordingCourier, store: Store, flux_emulator: FluxEmulator
+) -> None:
+    # As an older version could have queued it: the member's image as a link to the bot's own network.
+    runner = make_runner(media_hosts=MediaHosts.parse("cdn.discordapp.com"))
+    await runner.start()
+    source = "http://169.254.169.254/latest/meta-data/image.png"
+    job = await accepted(runner, request(kind=JobKind.EDIT, model="flux-kontext-pro", source_image_url=source))
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    final = courier.final(job.id)
+    assert isinstance(final, JobFailed) and "stored on Discord" in final.message
+    assert flux_emulator.count("POST", "/flux/images") == 0
+    assert (await db.user_usage(store, 1, job.user_id)).today == 0
