@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 from PIL import Image
 
+from bot.db import Store
 from bot.flux import RetryPolicy
+from bot.settings import Settings, load_settings
 
 pytest_plugins = ["tests.fluxemu.fixtures", "tests.fakediscord.fixtures", "tests.fluxbot_harness"]
 
@@ -32,6 +35,19 @@ class SleepRecorder:
 @pytest.fixture
 def sleeps() -> SleepRecorder:
     return SleepRecorder()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh SQLite store in the test's own folder, migrated like the bot's."""
+    async with await Store.open(tmp_path / "fluxbot.db") as opened:
+        yield opened
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """The bot's settings with only the required variables set (the defaults for everything else)."""
+    return load_settings(DISCORD_TOKEN="t", FLUX_API_KEY="k")
 
 
 @pytest.fixture

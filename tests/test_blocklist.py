@@ -7,8 +7,7 @@ case-folded, Cyrillic and Greek look-alikes folded to Latin, whitespace collapse
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from bot import db
 from bot.db import Store
 from bot.limits import Refusal, RefusalKind, admit, contains_blocked_term
-from bot.settings import Settings, load_settings
+from bot.settings import Settings
 from tests.fluxbot_harness import FluxbotHarness, status_line
 
 GUILD, CHANNEL, ADMIN = 10, 20, 30
@@ -25,17 +24,6 @@ GUILD, CHANNEL, ADMIN = 10, 20, 30
 def fullwidth(text: str) -> str:
     """``text`` in fullwidth forms (U+FF01..U+FF5E), as typed with an East Asian keyboard layout."""
     return "".join(chr(ord(char) + 0xFEE0) if "!" <= char <= "~" else char for char in text)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with await Store.open(tmp_path / "blocklist.db") as opened:
-        yield opened
-
-
-@pytest.fixture
-def settings() -> Settings:
-    return load_settings(DISCORD_TOKEN="t", FLUX_API_KEY="k")
 
 
 async def refused(store: Store, settings: Settings, prompt: str) -> bool:

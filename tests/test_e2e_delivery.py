@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from bot.db import JobStatus, jobs_in, user_usage
 from tests.fakediscord.faults import RestFault
 from tests.fakediscord.model import RestCall
@@ -30,9 +32,19 @@ def first_posts_fail(fault: RestFault, times: int) -> tuple[list[RestCall], Call
     return failed, choose
 
 
-async def test_a_result_survives_a_short_discord_outage(fluxbot: FluxbotHarness) -> None:
+@pytest.mark.parametrize(
+    ("fault", "times"),
+    [
+        (RestFault.server_error(503), 3),  # a short outage: Discord is back a few seconds later
+        (RestFault.dropped(after=True), 1),  # the post was made, but its answer never arrived
+    ],
+    ids=["three-503s", "answer-lost"],
+)
+async def test_a_result_is_posted_exactly_once_through_failed_posts(
+    fluxbot: FluxbotHarness, fault: RestFault, times: int
+) -> None:
     world, discord = fluxbot.world, fluxbot.discord
-    failed, choose = first_posts_fail(RestFault.server_error(503), times=3)
+    failed, choose = first_posts_fail(fault, times)
     discord.rest_faults.add("POST", POSTS, choose)
 
     async with fluxbot.running() as bot:
@@ -40,26 +52,10 @@ async def test_a_result_survives_a_short_discord_outage(fluxbot: FluxbotHarness)
         await discord.wait_until(lambda: status_line(inter).startswith(("✅", "❌")), 20, "the outcome")
         usage = await user_usage(bot.store, world.guild.id, world.member.id)
 
-    assert len(failed) == 3
+    assert len(failed) == times
     assert status_line(inter).startswith("✅"), status_line(inter)
     assert len(results_in(world.channel)) == 1
     assert usage.today == 2
-
-
-async def test_a_post_whose_answer_was_lost_is_not_posted_twice(fluxbot: FluxbotHarness) -> None:
-    world, discord = fluxbot.world, fluxbot.discord
-    failed, choose = first_posts_fail(RestFault.dropped(after=True), times=1)
-    discord.rest_faults.add("POST", POSTS, choose)
-
-    async with fluxbot.running() as bot:
-        inter = await world.member.slash(world.channel, "imagine", prompt="a fox in the snow")
-        await discord.wait_until(lambda: status_line(inter).startswith(("✅", "❌")), 20, "the outcome")
-        usage = await user_usage(bot.store, world.guild.id, world.member.id)
-
-    assert len(failed) == 1
-    assert status_line(inter).startswith("✅"), status_line(inter)
-    assert len(results_in(world.channel)) == 1
-    assert usage.today == 1
 
 
 async def test_a_result_waiting_out_an_outage_is_delivered_after_a_restart(fluxbot: FluxbotHarness) -> None:

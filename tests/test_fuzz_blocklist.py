@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import itertools
 import unicodedata
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +14,7 @@ from bot import db
 from bot.db import Store
 from bot.db.guilds import comparable_text
 from bot.limits import Refusal, RefusalKind, admit, contains_blocked_term
-from bot.settings import Settings, load_settings
+from bot.settings import Settings
 from cogs.feedback import describe_refusal
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -89,20 +86,9 @@ def test_a_disguised_term_is_always_found(case: tuple[str, str], others: list[st
     assert contains_blocked_term(prompt, (term, *others)), (term, prompt)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with await Store.open(tmp_path / "fuzz.db") as opened:
-        yield opened
-
-
-@pytest.fixture
-def bot_settings() -> Settings:
-    return load_settings(DISCORD_TOKEN="t", FLUX_API_KEY="k")
-
-
-async def check(store: Store, bot_settings: Settings, guild_id: int, prompt: str) -> Refusal | None:
+async def check(store: Store, settings: Settings, guild_id: int, prompt: str) -> Refusal | None:
     try:
-        await admit(store, bot_settings, guild_id=guild_id, channel_id=1, model="flux-dev", count=1, prompt=prompt)
+        await admit(store, settings, guild_id=guild_id, channel_id=1, model="flux-dev", count=1, prompt=prompt)
     except Refusal as refusal:
         return refusal
     return None
@@ -117,13 +103,13 @@ async def block(store: Store, guild_id: int, blocked: list[str]) -> None:
 @FUZZ
 @given(case=prompts_containing(), others=st.lists(st.text(max_size=20), max_size=5))
 async def test_a_server_refuses_a_disguised_term_without_naming_it(
-    store: Store, bot_settings: Settings, case: tuple[str, str], others: list[str]
+    store: Store, settings: Settings, case: tuple[str, str], others: list[str]
 ) -> None:
     term, prompt = case
     guild_id = next(GUILDS)
     await block(store, guild_id, [*others, term])
 
-    refusal = await check(store, bot_settings, guild_id, prompt)
+    refusal = await check(store, settings, guild_id, prompt)
 
     assert refusal is not None and refusal.kind is RefusalKind.BLOCKED_TERM
     # Nothing of the term travels with the refusal, so the member's message cannot name it.
@@ -134,11 +120,11 @@ async def test_a_server_refuses_a_disguised_term_without_naming_it(
 @FUZZ
 @given(prompt=st.text(max_size=300), blocked=st.lists(st.text(max_size=30), max_size=6))
 async def test_any_prompt_and_terms_end_in_an_answer_or_the_typed_refusal(
-    store: Store, bot_settings: Settings, prompt: str, blocked: list[str]
+    store: Store, settings: Settings, prompt: str, blocked: list[str]
 ) -> None:
     guild_id = next(GUILDS)
     await block(store, guild_id, blocked)
 
-    refusal = await check(store, bot_settings, guild_id, prompt)  # anything but a Refusal fails the test
+    refusal = await check(store, settings, guild_id, prompt)  # anything but a Refusal fails the test
 
     assert (refusal is not None) == contains_blocked_term(prompt, tuple(blocked))

@@ -70,12 +70,6 @@ class RecordingCourier:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with await Store.open(tmp_path / "fluxbot.db") as opened:
-        yield opened
-
-
-@pytest.fixture
 def courier() -> RecordingCourier:
     return RecordingCourier()
 

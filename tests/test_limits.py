@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from bot import db
@@ -13,12 +10,6 @@ from bot.limits import DM_GUILD_ID, Refusal, RefusalKind, admit, contains_blocke
 from bot.settings import Settings, load_settings
 
 GUILD, CHANNEL, ADMIN = 10, 20, 30
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with await Store.open(tmp_path / "limits.db") as opened:
-        yield opened
 
 
 @pytest.fixture
