@@ -28,7 +28,7 @@ from aiohttp import web
 
 from .model import RestCall
 
-__all__ = ["FaultKind", "FaultRule", "InjectedFault", "RestFault", "RestFaults"]
+__all__ = ["Chooser", "FaultKind", "FaultRule", "InjectedFault", "RestFault", "RestFaults"]
 
 
 class FaultKind(StrEnum):
