@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatch
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -97,7 +98,7 @@ class RestFault:
             }
             return 429, body
         if self.kind is FaultKind.SERVER_ERROR:
-            return self.status, {"message": f"{self.status}: Internal Server Error", "code": 0}
+            return self.status, {"message": f"{self.status}: {HTTPStatus(self.status).phrase}", "code": 0}
         return 0, None  # dropped: nothing is ever sent
 
 
