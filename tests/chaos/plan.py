@@ -40,7 +40,6 @@ CHANNELS = ("general", "art", "memes")
 #: Seconds during which the jobs arrive and everything goes wrong; afterwards the run calms down.
 WINDOW = 15.0
 KILLS = 3
-LOCKS = 2
 #: A task that takes this long outlives any job deadline of the run: the bot must give it up.
 TOO_SLOW = 40.0
 
@@ -181,10 +180,11 @@ class ChaosPlan:
             for n, (member, at) in enumerate(zip(members, times, strict=True))
         )
         # The bot is killed in the first part of the window, so that its last life meets faults and a lock too.
+        # Two locks of 0.5 to 7 s, one at a time: one early, one after the last kill.
         kills = _spaced(rng, KILLS, 1.0, WINDOW * 0.6, gap=2.0)
-        holds = [rng.uniform(0.5, 7.0) for _ in range(LOCKS)]
+        holds = (rng.uniform(0.5, 7.0), rng.uniform(0.5, 7.0))
         first = rng.uniform(0.5, WINDOW * 0.4)
-        last = max(first + holds[0] + 0.5, rng.uniform(kills[-1] + 1.0, WINDOW - 2.0))  # one at a time
+        last = max(first + holds[0] + 0.5, rng.uniform(kills[-1] + 1.0, WINDOW - 2.0))
         final = JobPlan(JOBS, 0, 0, 1, 0.0, f"chaos {seed} final job: a quiet harbour at dawn", (), TaskPlan(0.5))
         return cls(
             seed=seed,

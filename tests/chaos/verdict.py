@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 ENDED = frozenset({"posted", "failed", "lost"})
+#: How the member's status line (and a notice in the channel) starts when their job failed (cogs/results.py).
+FAILED_MARK = "❌"
 FOOTER = re.compile(r"Job #(\d+)")
 
 
@@ -236,7 +238,7 @@ def judge(
                     job.id,
                     detail(job),
                 )
-            if line.startswith("❌"):
+            if line.startswith(FAILED_MARK):
                 verdict.broken(
                     "member told the truth",
                     f"job {job.id} was posted, but its member was told it failed",
@@ -251,7 +253,7 @@ def judge(
                     job.id,
                     detail(job),
                 )
-            told = line.startswith("❌")
+            told = line.startswith(FAILED_MARK)
             if not told and notices[(job.user_id, job.channel_id)] > 0:
                 notices[(job.user_id, job.channel_id)] -= 1
                 told = True
@@ -322,7 +324,7 @@ def _post_attempts(discord: DiscordEmulator) -> dict[int, list[str]]:
 def _channel_notices(discord: DiscordEmulator) -> Counter[tuple[int, int]]:
     """(member, channel) -> the bot's channel messages telling that member a job failed."""
     notices: Counter[tuple[int, int]] = Counter()
-    mention = re.compile(r"^<@!?(\d+)> ❌")
+    mention = re.compile(rf"^<@!?(\d+)> {FAILED_MARK}")
     for message in discord.messages.values():
         mine = message.author.id == discord.bot_user.id and not message.ephemeral and not message.deleted
         if mine and (match := mention.match(message.content)) is not None:
