@@ -275,7 +275,7 @@ def poll_fault(seed: int, n: int) -> FluxFault | None:
 
 
 def post_fault_chooser(seed: int) -> Callable[[RestCall], RestFault | None]:
-    """Discord's answer to the bot's channel posts: about one attempt in three fails, keyed by nonce and attempt."""
+    """Discord's answer to the bot's channel posts: two attempts in five fail, keyed by nonce and attempt."""
     attempts: dict[str, int] = {}
 
     def choose(call: RestCall) -> RestFault | None:
@@ -285,13 +285,13 @@ def post_fault_chooser(seed: int) -> Callable[[RestCall], RestFault | None]:
         attempts[key] = attempt + 1
         rng = random.Random(f"{seed}/post/{key}/{attempt}")
         choices: list[tuple[float, Callable[[], RestFault | None]]] = [
-            (65, lambda: None),
+            (60, lambda: None),
             (10, lambda: RestFault.server_error(503)),
             (2, lambda: RestFault.server_error(500)),
             (2, lambda: RestFault.server_error(502)),
             (7, lambda: RestFault.rate_limited(round(rng.uniform(0.1, 1.0), 3))),
             (7, lambda: RestFault.dropped(after=False)),
-            (7, lambda: RestFault.dropped(after=True)),
+            (12, lambda: RestFault.dropped(after=True)),
         ]
         return rng.choices([make for _, make in choices], weights=[weight for weight, _ in choices])[0]()
 
