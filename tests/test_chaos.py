@@ -15,6 +15,7 @@ Invariants, checked on what the run left (``tests.chaos.verdict``):
   sent) with its member told so (their status line, or a message in the channel) and no result in the channel;
 - no prompt is sent to the provider again unless the provider refused it for certain (429);
 - per member, ``used`` is what was posted in the channel and nothing stays ``reserved``;
+- no ended job keeps its member's interaction token;
 - no loop stops: none dies in the bot's log, and the final job is posted within two poll intervals of its
   task finishing.
 

@@ -52,6 +52,7 @@ class JobRow:
     posted_message_id: int | None
     charged_images: int
     reserved_images: int
+    token_kept: bool  # whether the member's interaction token is still stored
 
 
 def _connect(database: Path) -> sqlite3.Connection:
@@ -62,9 +63,9 @@ def read_jobs(database: Path) -> list[JobRow]:
     with contextlib.closing(_connect(database)) as conn:
         rows = conn.execute(
             """SELECT id, user_id, channel_id, prompt, count, status, error_code, error_message, posted_message_id,
-                      charged_images, reserved_images FROM jobs ORDER BY id"""
+                      charged_images, reserved_images, interaction_token IS NOT NULL FROM jobs ORDER BY id"""
         ).fetchall()
-    return [JobRow(*row) for row in rows]
+    return [JobRow(*row[:-1], token_kept=bool(row[-1])) for row in rows]
 
 
 def read_usage(database: Path) -> dict[int, tuple[int, int]]:
@@ -220,6 +221,10 @@ def judge(
         if job.status not in ENDED:
             verdict.broken("every job ends", f"job {job.id} never ended: still {job.status}", job.id, detail(job))
             continue
+        if job.token_kept:
+            verdict.broken(
+                "no token kept", f"job {job.id} {job.status}, and its interaction token is still stored", job.id
+            )
         line = status_line(interactions.get(job.prompt))
         if job.status == "posted":
             if len(posts) != 1:
