@@ -210,6 +210,7 @@ class JobRunner:
         self._last_progress: dict[int, tuple[float, JobUpdate]] = {}
         self._recovered: set[int] | None = None
         self._reported: set[str] = set()
+        self._telling: set[int] = set()
         self._delivery_slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
         self._running = False
 
@@ -301,7 +302,7 @@ class JobRunner:
     async def _lose(self, job: Job) -> None:
         if await db.mark_lost(self._store, job.id, LOST_MESSAGE):
             log.warning("job %d was cut off while being submitted; marked lost", job.id)
-            await self._notify(job, JobFailed(LOST_MESSAGE))
+            await self._tell_final(job, JobFailed(LOST_MESSAGE))
 
     async def _start_job(self, job: Job) -> None:
         """Send one submit, exactly once, and record its outcome (however long the database is busy)."""
@@ -382,6 +383,7 @@ class JobRunner:
         await asyncio.gather(*(self._progress(job, JobStarted(now - job.created_at)) for job in still_running))
         for job in await db.jobs_in(self._store, JobStatus.SUCCEEDED):
             self._deliver_soon(job)
+        await self._tell_owed()
 
     async def _statuses(self, handles: list[str]) -> dict[str, TaskStatus]:
         """The provider's news about ``handles``; none this tick if it cannot be asked (deadlines still apply)."""
@@ -455,6 +457,11 @@ class JobRunner:
                 first_failure = now if first_failure is None else first_failure
                 delay = self._delivery_backoff.delay(attempt)
                 if not error.retryable or delay is None or now + delay - first_failure > self._delivery_window:
+                    # The last post may have reached the channel even though its answer did not.
+                    found = await self._find_posted(job) if look_first else None
+                    if found is not None:
+                        await self._persist(job, partial(self._posted, job, found))
+                        return
                     log.warning("job %d: giving up delivery after %d attempt(s): %s", job.id, attempt + 1, error)
                     await self._persist(job, partial(self._fail, job, "delivery", DELIVERY_FAILED_MESSAGE))
                     return
@@ -471,7 +478,7 @@ class JobRunner:
     async def _posted(self, job: Job, posted: PostedResult) -> None:
         if await db.mark_posted(self._store, job.id, posted.message_id, posted.images):
             log.info("job %d posted as message %d", job.id, posted.message_id)
-            await self._notify(job, JobDone(posted.message_id))
+            await self._tell_final(job, JobDone(posted.message_id))
         self._forget(job.id)
 
     async def _find_posted(self, job: Job) -> PostedResult | None:
@@ -490,8 +497,32 @@ class JobRunner:
     async def _fail(self, job: Job, code: str, message: str) -> None:
         self._dispatch_needed.set()
         if await db.mark_failed(self._store, job.id, code, message):
-            await self._notify(job, JobFailed(message))
+            await self._tell_final(job, JobFailed(message))
         self._forget(job.id)
+
+    async def _tell_final(self, job: Job, update: JobDone | JobFailed) -> None:
+        """Give the member an ended job's last word, then settle it (and forget the interaction token).
+
+        The word is owed in the database from the moment the job ended, so a bot stopped in between, or a
+        settling that met a busy database, says it at a later tick instead of never.
+        """
+        self._telling.add(job.id)
+        try:
+            await self._notify(job, update)
+            await db.mark_told(self._store, job.id)
+        finally:
+            self._telling.discard(job.id)
+
+    async def _tell_owed(self) -> None:
+        """Say the last words still owed, e.g. because the previous run stopped right after a job ended."""
+        underway = set(self._telling)  # taken before the read: these are being told right now
+        for job in await db.jobs_owing_final_word(self._store):
+            if job.id in underway or job.id in self._telling:
+                continue
+            if job.status is JobStatus.POSTED and job.posted_message_id is not None:
+                await self._tell_final(job, JobDone(job.posted_message_id))
+            else:
+                await self._tell_final(job, JobFailed(job.error_message or INTERNAL_ERROR_MESSAGE))
 
     def _forget(self, job_id: int) -> None:
         self._strikes.pop(job_id, None)

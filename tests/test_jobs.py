@@ -609,3 +609,46 @@ async def test_an_edit_queued_with_a_source_off_discord_is_refused_before_anythi
     assert isinstance(final, JobFailed) and "stored on Discord" in final.message
     assert flux_emulator.count("POST", "/flux/images") == 0
     assert (await db.user_usage(store, 1, job.user_id)).today == 0
+
+
+async def test_a_post_made_by_the_last_attempt_of_the_window_is_found_not_failed(
+    make_runner: RunnerFactory, courier: RecordingCourier, store: Store
+) -> None:
+    class AnswerLost(RecordingCourier):
+        async def deliver(self, job: Job, images: Sequence[DownloadedImage]) -> int:
+            await super().deliver(job, images)
+            raise DeliveryError("connection reset after the post", retryable=True)
+
+    lossy = AnswerLost()
+    runner = make_runner(courier=lossy, delivery_window=0.0)  # no time for another attempt
+    await runner.start()
+
+    job = await accepted(runner, request(count=2))
+    await lossy.wait_for(lambda: lossy.final(job.id) is not None)
+
+    assert lossy.final(job.id) == JobDone(1000 + job.id)
+    assert (await db.user_usage(store, 1, job.user_id)).today == 2
+
+
+async def test_a_last_word_the_previous_run_could_not_say_is_said_at_the_next_start(
+    make_runner: RunnerFactory, courier: RecordingCourier, store: Store
+) -> None:
+    # The previous run ended these jobs and was killed before it told their members.
+    before = make_runner()
+    failed = await accepted(before, request(0, interaction_token="t0", interaction_application_id=7))
+    posted = await accepted(before, request(1, interaction_token="t1", interaction_application_id=7))
+    assert await db.mark_failed(store, failed.id, "api_error", "The image service is having trouble.")
+    assert await db.mark_submitting(store, posted.id)
+    assert await db.mark_submitted(store, posted.id, "task-1")
+    assert await db.mark_succeeded(store, posted.id, ["https://cdn.example/x.png"], None)
+    assert await db.mark_posted(store, posted.id, 555, 1)
+
+    restarted = make_runner()
+    await restarted.start()
+    await courier.wait_for(lambda: courier.final(failed.id) is not None and courier.final(posted.id) is not None)
+
+    assert courier.final(failed.id) == JobFailed("The image service is having trouble.")
+    assert courier.final(posted.id) == JobDone(555)
+    await asyncio.sleep(0.2)  # more ticks: each word is said once
+    assert [j for j, u in courier.updates if isinstance(u, JobDone | JobFailed)] == [failed.id, posted.id]
+    assert await db.jobs_owing_final_word(store) == []

@@ -36,6 +36,7 @@ from bot.db import (
     get_job,
     guild_usage_today,
     jobs_in,
+    jobs_owing_final_word,
     load_migrations,
     mark_failed,
     mark_lost,
@@ -43,6 +44,7 @@ from bot.db import (
     mark_submitted,
     mark_submitting,
     mark_succeeded,
+    mark_told,
     queue_position,
     recent_limit_changes,
     remove_blocked_term,
@@ -355,11 +357,10 @@ async def test_a_post_of_more_images_than_reserved_is_recorded_and_charged_only_
     assert await usage_row(store, "2025-03-14") == (0, 1)
 
 
-async def test_ending_a_job_clears_its_interaction_token(store: Store) -> None:
+async def test_ending_a_job_owes_its_member_a_last_word_and_saying_it_clears_the_token(store: Store) -> None:
     ended = []
     for end in ("posted", "failed", "lost"):
         job = await accepted(store, request(interaction_token="secret-token", interaction_application_id=7))
-        assert job.interaction_token == "secret-token"
         if end == "lost":
             assert await mark_submitting(store, job.id)
             assert await mark_lost(store, job.id, "lost")
@@ -369,14 +370,18 @@ async def test_ending_a_job_clears_its_interaction_token(store: Store) -> None:
             await advance(store, job.id, JobStatus.SUBMITTED)
             assert await mark_succeeded(store, job.id, ["a"], None)
             assert await mark_posted(store, job.id, 1, delivered=1)
-        ended.append(await get_job(store, job.id))
-    assert [(job.status.value, job.interaction_token) for job in ended if job] == [
-        ("posted", None),
-        ("failed", None),
-        ("lost", None),
-    ]
-    row = await store.fetch_one("SELECT count(*) FROM jobs WHERE interaction_token IS NOT NULL")
-    assert row is not None and row[0] == 0
+        ended.append(job.id)
+    running = await accepted(store, request(interaction_token="still-needed"))
+
+    owed = await jobs_owing_final_word(store)
+    assert [job.id for job in owed] == ended  # a bot stopped now says them at its next start
+    assert all(job.interaction_token == "secret-token" for job in owed)  # kept to say it
+
+    for job_id in ended:
+        await mark_told(store, job_id)
+    assert await jobs_owing_final_word(store) == []
+    row = await store.fetch_one("SELECT group_concat(id) FROM jobs WHERE interaction_token IS NOT NULL")
+    assert row is not None and row[0] == str(running.id)
 
 
 async def test_queue_positions_and_status_lookups_follow_job_order(store: Store) -> None:

@@ -11,7 +11,8 @@ wrong status changes nothing and returns ``False``)::
 Settling the reservation happens in the same transaction as the transition that ends the job:
 ``posted`` charges what was delivered (at most what was reserved), ``failed`` and ``lost`` charge nothing.
 Because a terminal job can never transition again, repeating a call can never charge or release twice.
-The transition that ends a job also clears its interaction token: a secret that is no use any more.
+The transition that ends a job also records that its member is owed a last word (done, or why not);
+:func:`mark_told` settles that once it is said, and clears the interaction token, a secret of no more use.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ __all__ = [
     "create_job",
     "get_job",
     "jobs_in",
+    "jobs_owing_final_word",
     "mark_failed",
     "mark_lost",
     "mark_posted",
     "mark_submitted",
     "mark_submitting",
     "mark_succeeded",
+    "mark_told",
     "queue_position",
     "submitted_job",
 ]
@@ -168,7 +171,7 @@ async def mark_posted(store: Store, job_id: int, message_id: int, delivered: int
         row = await tx.fetch_one(
             """
             UPDATE jobs SET status = 'posted', posted_message_id = ?, posted_at = ?,
-                            charged_images = min(?, reserved_images), interaction_token = NULL
+                            charged_images = min(?, reserved_images), final_word_owed = 1
             WHERE id = ? AND status = 'succeeded'
             RETURNING guild_id, user_id, usage_day, reserved_images, charged_images
             """,
@@ -194,7 +197,7 @@ async def mark_failed(store: Store, job_id: int, code: str, message: str) -> boo
         row = await tx.fetch_one(
             """
             UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, finished_at = ?,
-                            interaction_token = NULL
+                            final_word_owed = 1
             WHERE id = ? AND status IN ('queued', 'submitting', 'submitted', 'succeeded')
             RETURNING guild_id, user_id, usage_day, reserved_images
             """,
@@ -211,7 +214,7 @@ async def mark_lost(store: Store, job_id: int, message: str) -> bool:
         row = await tx.fetch_one(
             """
             UPDATE jobs SET status = 'lost', error_code = ?, error_message = ?, finished_at = ?,
-                            interaction_token = NULL
+                            final_word_owed = 1
             WHERE id = ? AND status = 'submitting'
             RETURNING guild_id, user_id, usage_day, reserved_images
             """,
@@ -220,6 +223,21 @@ async def mark_lost(store: Store, job_id: int, message: str) -> bool:
         if row is not None:
             await _settle(tx, row, used=0)
         return await _done(tx, job_id, row, JobStatus.LOST)
+
+
+async def mark_told(store: Store, job_id: int) -> None:
+    """The member has been given the ended job's last word: forget the interaction token."""
+    async with store.transaction() as tx:
+        await tx.execute(
+            "UPDATE jobs SET final_word_owed = 0, interaction_token = NULL WHERE id = ? AND final_word_owed = 1",
+            (job_id,),
+        )
+
+
+async def jobs_owing_final_word(store: Store) -> list[Job]:
+    """Ended jobs whose member was not yet given the last word (the bot stopped in between), oldest first."""
+    rows = await store.fetch_all("SELECT * FROM jobs WHERE final_word_owed = 1 ORDER BY id")
+    return [_job(row) for row in rows]
 
 
 async def get_job(store: Store, job_id: int) -> Job | None:
