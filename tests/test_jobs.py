@@ -128,6 +128,16 @@ async def accepted(runner: JobRunner, new: NewJob) -> Job:
     return job
 
 
+async def one_job_to_its_end(runner: JobRunner, courier: RecordingCourier, count: int = 2) -> tuple[Job, JobUpdate]:
+    """Start ``runner``, ask for one job of ``count`` images, and wait for its last word."""
+    await runner.start()
+    job = await accepted(runner, request(count=count))
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+    final = courier.final(job.id)
+    assert final is not None
+    return job, final
+
+
 async def test_a_generation_is_delivered_with_the_providers_images_and_charged(
     make_runner: RunnerFactory, courier: RecordingCourier, store: Store, flux_emulator: FluxEmulator
 ) -> None:
@@ -526,13 +536,9 @@ async def test_a_short_outage_of_the_chat_platform_does_not_lose_the_result(
     make_runner: RunnerFactory, courier: RecordingCourier, store: Store
 ) -> None:
     courier.failures_to_inject = [DeliveryError("503 Service Unavailable", retryable=True)] * 5
-    runner = make_runner()
-    await runner.start()
+    job, final = await one_job_to_its_end(make_runner(), courier)
 
-    job = await accepted(runner, request(count=2))
-    await courier.wait_for(lambda: courier.final(job.id) is not None)
-
-    assert courier.final(job.id) == JobDone(1000 + job.id)
+    assert final == JobDone(1000 + job.id)
     assert (await db.user_usage(store, 1, job.user_id)).today == 2
 
 
@@ -540,13 +546,9 @@ async def test_an_outage_longer_than_the_delivery_window_fails_the_job_and_charg
     make_runner: RunnerFactory, courier: RecordingCourier, store: Store
 ) -> None:
     courier.failures_to_inject = [DeliveryError("503 Service Unavailable", retryable=True)] * 1000
-    runner = make_runner(delivery_window=0.3)
-    await runner.start()
+    job, final = await one_job_to_its_end(make_runner(delivery_window=0.3), courier)
 
-    job = await accepted(runner, request(count=2))
-    await courier.wait_for(lambda: courier.final(job.id) is not None)
-
-    assert isinstance(courier.final(job.id), JobFailed)
+    assert isinstance(final, JobFailed)
     assert 5 < 1000 - len(courier.failures_to_inject) < 100, "retried with backoff for the window, then given up"
     assert (await db.user_usage(store, 1, job.user_id)).today == 0
 
@@ -621,12 +623,9 @@ async def test_a_post_made_by_the_last_attempt_of_the_window_is_found_not_failed
 
     lossy = AnswerLost()
     runner = make_runner(courier=lossy, delivery_window=0.0)  # no time for another attempt
-    await runner.start()
+    job, final = await one_job_to_its_end(runner, lossy)
 
-    job = await accepted(runner, request(count=2))
-    await lossy.wait_for(lambda: lossy.final(job.id) is not None)
-
-    assert lossy.final(job.id) == JobDone(1000 + job.id)
+    assert final == JobDone(1000 + job.id)
     assert (await db.user_usage(store, 1, job.user_id)).today == 2
 
 
