@@ -18,6 +18,7 @@ import discord
 from bot.app import open_bot
 from bot.logs import configure_logging
 from bot.settings import Settings, SettingsError, load_settings
+from bot.startup import connect_with_retries, hold_database, log_in_with_retries, quiet_reconnects
 from bot.tasks import TaskSet
 
 log = logging.getLogger("bot")
@@ -29,6 +30,10 @@ EXIT_CONFIG = 2
 async def main(settings: Settings) -> None:
     """Run the bot until it is stopped: by Ctrl-C, or by SIGTERM (what Docker and service managers send).
 
+    Only one process runs on a database (a second one exits 2). Logging in and connecting ride out network
+    failures (see bot.startup); a refused token or intent raises discord.LoginFailure or
+    discord.PrivilegedIntentsRequired.
+
     A signal while logging in cancels main(); once logged in it closes the bot instead, discord.py's own
     way to stop: on Python 3.11 a cancellation that arrives just as the gateway connects is lost, and
     closing while still logging in would break the login's requests. open_bot() closes the rest.
@@ -36,19 +41,23 @@ async def main(settings: Settings) -> None:
     main_task = asyncio.current_task()
     assert main_task is not None
     shutdown = TaskSet("shutdown")
-    async with open_bot(settings) as bot:
-        logged_in = False
+    stopping = asyncio.Event()  # ends the waits between retries at once
+    with hold_database(settings):  # before the database is opened
+        async with open_bot(settings) as bot:
+            logged_in = False
 
-        def stop() -> None:
-            if logged_in:
-                shutdown.spawn(bot.close(), name="close")
-            else:
-                main_task.cancel()
+            def stop() -> None:
+                stopping.set()
+                if logged_in:
+                    shutdown.spawn(bot.close(), name="close")
+                else:
+                    main_task.cancel()
 
-        with _on_stop_signals(stop):
-            await bot.login(settings.discord_token.get_secret_value())
-            logged_in = True
-            await bot.connect()
+            with _on_stop_signals(stop), quiet_reconnects(bot):
+                if not await log_in_with_retries(bot, settings.discord_token.get_secret_value(), stopping):
+                    return
+                logged_in = True
+                await connect_with_retries(bot, stopping)
 
 
 @contextlib.contextmanager

@@ -56,6 +56,10 @@ class FluxBot(commands.Bot):
     ) -> None:
         intents = discord.Intents.default()
         intents.message_content = settings.message_content_intent
+        # The bot has no voice features: discord.py's start-up warnings about missing voice libraries
+        # (PyNaCl, davey) would only look like errors to the operator.
+        discord.VoiceClient.warn_nacl = False
+        discord.VoiceClient.warn_dave = False
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
@@ -81,13 +85,37 @@ class FluxBot(commands.Bot):
             delivery_window=settings.delivery_retry_window,
             media_hosts=settings.discord_media_hosts,
         )
+        self._buttons_added = False
+        self._runner_started = False
+        self._announced = False
 
     async def setup_hook(self) -> None:
+        """Runs at the end of each login; a login retried after a network failure runs it again, so each
+        step is done once: the extensions, the buttons, the runner (the command sync is cheap to repeat)."""
         for extension in EXTENSIONS:
-            await self.load_extension(extension)
-        self.add_dynamic_items(JobButton)
+            if extension not in self.extensions:
+                await self.load_extension(extension)
+        if not self._buttons_added:
+            self.add_dynamic_items(JobButton)
+            self._buttons_added = True
         await self.sync_commands_if_changed()
-        await self.runner.start()
+        if not self._runner_started:
+            self._runner_started = True
+            await self.runner.start()
+
+    async def on_ready(self) -> None:
+        """Once, at the first READY: who the bot is, where, and with what (never a secret)."""
+        if self._announced or self.user is None:
+            return
+        self._announced = True
+        log.info(
+            "logged in as %s (id %s); in %d servers; provider %s; database %s",
+            self.user,
+            self.user.id,
+            len(self.guilds),
+            self.settings.flux_provider.value,
+            self.settings.database_path,
+        )
 
     async def on_message(self, message: discord.Message, /) -> None:
         """The bot has no text commands ("@bot make it blue" is an edit request, handled by the imagine cog),

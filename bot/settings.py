@@ -6,11 +6,13 @@ so they are spelled out here exactly as the README documents them.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.images import DEFAULT_MEDIA_HOSTS, MediaHosts
@@ -48,7 +50,7 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite:///data/fluxbot.db", alias="DATABASE_URL")
     discord_api_base: str = Field("https://discord.com/api/v10", alias="DISCORD_API_BASE")
     discord_gateway_url: str = Field("wss://gateway.discord.gg/", alias="DISCORD_GATEWAY_URL")
-    flux_poll_interval: float = Field(5.0, ge=0, alias="FLUX_POLL_INTERVAL")
+    flux_poll_interval: float = Field(5.0, gt=0, alias="FLUX_POLL_INTERVAL")
     flux_job_timeout: float = Field(600.0, gt=0, alias="FLUX_JOB_TIMEOUT")
     flux_max_concurrency: int = Field(8, ge=1, alias="FLUX_MAX_CONCURRENCY")
     delivery_retry_window: float = Field(900.0, ge=0, alias="DELIVERY_RETRY_WINDOW")
@@ -69,6 +71,52 @@ class Settings(BaseSettings):
     default_cooldown: float = Field(0.0, ge=0, alias="DEFAULT_COOLDOWN")
     allow_dms: bool = Field(False, alias="ALLOW_DMS")
     dm_user_daily: int = Field(10, ge=0, alias="DM_USER_DAILY")
+
+    @field_validator("flux_provider", mode="before")
+    @classmethod
+    def _provider_any_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"must be a logging level name ({', '.join(_LOG_LEVELS)}), not {value!r}")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _usable_database_url(cls, value: str) -> str:
+        _sqlite_path(value)
+        return value
+
+    @field_validator("callback_listen")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        host, colon, port = value.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"must be host:port with a port from 0 to 65535 (like 0.0.0.0:8080), not {value!r}")
+        return value
+
+    @field_validator("flux_api_base", "discord_api_base", "callback_public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute_url(value, ("http", "https"))
+
+    @field_validator("discord_gateway_url")
+    @classmethod
+    def _websocket_url(cls, value: str) -> str:
+        return _absolute_url(value, ("ws", "wss"))
+
+    @model_validator(mode="after")
+    def _callbacks_need_a_provider_that_sends_them(self) -> Self:
+        if self.callback_public_url and self.flux_provider is not Provider.ACEDATA:
+            raise ValueError(
+                f"CALLBACK_PUBLIC_URL is set but FLUX_PROVIDER={self.flux_provider.value} sends no callbacks "
+                "(only acedata does); unset CALLBACK_PUBLIC_URL"
+            )
+        return self
 
     @model_validator(mode="after")
     def _resolve_api_base(self) -> Self:
@@ -91,10 +139,40 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         """The SQLite file named by ``DATABASE_URL`` (``sqlite:///relative`` or ``sqlite:////absolute``)."""
-        prefix = "sqlite:///"
-        if not self.database_url.startswith(prefix):
-            raise ValueError(f"DATABASE_URL must start with {prefix!r}")
-        return Path(self.database_url.removeprefix(prefix))
+        return _sqlite_path(self.database_url)
+
+
+#: The level names LOG_LEVEL accepts, in any case.
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+_SQLITE_PREFIX = "sqlite:///"
+
+
+def _sqlite_path(url: str) -> Path:
+    """The database file of a ``sqlite:///`` URL, if the bot can create or open it there (nothing is created)."""
+    if not url.startswith(_SQLITE_PREFIX):
+        scheme = url.partition("://")[0] if "://" in url else url
+        raise ValueError(f"only sqlite:///path is supported (sqlite:///relative, sqlite:////absolute), not {scheme!r}")
+    path = Path(url.removeprefix(_SQLITE_PREFIX))
+    if not path.name:
+        raise ValueError("names no file (expected sqlite:///path/to/fluxbot.db)")
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a directory, not a database file")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{str(ancestor)!r} is not a directory, so {str(path)!r} cannot be created")
+    if not path.exists() and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{str(ancestor)!r} is not writable, so {str(path)!r} cannot be created")
+    return path
+
+
+def _absolute_url(value: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme.lower() not in schemes or not parts.hostname:
+        raise ValueError(f"must be an absolute {' or '.join(s + '://' for s in schemes)} URL")
+    return value.strip()
 
 
 class SettingsError(Exception):
