@@ -92,7 +92,7 @@ def run() -> None:
     except SettingsError as exc:
         print(f"fluxbot: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
-    configure_logging(settings.log_level, [settings.discord_token, settings.flux_api_key])
+    configure_logging(settings.log_level, [settings.discord_token, settings.flux_api_key], settings.log_format)
     try:
         asyncio.run(main(settings))
     except (KeyboardInterrupt, asyncio.CancelledError):  # a signal while starting cancels main()

@@ -6,6 +6,7 @@ exactly the bot that operators run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,7 +23,9 @@ from bot.callbacks import CallbackReceiver
 from bot.db import Store
 from bot.endpoints import point_discord_at
 from bot.flux import FluxClient, create_flux_client
+from bot.health import HealthServer
 from bot.jobs import JobRunner
+from bot.metrics import Metrics, stop_using, using
 from bot.settings import Settings
 from cogs import EXTENSIONS
 from cogs.feedback import reply_with_error
@@ -53,7 +56,9 @@ class FluxBot(commands.Bot):
         store: Store,
         flux: FluxClient,
         guild_ready_timeout: float = 2.0,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics(settings.flux_provider.value)
         intents = discord.Intents.default()
         intents.message_content = settings.message_content_intent
         # The bot has no voice features: discord.py's start-up warnings about missing voice libraries
@@ -69,6 +74,7 @@ class FluxBot(commands.Bot):
             chunk_guilds_at_startup=False,
             guild_ready_timeout=guild_ready_timeout,
             help_command=None,
+            http_trace=self.metrics.discord_trace(),  # counts discord.py's requests by status
         )
         self.settings = settings
         self.session = session
@@ -88,6 +94,8 @@ class FluxBot(commands.Bot):
         self._buttons_added = False
         self._runner_started = False
         self._announced = False
+        #: Serves /healthz and /metrics when METRICS_LISTEN is set (its ``port`` is the bound one).
+        self.health_server: HealthServer | None = None
 
     async def setup_hook(self) -> None:
         """Runs at the end of each login; a login retried after a network failure runs it again, so each
@@ -149,8 +157,15 @@ async def open_bot(settings: Settings, *, guild_ready_timeout: float = 2.0) -> A
     point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
     async with aiohttp.ClientSession() as session, await Store.open(settings.database_path) as store:
         flux = create_flux_client(settings, session)
+        metrics = Metrics(settings.flux_provider.value)
+        metrics_token = using(metrics)  # the runner and the provider client record into this bot's metrics
         bot = FluxBot(
-            settings=settings, session=session, store=store, flux=flux, guild_ready_timeout=guild_ready_timeout
+            settings=settings,
+            session=session,
+            store=store,
+            flux=flux,
+            guild_ready_timeout=guild_ready_timeout,
+            metrics=metrics,
         )
         receiver = None
         if settings.callback_public_url and flux.supports_callbacks:
@@ -159,10 +174,18 @@ async def open_bot(settings: Settings, *, guild_ready_timeout: float = 2.0) -> A
             )
             await receiver.start()
         try:
+            if settings.metrics_listen:
+                health = HealthServer(client=bot, store=store, metrics=metrics, listen=settings.metrics_listen)
+                await health.start()
+                bot.health_server = health
             yield bot
         finally:
             if receiver is not None:
                 await receiver.stop()
+            if bot.health_server is not None:
+                await bot.health_server.stop()
+            with contextlib.suppress(ValueError):  # the block may end in another context than it began
+                stop_using(metrics_token)
             # Also when a close is under way (begun by a signal): discord.py's close() then waits for it,
             # so nothing uses the session or the store after they are closed.
             await bot.close()

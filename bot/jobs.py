@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from bot import db
+from bot import db, metrics
 from bot.db import Job, JobKind, JobStatus, NewJob, QuotaLimits, QuotaRefusal, Store, StoreBusyError
 from bot.flux import (
     EditRequest,
@@ -49,6 +49,7 @@ from bot.flux import (
     UpstreamError,
 )
 from bot.images import DownloadedImage, DownloadError, ImageError, MediaHosts, download_image
+from bot.logs import bind_job, job_context, unbind_job
 from bot.tasks import TaskSet
 
 __all__ = [
@@ -243,7 +244,8 @@ class JobRunner:
         """Record ``new`` under ``limits`` and queue it. Returns the job or the refusal."""
         outcome = await db.create_job(self._store, new, limits)
         if isinstance(outcome, Job):
-            log.info("job %d queued: %s %s for user %d", outcome.id, outcome.kind, outcome.model, outcome.user_id)
+            with job_context(outcome):
+                log.info("job %d queued: %s %s for user %d", outcome.id, outcome.kind, outcome.model, outcome.user_id)
             self._dispatch_needed.set()
         return outcome
 
@@ -301,11 +303,13 @@ class JobRunner:
 
     async def _lose(self, job: Job) -> None:
         if await db.mark_lost(self._store, job.id, LOST_MESSAGE):
+            metrics.current().job_ended(job.kind, "lost")
             log.warning("job %d was cut off while being submitted; marked lost", job.id)
             await self._tell_final(job, JobFailed(LOST_MESSAGE))
 
     async def _start_job(self, job: Job) -> None:
         """Send one submit, exactly once, and record its outcome (however long the database is busy)."""
+        bind_job(job)  # this task handles this one job: what it logs is about it
         try:
             try:
                 submission = await self._send(job)
@@ -477,6 +481,7 @@ class JobRunner:
 
     async def _posted(self, job: Job, posted: PostedResult) -> None:
         if await db.mark_posted(self._store, job.id, posted.message_id, posted.images):
+            metrics.current().job_posted(job.kind, posted.images, self._clock() - job.created_at)
             log.info("job %d posted as message %d", job.id, posted.message_id)
             await self._tell_final(job, JobDone(posted.message_id))
         self._forget(job.id)
@@ -497,6 +502,7 @@ class JobRunner:
     async def _fail(self, job: Job, code: str, message: str) -> None:
         self._dispatch_needed.set()
         if await db.mark_failed(self._store, job.id, code, message):
+            metrics.current().job_ended(job.kind, metrics.job_outcome(code))
             await self._tell_final(job, JobFailed(message))
         self._forget(job.id)
 
@@ -542,6 +548,7 @@ class JobRunner:
 
     async def _guarded(self, job: Job, step: str, work: Coroutine[Any, Any, None]) -> None:
         """Do one job's ``step``; an unexpected failure counts against the job, never against the loop."""
+        token = bind_job(job)
         try:
             await work
         except StoreBusyError as error:
@@ -555,6 +562,8 @@ class JobRunner:
             if strikes >= MAX_STRIKES:
                 with contextlib.suppress(Exception):  # if even this fails, the next strike tries again
                     await self._fail(job, "internal", INTERNAL_ERROR_MESSAGE)
+        finally:
+            unbind_job(token)
 
     async def _persist(self, job: Job, change: Callable[[], Awaitable[None]]) -> None:
         """Record an outcome that exists only in memory (a submit's answer, a post), waiting out a busy

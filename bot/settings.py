@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     callback_public_url: str | None = Field(None, alias="CALLBACK_PUBLIC_URL")
     callback_listen: str = Field("0.0.0.0:8080", alias="CALLBACK_LISTEN")
     log_level: str = Field("INFO", alias="LOG_LEVEL")
+    log_format: str = Field("text", alias="LOG_FORMAT")
+    # host:port for GET /healthz and GET /metrics; unset: not served.
+    metrics_listen: str | None = Field(None, alias="METRICS_LISTEN")
     message_content_intent: bool = Field(True, alias="MESSAGE_CONTENT_INTENT")
     edit_max_bytes: int = Field(10 * 1024 * 1024, ge=1024, alias="EDIT_MAX_BYTES")
     # Where member images may be downloaded from: host or host:port, separated by spaces or commas.
@@ -117,6 +120,24 @@ class Settings(BaseSettings):
                 "(only acedata does); unset CALLBACK_PUBLIC_URL"
             )
         return self
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_log_format(cls, value: str) -> str:
+        log_format = value.strip().lower()
+        if log_format not in ("text", "json"):
+            raise ValueError(f"must be text or json, not {value!r}")
+        return log_format
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_host_and_port(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        host, colon, port = value.strip().rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"must be host:port with a port from 0 to 65535 (like 127.0.0.1:9100), not {value!r}")
+        return value.strip()
 
     @model_validator(mode="after")
     def _resolve_api_base(self) -> Self:

@@ -278,6 +278,7 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
             raise UserFacingError(describe_refusal(refusal)) from None
         outcome = await self.bot.runner.submit(new, limits.quota)
         if isinstance(outcome, QuotaRefusal):
+            self.bot.metrics.quota_refused(outcome.kind)
             log.info("user %d refused by the %s limit in guild %d", new.user_id, outcome.kind, new.guild_id)
             raise UserFacingError(describe_quota_refusal(outcome))
         return outcome

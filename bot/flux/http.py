@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +16,8 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import BaseModel, ValidationError
 from yarl import URL
+
+from bot import metrics
 
 from .errors import FluxAPIError, FluxConnectionError, FluxError, FluxTimeoutError, UpstreamError
 
@@ -83,11 +86,13 @@ async def send_json(
         raise FluxConnectionError(f"{method} to an unusable URL: {type(exc).__name__}", reached_server=False) from exc
     too_large: _TooLarge | None = None
     raw = b""
+    started, outcome = time.monotonic(), "error"  # what fluxbot_provider_requests_total counts it as
     try:
         async with session.request(
             method, url, headers=headers, json=payload, timeout=client_timeout, allow_redirects=False
         ) as response:
             status = response.status
+            outcome = str(status)
             response_headers = dict(response.headers)
             try:
                 raw = await _read_capped(response, max_bytes)
@@ -98,9 +103,12 @@ async def send_json(
     except aiohttp.InvalidURL as exc:  # refused before any connection
         raise FluxConnectionError(f"{method} to an unusable URL: {type(exc).__name__}", reached_server=False) from exc
     except TimeoutError as exc:
+        outcome = "timeout"
         raise FluxTimeoutError(f"{method} {_path(url)} got no answer within {client_timeout.total}s") from exc
     except aiohttp.ClientError as exc:
         raise FluxConnectionError(f"{method} {_path(url)} failed: {type(exc).__name__}", reached_server=True) from exc
+    finally:
+        metrics.current().provider_request(url, outcome, time.monotonic() - started)
 
     if 300 <= status < 400:
         raise UpstreamError(
