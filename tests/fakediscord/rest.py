@@ -126,6 +126,7 @@ ROUTES: list[tuple[str, str, str, bool]] = [
     ("GET", "/gateway/bot", "get_gateway_bot", True),
     ("GET", "/users/@me", "get_me", True),
     ("POST", "/users/@me/channels", "create_dm", True),
+    ("GET", "/users/@me/guilds", "list_my_guilds", True),
     ("GET", "/users/{user_id}", "get_user", True),
     ("POST", "/attachments/refresh-urls", "refresh_urls", True),
     ("GET", "/oauth2/applications/@me", "get_application", True),
@@ -398,6 +399,38 @@ class RestMixin:
 
     async def h_get_me(self, req: Request) -> Answer:
         return 200, {**self.bot_user.payload(), "verified": True, "mfa_enabled": False, "flags": 0, "email": None}
+
+    async def h_list_my_guilds(self, req: Request) -> Answer:
+        """The bot's servers as partial guilds, by id, paged with ``before``/``after``/``limit`` (1-200)."""
+        invalid = ApiError(400, Code.INVALID_FORM_BODY, "Invalid Form Body")
+        limit = req.query.get("limit", "200")
+        if not limit.isdigit() or not 1 <= int(limit) <= 200:
+            raise invalid
+        before = _snowflake(req.query["before"], invalid) if "before" in req.query else None
+        after = _snowflake(req.query["after"], invalid) if "after" in req.query else 0
+        with_counts = req.query.get("with_counts") in _TRUE
+        chosen = [
+            g
+            for g in sorted(self.guilds.values(), key=lambda g: g.id)
+            if self.bot_user.id in g.members and g.id > after and (before is None or g.id < before)
+        ]
+        chosen = chosen[-int(limit) :] if before is not None and "after" not in req.query else chosen[: int(limit)]
+        partials = []
+        for guild in chosen:
+            partial: dict[str, Any] = {
+                "id": str(guild.id),
+                "name": guild.name,
+                "icon": None,
+                "banner": None,
+                "owner": guild.owner.id == self.bot_user.id,
+                "permissions": str(guild.base_permissions(guild.bot_member)),
+                "features": [],
+            }
+            if with_counts:
+                partial["approximate_member_count"] = len(guild.members)
+                partial["approximate_presence_count"] = 0
+            partials.append(partial)
+        return 200, partials
 
     async def h_refresh_urls(self, req: Request) -> Answer:
         """Fresh signed URLs for attachment URLs, expired or not (the file must still exist)."""
