@@ -86,7 +86,15 @@ def _on_stop_signals(stop: Callable[[], None]) -> Iterator[None]:
 
 
 def run() -> None:
-    """Entry point of the ``fluxbot`` console script."""
+    """Entry point of the ``fluxbot`` console script and ``python -m bot``: ``fluxbot [run|check|invite|backup]``.
+
+    ``run`` (or no command) starts the bot; the other commands are :mod:`bot.cli`'s and exit here.
+    """
+    from bot.cli import parse_command  # noqa: PLC0415 - the command line needs nothing of the running bot
+
+    command = parse_command()
+    if command.name != "run":
+        raise SystemExit(command.execute())
     try:
         settings = load_settings()
     except SettingsError as exc:
