@@ -8,18 +8,23 @@ import os
 import re
 import socket
 import sqlite3
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import pytest
 
 from bot.db import Store
 from bot.db.state import set_state
 from tests.fluxbot_harness import FluxbotHarness, fluxbot_environment
-from tests.fluxbot_process import FLUXBOT
+from tests.fluxbot_process import FLUXBOT, fluxbot_process
+
+REPO = Path(__file__).resolve().parents[1]
+PIPE = asyncio.subprocess.PIPE
 
 #: The five permissions the bot needs: View Channel, Send Messages, Embed Links, Attach Files, Read Message History.
 NEEDED_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 15) | (1 << 16)
@@ -108,6 +113,17 @@ async def test_help_with_a_token_set_starts_nothing(fluxbot: FluxbotHarness, tmp
     assert fluxbot.discord.rest_log == [] and fluxbot.flux.requests == []
     assert_started_nothing(fluxbot)
     assert not fluxbot.database.exists()
+
+
+async def test_python_dash_m_bot_is_the_same_command_line(tmp_path: Path) -> None:
+    script = await run_fluxbot("--help", env={}, cwd=tmp_path, inherit=False)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "--help", env={"PYTHONPATH": str(REPO)}, cwd=tmp_path, stdout=PIPE, stderr=PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+
+    assert process.returncode == 0, stderr.decode()
+    assert stdout.decode() == script.stdout
 
 
 async def test_version_prints_the_installed_version(tmp_path: Path) -> None:
@@ -261,6 +277,54 @@ async def test_check_with_settings_that_do_not_load_exits_2(tmp_path: Path) -> N
 
     assert ran.status == 2
     assert ran.lines == ["configuration: FAILED — missing required environment variables: DISCORD_TOKEN, FLUX_API_KEY"]
+
+
+async def test_check_and_backup_work_while_the_bot_runs_on_the_same_database(
+    fluxbot: FluxbotHarness, tmp_path: Path
+) -> None:
+    env = env_for(fluxbot)
+    async with fluxbot_process(env, tmp_path) as bot:
+        await bot.wait_online(fluxbot.discord)
+        checked = await run_fluxbot("check", env=env, cwd=tmp_path)
+        copy = tmp_path / "copy.db"
+        backed_up = await run_fluxbot("backup", str(copy), env=env, cwd=tmp_path)
+        assert bot.returncode is None, bot.stderr()  # still running
+
+    assert checked.status == 0, checked.stdout + checked.stderr
+    assert checked.line("database").startswith(f"database: ok — {fluxbot.database} (schema version ")
+    assert backed_up.status == 0, backed_up.stderr
+    with sqlite3.connect(copy) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert "jobs" in {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+async def test_fake_discord_pages_the_bots_servers_like_discord(fluxbot: FluxbotHarness) -> None:
+    discord = fluxbot.discord
+    discord.add_guild("Second Server")
+    discord.add_guild("Third Server")
+    url = f"{discord.api_base}/users/@me/guilds"
+    headers = {"Authorization": f"Bot {discord.token}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+
+        async def page(**query: str) -> list[dict[str, object]]:
+            async with session.get(url, params=query) as response:
+                assert response.status == 200
+                body: list[dict[str, object]] = await response.json()
+                return body
+
+        everything = await page()
+        first = await page(limit="2")
+        rest = await page(limit="2", after=str(first[-1]["id"]))
+        async with session.get(url, params={"limit": "0"}) as response:
+            assert response.status == 400
+        async with aiohttp.ClientSession() as anonymous, anonymous.get(url) as response:
+            assert response.status == 401
+
+    ids = [int(str(g["id"])) for g in everything]
+    assert ids == sorted(ids) and len(ids) == 3
+    assert [g["id"] for g in first + rest] == [g["id"] for g in everything]
+    assert {g["name"] for g in everything} == {"Flux Test Server", "Second Server", "Third Server"}
+    assert all(set(g) >= {"id", "name", "icon", "owner", "permissions", "features"} for g in everything)
 
 
 # -- invite ---------------------------------------------------------------------------------------------------
