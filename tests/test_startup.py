@@ -213,3 +213,26 @@ async def test_a_second_bot_on_the_same_database_exits_2_and_the_first_keeps_run
             third.send_signal(signal.SIGTERM)
             assert await third.wait_exit(EXIT_WITHIN) == 0, third.stderr()
     assert_clean(third.stderr())
+
+
+async def test_a_gateway_lost_after_start_up_is_reconnected_with_one_warning_line_per_attempt(
+    fluxbot: FluxbotHarness, tmp_path: Path
+) -> None:
+    discord = fluxbot.discord
+    port = free_port()
+    discord.resume_gateway_url = via(discord, gateway_port=port)["DISCORD_GATEWAY_URL"]
+    env = fluxbot_environment(discord, fluxbot.flux, fluxbot.database, **via(discord, gateway_port=port))
+    async with fluxbot_process(env, tmp_path) as bot:
+        async with serving(port, forward_to(discord.port)):
+            await bot.wait_online(discord)
+        # the connection is cut and the gateway is gone: discord.py's own reconnection (RESUME) takes over
+        lost = await wait_for_lines(bot, "the Discord gateway connection failed", 1)
+        async with serving(port, forward_to(discord.port)):
+            await discord.wait_until(lambda: discord.resumes >= 1, 20, "the bot to RESUME")
+            bot.send_signal(signal.SIGTERM)
+            status = await bot.wait_exit(EXIT_WITHIN)
+
+    assert status == 0, bot.stderr()
+    assert_clean(bot.stderr())
+    assert all("Connect" in line and "reconnecting in" in line for line in lost), lost
+    assert len(discord.identifies) == 1  # resumed, not identified anew

@@ -111,6 +111,8 @@ class GatewayMixin:
         self.presences: list[dict[str, Any]] = []
         self.heartbeats = 0
         self.resumes = 0
+        #: Where READY tells the bot to RESUME (None: this emulator's own gateway URL).
+        self.resume_gateway_url: str | None = None
         self._connections: set[Connection] = set()
 
     @property
@@ -227,7 +229,7 @@ class GatewayMixin:
             "guilds": [{"id": str(g.id), "unavailable": True} for g in self.guilds.values()],
             "session_id": session.id,
             "session_type": "normal",
-            "resume_gateway_url": self.gateway_url,
+            "resume_gateway_url": self.resume_gateway_url or self.gateway_url,
             "application": {"id": str(self.application_id), "flags": 0},
             "private_channels": [],
             "relationships": [],
