@@ -96,7 +96,7 @@ class CheckFailed(Exception):
 
 def _discord_error(status: int, body: Any, headers: Mapping[str, str]) -> FluxAPIError:
     message = body.get("message") if isinstance(body, dict) else None
-    return FluxAPIError(str(message)[:200] if message else f"HTTP {status}", status=status)
+    return FluxAPIError(" ".join(str(message).split())[:200] if message else "no message", status=status)
 
 
 async def discord_get(
@@ -128,7 +128,11 @@ async def discord_get(
             raise CheckFailed(
                 "DISCORD_TOKEN: Discord refused this token; copy the bot token again from the developer portal"
             ) from None
-        raise CheckFailed(f"DISCORD_API_BASE: GET {path} at {base} failed: {exc.detail}") from None
+        if exc.status == 429:
+            raise CheckFailed(
+                "DISCORD_TOKEN: not verified, Discord is rate limiting this bot; try again in a minute"
+            ) from None
+        raise CheckFailed(f"DISCORD_API_BASE: GET {path} at {base} answered HTTP {exc.status}: {exc.detail}") from None
 
 
 async def application_id(session: aiohttp.ClientSession, settings: Settings) -> str:

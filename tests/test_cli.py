@@ -20,6 +20,7 @@ import pytest
 
 from bot.db import Store
 from bot.db.state import set_state
+from tests.fakediscord.faults import RestFault
 from tests.fluxbot_harness import FluxbotHarness, fluxbot_environment
 from tests.fluxbot_process import FLUXBOT, fluxbot_process
 
@@ -223,6 +224,19 @@ async def test_check_when_discord_cannot_be_reached_names_discord_api_base(
 
     assert ran.status == 1, ran.stdout + ran.stderr
     assert ran.line("discord").startswith(f"discord: FAILED — DISCORD_API_BASE: Discord could not be reached at {base}")
+    assert "Traceback" not in ran.stderr
+
+
+async def test_check_during_a_discord_outage_says_what_discord_answered(
+    fluxbot: FluxbotHarness, tmp_path: Path
+) -> None:
+    fluxbot.discord.rest_faults.add("GET", "/users/@me", lambda call: RestFault.server_error(503))
+    ran = await run_fluxbot("check", env=env_for(fluxbot), cwd=tmp_path)
+
+    assert ran.status == 1, ran.stdout + ran.stderr
+    assert ran.line("discord").startswith(
+        f"discord: FAILED — DISCORD_API_BASE: GET /users/@me at {fluxbot.discord.api_base} answered HTTP 503"
+    )
     assert "Traceback" not in ran.stderr
 
 
