@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.logs import RedactingFormatter
-from bot.settings import Provider, SettingsError, load_settings
+from bot.settings import Provider, Settings, SettingsError, load_settings
 
 FLUXBOT = Path(sys.executable).with_name("fluxbot")
 REQUIRED = {"DISCORD_TOKEN": "discord-secret-value", "FLUX_API_KEY": "flux-secret-value"}
@@ -19,8 +19,9 @@ REQUIRED = {"DISCORD_TOKEN": "discord-secret-value", "FLUX_API_KEY": "flux-secre
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Each test starts with none of the bot's variables set, in a folder without a .env file."""
-    for name in (*REQUIRED, "FLUX_PROVIDER", "FLUX_API_BASE", "DATABASE_URL", "FLUX_POLL_INTERVAL"):
-        monkeypatch.delenv(name, raising=False)
+    for field in Settings.model_fields.values():
+        if field.alias:
+            monkeypatch.delenv(field.alias, raising=False)
     monkeypatch.chdir(tmp_path)
 
 
