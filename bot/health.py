@@ -76,8 +76,11 @@ class HealthServer:
         await self._runner.setup()
         try:
             await web.TCPSite(self._runner, self._host, self._port).start()
-        except BaseException:
+        except BaseException as exc:
             await self._runner.cleanup()
+            if isinstance(exc, OSError):  # in use, or not an address of this machine: say which setting
+                where = f"METRICS_LISTEN={self._host}:{self._port}"
+                raise OSError(exc.errno, f"cannot serve {where}: {exc.strerror}") from exc
             raise
         self.port = self._runner.addresses[0][1]
         log.info("serving /healthz and /metrics on %s:%d", self._host, self.port)

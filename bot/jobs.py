@@ -597,10 +597,13 @@ class JobRunner:
         await self._notify(job, update)
 
     async def _notify(self, job: Job, update: JobUpdate) -> None:
+        token = bind_job(job)  # also for progress reported outside a guarded step
         try:
             await self._courier.notify(job, update)
         except Exception:
             log.exception("job %d: reporting %s failed", job.id, update)
+        finally:
+            unbind_job(token)
 
 
 def _data_uri(data: bytes) -> str:

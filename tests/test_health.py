@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import aiohttp
 import pytest
 
 from bot import health
-from bot.app import FluxBot
+from bot.app import FluxBot, open_bot
 from bot.settings import SettingsError
 from tests.fakediscord.runner import ErrorGuard
 from tests.fluxbot_harness import FluxbotHarness
@@ -120,3 +121,17 @@ def test_a_metrics_listen_that_is_not_host_and_port_is_refused_naming_the_variab
 def test_metrics_listen_is_off_unless_set(fluxbot: FluxbotHarness) -> None:
     assert fluxbot.settings().metrics_listen is None
     assert fluxbot.settings(METRICS_LISTEN="0.0.0.0:9100").metrics_listen == "0.0.0.0:9100"
+
+
+async def test_a_metrics_listen_port_in_use_is_named_and_nothing_is_left_open(fluxbot: FluxbotHarness) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = fluxbot.settings(METRICS_LISTEN=f"127.0.0.1:{port}")
+        with pytest.raises(OSError, match=f"METRICS_LISTEN=127.0.0.1:{port}"):
+            async with open_bot(settings):
+                pytest.fail("the bot was built although its metrics port is taken")
+    # the database was closed again: the next bot opens it
+    async with fluxbot.running(METRICS_LISTEN="127.0.0.1:0") as bot:
+        assert (await healthz(bot))[0] == 200

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -135,3 +138,25 @@ def test_two_bots_in_one_process_keep_their_own_counts() -> None:
     assert "fluxbot_images_total 0.0" in second_text
     assert 'fluxbot_jobs{state="queued"} 2.0' in second_text
     assert "fluxbot_jobs{" not in first_text  # not known (the database did not answer) rather than a wrong 0
+
+
+def test_the_example_grafana_dashboard_queries_only_series_the_bot_exposes() -> None:
+    dashboard = json.loads((Path(__file__).parent.parent / "deploy" / "grafana-dashboard.json").read_text())
+    metrics = Metrics("acedata")
+    metrics.job_posted("generate", 1, 1.0)
+    metrics.provider_request("http://flux/flux/images", 200, 0.1)
+    metrics.quota_refused("user_daily")
+    metrics.discord_requests_total.labels(status="200").inc()
+    exposed = {
+        sample.name
+        for family in text_string_to_metric_families(metrics.render({"queued": 0}).decode())
+        for sample in family.samples
+    }
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bfluxbot_\w+", target["expr"])
+    }
+    assert queried and queried <= exposed, queried - exposed
+    assert len(dashboard["panels"]) == len({panel["id"] for panel in dashboard["panels"]})
