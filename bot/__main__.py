@@ -118,6 +118,18 @@ def run() -> None:
             file=sys.stderr,
         )
         raise SystemExit(EXIT_CONFIG) from None
+    except discord.ConnectionClosed as exc:  # a gateway close that retrying cannot fix (4004, 4013, ...)
+        reason = exc.reason or "no reason given"
+        print(f"fluxbot: Discord closed the gateway connection with code {exc.code}: {reason}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    except discord.HTTPException as exc:  # a refusal that retrying cannot fix (403, 404, ...)
+        print(
+            f"fluxbot: Discord refused to start the bot: HTTP {exc.status} {exc.text or ''}".rstrip(), file=sys.stderr
+        )
+        raise SystemExit(EXIT_CONFIG) from None
+    except OSError as exc:  # e.g. the METRICS_LISTEN port is taken; the message names the setting
+        print(f"fluxbot: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 if __name__ == "__main__":
