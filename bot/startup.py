@@ -28,6 +28,7 @@ import aiohttp
 import discord
 from discord.utils import MISSING
 
+from bot.flux import RetryPolicy
 from bot.instance import InstanceLocked, single_instance
 from bot.settings import Settings
 
@@ -63,7 +64,8 @@ def _seconds_from_env(name: str, default: float) -> float:
 
 @dataclass
 class Backoff:
-    """Capped exponential backoff with jitter: each delay lies between half and all of min(cap, initial·2ⁿ)."""
+    """Successive waits of the bot's one backoff rule (:class:`bot.flux.RetryPolicy`), counting attempts:
+    doubling from ``initial`` up to ``cap``, each between half and all of min(cap, initial·2ⁿ)."""
 
     initial: float = RETRY_INITIAL_DELAY
     cap: float = RETRY_MAX_DELAY
@@ -71,9 +73,11 @@ class Backoff:
     rng: random.Random = field(default_factory=random.Random)
 
     def next(self) -> float:
-        ceiling: float = min(self.cap, self.initial * 2.0 ** min(self.attempts, 32))
+        policy = RetryPolicy(initial_delay=self.initial, max_delay=self.cap, jitter=0.5, uniform=self.rng.random)
+        delay = policy.delay(self.attempts)
+        assert delay is not None  # without a Retry-After there is always a wait
         self.attempts += 1
-        return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+        return delay
 
 
 def _is_transient(exc: BaseException) -> bool:

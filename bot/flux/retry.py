@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .errors import FluxConnectionError, FluxError, FluxTimeoutError, RateLimitedError, UpstreamError
@@ -26,6 +26,8 @@ __all__ = ["RetryPolicy", "Sleep", "call_with_retries", "retryable_poll", "retry
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: Doublings past which the backoff stays at its cap (2.0 ** n overflows a float near n = 1024).
+_MAX_DOUBLINGS = 64
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -39,13 +41,15 @@ class RetryPolicy:
     jitter: float = 0.25
     #: A Retry-After longer than this is not waited out here: the caller reschedules the work instead.
     max_retry_after: float = 60.0
+    #: Where the jitter's randomness comes from (a seeded ``random.Random().random`` makes it repeatable).
+    uniform: Callable[[], float] = field(default=random.random, compare=False, repr=False)
 
     def delay(self, retry_number: int, retry_after: float | None = None) -> float | None:
         """Seconds to wait before retry ``retry_number`` (0-based), or None to give up now."""
         if retry_after is not None:
             return retry_after if retry_after <= self.max_retry_after else None
-        backoff = min(self.initial_delay * 2.0**retry_number, self.max_delay)
-        return backoff * (1 - self.jitter * random.random())  # noqa: S311 - jitter, not cryptography
+        backoff = min(self.initial_delay * 2.0 ** min(retry_number, _MAX_DOUBLINGS), self.max_delay)
+        return backoff * (1 - self.jitter * self.uniform())
 
 
 def retryable_submit(error: FluxError) -> bool:
