@@ -35,6 +35,8 @@ from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 from yarl import URL
 
+from bot.bodies import BodyTooLarge, read_capped
+
 __all__ = [
     "DEFAULT_MEDIA_HOSTS",
     "MULTIPART_HEADROOM",
@@ -92,7 +94,6 @@ _RETRYABLE_STATUSES = frozenset({408, 425, 429})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 #: Redirects followed for a member's image, each checked against the media hosts (Discord's CDN needs none).
 MAX_MEDIA_REDIRECTS = 3
-_CHUNK_SIZE = 64 * 1024
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # rotated by 90° one way or the other
 
 
@@ -592,10 +593,10 @@ async def _image_body(
         raise DownloadError(
             f"GET {shown} answered {declared}, not an image", retryable=False, status=status, user_message=message
         )
-    length = response.content_length
-    if length is not None and length > max_bytes:
-        raise _too_large(shown, f"{length} bytes", max_bytes, subject)
-    return await _read_capped(response, shown, max_bytes, subject), declared
+    try:
+        return await read_capped(response, max_bytes), declared
+    except BodyTooLarge as exc:
+        raise _too_large(shown, exc.size, max_bytes, subject) from None
 
 
 def _redirect_target(response: aiohttp.ClientResponse, allowed_hosts: MediaHosts, shown: str) -> URL:
@@ -628,18 +629,6 @@ def _inline_bytes(uri: str, max_bytes: int, subject: str = "The finished image")
     if len(data) > max_bytes:
         raise _too_large("an inline image", f"{len(data)} bytes", max_bytes, subject)
     return data
-
-
-async def _read_capped(
-    response: aiohttp.ClientResponse, shown: str, max_bytes: int, subject: str = "The finished image"
-) -> bytes:
-    """The body, or DownloadError as soon as more than ``max_bytes`` arrived (the rest is never read)."""
-    buffer = bytearray()
-    async for chunk in response.content.iter_chunked(_CHUNK_SIZE):
-        buffer += chunk
-        if len(buffer) > max_bytes:
-            raise _too_large(shown, f"more than {max_bytes} bytes", max_bytes, subject)
-    return bytes(buffer)
 
 
 def _too_large(shown: str, size: str, max_bytes: int, subject: str = "The finished image") -> DownloadError:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from yarl import URL
 
 from bot import metrics
+from bot.bodies import BodyTooLarge, read_capped
 
 from .errors import FluxAPIError, FluxConnectionError, FluxError, FluxTimeoutError, UpstreamError
 
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 MAX_JSON_BYTES = 4 * 1024 * 1024
 #: The longest ``Retry-After`` taken at its word, in seconds; a longer one is cut to this.
 MAX_RETRY_AFTER = 24 * 3600.0
-_CHUNK_SIZE = 64 * 1024
 _DELAY_SECONDS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,6})?")
 
 #: Builds the error for a non-2xx answer from its status, its parsed body (None if not JSON) and headers.
@@ -52,12 +52,6 @@ class Timeouts:
 
     submit: aiohttp.ClientTimeout = field(default_factory=lambda: aiohttp.ClientTimeout(total=60, connect=10))
     poll: aiohttp.ClientTimeout = field(default_factory=lambda: aiohttp.ClientTimeout(total=30, connect=10))
-
-
-class _TooLarge(Exception):
-    def __init__(self, size: str) -> None:
-        super().__init__(size)
-        self.size = size
 
 
 async def send_json(
@@ -84,7 +78,7 @@ async def send_json(
         URL(url)
     except ValueError as exc:
         raise FluxConnectionError(f"{method} to an unusable URL: {type(exc).__name__}", reached_server=False) from exc
-    too_large: _TooLarge | None = None
+    too_large: BodyTooLarge | None = None
     raw = b""
     started, outcome = time.monotonic(), "error"  # what fluxbot_provider_requests_total counts it as
     try:
@@ -95,8 +89,8 @@ async def send_json(
             outcome = str(status)
             response_headers = dict(response.headers)
             try:
-                raw = await _read_capped(response, max_bytes)
-            except _TooLarge as exc:
+                raw = await read_capped(response, max_bytes)
+            except BodyTooLarge as exc:
                 too_large = exc
     except aiohttp.ClientConnectorError as exc:
         raise FluxConnectionError(f"could not connect to {_host(url)}: {exc.os_error}", reached_server=False) from exc
@@ -126,19 +120,6 @@ async def send_json(
             f"{method} {_path(url)} answered {status} with a body that is not JSON: {raw[:80]!r}", status=status
         )
     return body
-
-
-async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
-    """The body, or _TooLarge as soon as more than ``max_bytes`` arrived (the rest is never read)."""
-    length = response.content_length
-    if length is not None and length > max_bytes:
-        raise _TooLarge(f"a body of {length} bytes")
-    buffer = bytearray()
-    async for chunk in response.content.iter_chunked(_CHUNK_SIZE):
-        buffer += chunk
-        if len(buffer) > max_bytes:
-            raise _TooLarge(f"more than {max_bytes} bytes")
-    return bytes(buffer)
 
 
 def parse_json(raw: bytes) -> Any:
