@@ -14,6 +14,7 @@ from yarl import URL
 from bot.flux import CallbackError
 from bot.flux.http import parse_json
 from bot.jobs import JobRunner
+from bot.settings import listen_address
 
 __all__ = ["CallbackReceiver"]
 
@@ -29,8 +30,7 @@ class CallbackReceiver:
     def __init__(self, runner: JobRunner, *, public_url: str, listen: str) -> None:
         self._runner = runner
         self.path = URL(public_url).path or "/"
-        host, _, port = listen.rpartition(":")
-        self._host, self._port = host or "0.0.0.0", int(port)  # noqa: S104 - the operator's choice
+        self._host, self._port = listen_address(listen)  # checked when the settings loaded
         self._app = web.Application(client_max_size=MAX_BODY)
         self._app.router.add_post(self.path, self._receive)
         self._runner_app = web.AppRunner(self._app, access_log=None)

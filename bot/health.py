@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from bot.db import Store
 from bot.metrics import ACTIVE_STATES, Metrics
+from bot.settings import listen_address
 
 __all__ = ["DATABASE_TIMEOUT", "GATEWAY_GRACE", "GatewayWatch", "HealthServer"]
 
@@ -64,8 +65,7 @@ class HealthServer:
         self._gateway = GatewayWatch(client)
         self._store = store
         self._metrics = metrics
-        host, _, port = listen.rpartition(":")
-        self._host, self._port = host, int(port)
+        self._host, self._port = listen_address(listen)  # checked when the settings loaded
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._serve_metrics)

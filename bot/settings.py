@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.images import DEFAULT_MEDIA_HOSTS, MediaHosts
 
-__all__ = ["Provider", "Settings", "SettingsError", "load_settings"]
+__all__ = ["Provider", "Settings", "SettingsError", "listen_address", "load_settings"]
 
 
 class Provider(StrEnum):
@@ -97,9 +97,7 @@ class Settings(BaseSettings):
     @field_validator("callback_listen")
     @classmethod
     def _host_and_port(cls, value: str) -> str:
-        host, colon, port = value.rpartition(":")
-        if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"must be host:port with a port from 0 to 65535 (like 0.0.0.0:8080), not {value!r}")
+        listen_address(value)
         return value
 
     @field_validator("flux_api_base", "discord_api_base", "callback_public_url")
@@ -134,9 +132,7 @@ class Settings(BaseSettings):
     def _metrics_host_and_port(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        host, colon, port = value.strip().rpartition(":")
-        if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"must be host:port with a port from 0 to 65535 (like 127.0.0.1:9100), not {value!r}")
+        listen_address(value.strip())
         return value.strip()
 
     @model_validator(mode="after")
@@ -161,6 +157,15 @@ class Settings(BaseSettings):
     def database_path(self) -> Path:
         """The SQLite file named by ``DATABASE_URL`` (``sqlite:///relative`` or ``sqlite:////absolute``)."""
         return _sqlite_path(self.database_url)
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """The host and port of a ``host:port`` to listen on (``CALLBACK_LISTEN``, ``METRICS_LISTEN``); ValueError
+    if it is not one."""
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be host:port with a port from 0 to 65535 (like 127.0.0.1:9100), not {value!r}")
+    return host, int(port)
 
 
 #: The level names LOG_LEVEL accepts, in any case.
