@@ -49,7 +49,7 @@ from bot.flux import (
     UpstreamError,
 )
 from bot.images import DownloadedImage, DownloadError, ImageError, MediaHosts, download_image
-from bot.logs import bind_job, job_context, unbind_job
+from bot.logs import bind_job, job_context
 from bot.tasks import TaskSet
 
 __all__ = [
@@ -548,22 +548,22 @@ class JobRunner:
 
     async def _guarded(self, job: Job, step: str, work: Coroutine[Any, Any, None]) -> None:
         """Do one job's ``step``; an unexpected failure counts against the job, never against the loop."""
-        token = bind_job(job)
-        try:
-            await work
-        except StoreBusyError as error:
-            log.warning("job %d: %s: %s; trying again next tick", job.id, step, error)
-        except Exception:
-            strikes = self._strikes[job.id] = self._strikes.get(job.id, 0) + 1
-            if strikes == 1:
-                log.exception("job %d: unexpected error while %s", job.id, step)
-            else:
-                log.warning("job %d: unexpected error while %s again (%d of %d)", job.id, step, strikes, MAX_STRIKES)
-            if strikes >= MAX_STRIKES:
-                with contextlib.suppress(Exception):  # if even this fails, the next strike tries again
-                    await self._fail(job, "internal", INTERNAL_ERROR_MESSAGE)
-        finally:
-            unbind_job(token)
+        with job_context(job):
+            try:
+                await work
+            except StoreBusyError as error:
+                log.warning("job %d: %s: %s; trying again next tick", job.id, step, error)
+            except Exception:
+                strikes = self._strikes[job.id] = self._strikes.get(job.id, 0) + 1
+                if strikes == 1:
+                    log.exception("job %d: unexpected error while %s", job.id, step)
+                else:
+                    log.warning(
+                        "job %d: unexpected error while %s again (%d of %d)", job.id, step, strikes, MAX_STRIKES
+                    )
+                if strikes >= MAX_STRIKES:
+                    with contextlib.suppress(Exception):  # if even this fails, the next strike tries again
+                        await self._fail(job, "internal", INTERNAL_ERROR_MESSAGE)
 
     async def _persist(self, job: Job, change: Callable[[], Awaitable[None]]) -> None:
         """Record an outcome that exists only in memory (a submit's answer, a post), waiting out a busy
@@ -597,13 +597,11 @@ class JobRunner:
         await self._notify(job, update)
 
     async def _notify(self, job: Job, update: JobUpdate) -> None:
-        token = bind_job(job)  # also for progress reported outside a guarded step
-        try:
-            await self._courier.notify(job, update)
-        except Exception:
-            log.exception("job %d: reporting %s failed", job.id, update)
-        finally:
-            unbind_job(token)
+        with job_context(job):  # also for progress reported outside a guarded step
+            try:
+                await self._courier.notify(job, update)
+            except Exception:
+                log.exception("job %d: reporting %s failed", job.id, update)
 
 
 def _data_uri(data: bytes) -> str:
