@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -35,7 +34,7 @@ from bot.flux import (
     create_flux_client,
 )
 from bot.flux.http import send_json
-from bot.settings import Provider, Settings
+from bot.settings import Settings
 
 __all__ = [
     "INVITE_PERMISSIONS",
@@ -216,23 +215,15 @@ async def check_flux(session: aiohttp.ClientSession, settings: Settings) -> Outc
     """The Flux key, with a lookup of a made-up task id: it bills nothing and starts nothing."""
     provider, base = settings.flux_provider, settings.api_base
     where = f"{provider.value} at {base}"
-    if provider is Provider.OPENAI:
-        return Outcome(
-            "flux",
-            True,
-            f"an OpenAI-style relay has no request that bills nothing, so FLUX_API_KEY and FLUX_API_BASE "
-            f"({base}) are first tried by the first /imagine",
-            verified=False,
-        )
-    client = create_flux_client(settings, session)
-    made_up = str(uuid.uuid4())
     try:
-        if provider is Provider.ACEDATA:
-            await client._send(
-                "POST", f"{base}/flux/tasks", payload={"action": "retrieve", "id": made_up}, submit=False
+        if not await create_flux_client(settings, session).probe_key():
+            return Outcome(
+                "flux",
+                True,
+                f"an OpenAI-style relay has no request that bills nothing, so FLUX_API_KEY and FLUX_API_BASE "
+                f"({base}) are first tried by the first /imagine",
+                verified=False,
             )
-        else:
-            await client._send("GET", f"{base}/v1/get_result?id={made_up}", payload=None, submit=False)
     except ValueError:  # aiohttp refuses a header value with a line break in it
         return Outcome("flux", False, "FLUX_API_KEY: not a usable key (it contains a line break or control character)")
     except (FluxConnectionError, FluxTimeoutError) as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -189,6 +190,12 @@ class AceDataClient(FluxClient):
     async def _retrieve_batch(self, ids: Sequence[str]) -> dict[str, TaskStatus]:
         body = await self._poll("POST", f"{self.base_url}/flux/tasks", {"action": "retrieve_batch", "ids": list(ids)})
         return batch_answer(body, ids)
+
+    async def probe_key(self) -> bool:
+        """``retrieve`` of a made-up task id (task lookups are free)."""
+        payload = {"action": "retrieve", "id": str(uuid.uuid4())}
+        await self._send("POST", f"{self.base_url}/flux/tasks", payload=payload, submit=False)
+        return True
 
     def parse_callback(self, body: Any) -> TaskStatus:
         """Read a callback POST (the synchronous response shape with ``task_id``).

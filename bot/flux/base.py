@@ -84,6 +84,15 @@ class FluxClient(ABC):
         provider does not know it yet); the caller asks again on its next tick, up to the job's deadline.
         """
 
+    async def probe_key(self) -> bool:
+        """Send the provider a request that needs the API key and bills nothing (a lookup of a made-up task).
+
+        Returns False, sending nothing, when the provider has no such request. The answer's error, if any,
+        is raised as for any request: an unknown task (404) means the key was taken; a
+        :class:`~bot.flux.errors.CredentialsError` that it was not.
+        """
+        return False
+
     def parse_callback(self, body: Any) -> TaskStatus:
         """Read a callback body the provider POSTed. Raises :class:`CallbackError` if it cannot."""
         raise CallbackError(f"{self.provider} does not send callbacks")

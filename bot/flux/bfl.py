@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -83,6 +84,11 @@ class BflClient(FluxClient):
         if image is not None:
             payload["input_image"] = image
         return submit_answer(await self._post_submit(f"{self.base_url}/v1/{spec.name}", payload), self.base_url)
+
+    async def probe_key(self) -> bool:
+        """``get_result`` of a made-up task id (polls are free)."""
+        await self._send("GET", f"{self.base_url}/v1/get_result?id={uuid.uuid4()}", payload=None, submit=False)
+        return True
 
     async def statuses(self, handles: Sequence[str]) -> dict[str, TaskStatus]:
         """Poll each task's ``polling_url``, a few at a time (BFL has no batch query).
