@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 from benchmarks.framework import Benchmark, print_table, progress, run_benchmarks
 
@@ -31,6 +32,9 @@ def collect(modules: tuple[str, ...] = MODULES) -> list[Benchmark]:
             if error.name != name:
                 raise
             progress(f"{name} is not there yet: skipped")
+            continue
+        except Exception:  # one broken module must not take the others' figures with it
+            progress(f"{name} cannot be imported; its figures are left out:\n{traceback.format_exc()}")
             continue
         found.extend(module.BENCHMARKS)
     return found

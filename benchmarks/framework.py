@@ -59,7 +59,7 @@ def run_benchmarks(benchmarks: Sequence[Benchmark], *, runs: int, quick: bool) -
     """Run each benchmark ``runs`` times, each run in a fresh event loop; one result per figure, in order.
 
     A run that raises is reported on standard error and counted as an error for every figure of its benchmark;
-    the other runs and benchmarks go on.
+    the other runs and benchmarks go on. A figure a run leaves out (or reports as NaN) has no value from that run.
     """
     results: list[Result] = []
     for benchmark in benchmarks:
@@ -78,9 +78,7 @@ def run_benchmarks(benchmarks: Sequence[Benchmark], *, runs: int, quick: bool) -
             progress(f"{benchmark.name}: run {attempt} done in {time.perf_counter() - started:.1f} s")
             for result in mine:
                 value = values.get(result.figure.key)
-                if value is None or math.isnan(value):
-                    result.errors += 1
-                else:
+                if value is not None and not math.isnan(value):  # a figure a run did not measure: no value
                     result.values.append(value)
     return results
 

@@ -1,0 +1,178 @@
+"""The stage of the process benchmarks: both emulators here, the real ``fluxbot`` console script as a child.
+
+The bot runs as its own process (configured only by environment variables, as operators run it), so its CPU
+time and memory read from ``/proc/<pid>`` are its own and not the emulators'. Only the environment, the
+console script and the emulators are used, so the same benchmarks also measure an older revision of the bot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.fakediscord import Channel, DiscordEmulator, Interaction, Member, Message
+from tests.fluxbot_harness import fluxbot_environment, is_result
+from tests.fluxbot_process import FluxbotProcess, fluxbot_process
+from tests.fluxemu import FluxEmulator
+
+__all__ = [
+    "DISTANT",
+    "Stage",
+    "cpu_seconds",
+    "free_port",
+    "percentile",
+    "rss_bytes",
+    "socket_count",
+    "staged_bot",
+]
+
+#: Seconds the bot has to come online.
+ONLINE_WITHIN = 60.0
+#: A provider delay no benchmark waits for: the task stays pending until the benchmark says otherwise.
+DISTANT = 24 * 3600.0
+#: Slash commands sent before waiting for their acknowledgements (Discord allows 3 s to acknowledge).
+WAVE = 25
+#: The route of the edits of a deferred response (the member's status line).
+STATUS_EDIT_ROUTE = "/webhooks/{webhook_id}/{token}/messages/{message_id}"
+#: The provider's status look-up (AceData: ``retrieve`` and ``retrieve_batch``).
+STATUS_PATH = "/flux/tasks"
+SUBMIT_PATH = "/flux/images"
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14 and 15 of the line)
+
+
+def rss_bytes(pid: int) -> int:
+    """The process's resident set size now (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(f"no VmRSS for process {pid}")
+
+
+def socket_count(pid: int) -> int:
+    """Open sockets of the process (any kind: TCP, Unix, ...)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed since it was listed
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The ``fraction`` quantile (0.5: the median, 0.99: p99) by linear interpolation."""
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[round(fraction * 1000) - 1]
+
+
+@dataclass
+class Stage:
+    """A running bot with its world: one server, one channel, a crowd of members, the Flux vendor."""
+
+    discord: DiscordEmulator
+    flux: FluxEmulator
+    channel: Channel
+    members: list[Member]
+    bot: FluxbotProcess
+    online_after: float  # seconds from process start until it was online with its commands synced
+
+    @property
+    def pid(self) -> int:
+        return self.bot.pid
+
+    def results(self) -> list[Message]:
+        return [m for m in self.channel.messages.values() if is_result(m)]
+
+    def status_requests(self, since: float = 0.0) -> list[float]:
+        """When the bot asked the provider for task statuses (emulator clock), oldest first."""
+        return [r.at for r in self.flux.requests_to("POST", STATUS_PATH) if r.at >= since]
+
+    def status_edits(self, since: float = 0.0) -> int:
+        """Edits of members' status lines since ``since`` (Discord emulator clock)."""
+        return sum(1 for c in self.discord.calls("PATCH", STATUS_EDIT_ROUTE) if c.at >= since)
+
+    async def imagine(self, count: int, *, first: int = 0) -> list[Interaction]:
+        """``count`` /imagine commands (prompts "bench job {n}" from ``n = first``) spread over the members,
+        sent in waves of :data:`WAVE`, each wave acknowledged before the next, so none waits past Discord's 3 s.
+        """
+        sent: list[Interaction] = []
+        for start in range(first, first + count, WAVE):
+            wave = await asyncio.gather(
+                *(
+                    self.members[n % len(self.members)].slash(self.channel, "imagine", prompt=f"bench job {n}")
+                    for n in range(start, min(start + WAVE, first + count))
+                )
+            )
+            await asyncio.gather(*(i.wait_acknowledged(timeout=30) for i in wave))
+            sent.extend(wave)
+        return sent
+
+    async def until(self, condition: Callable[[], bool], within: float, what: str, step: float = 0.05) -> None:
+        """Check ``condition`` every ``step`` s; fail with the bot's last words after ``within`` s."""
+        deadline = time.monotonic() + within
+        while not condition():
+            if self.bot.returncode is not None:
+                raise RuntimeError(f"fluxbot exited ({self.bot.returncode}) waiting for {what}:\n{self._tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} within {within} s:\n{self._tail()}")
+            await asyncio.sleep(step)
+
+    async def until_tasks(self, count: int, within: float) -> None:
+        """Until the provider has accepted ``count`` tasks."""
+        await self.until(lambda: self.flux.count("POST", SUBMIT_PATH) >= count, within, f"{count} tasks", 0.1)
+
+    async def until_results(self, count: int, within: float) -> None:
+        await self.until(lambda: len(self.results()) >= count, within, f"{count} results posted", 0.05)
+
+    async def quiet(self, path: str = STATUS_PATH, *, for_s: float = 0.5, at_most: float = 30.0) -> None:
+        """Until the provider got no request on ``path`` for ``for_s`` seconds (after a burst of them)."""
+        deadline = time.monotonic() + at_most
+        while time.monotonic() < deadline:
+            seen = self.flux.requests_to("POST", path)
+            if not seen or self.flux.now() - seen[-1].at >= for_s:
+                return
+            await asyncio.sleep(for_s / 5)
+
+    def _tail(self) -> str:
+        return "\n".join(self.bot.stderr().splitlines()[-15:])
+
+
+@contextlib.asynccontextmanager
+async def staged_bot(env: Mapping[str, str], *, members: int = 20) -> AsyncIterator[Stage]:
+    """Both emulators and ``fluxbot`` started against them, online; ``env`` adds to (or overrides) the
+    environment the tests use (no quotas, results from the emulators). Everything stops on exit.
+    """
+    async with DiscordEmulator() as discord, FluxEmulator() as flux:
+        guild = discord.add_guild("bench")
+        channel = guild.add_text_channel("general")
+        crowd = [guild.add_member(f"member-{n}") for n in range(members)]
+        with tempfile.TemporaryDirectory(prefix="fluxbench-") as folder:
+            settings = fluxbot_environment(
+                discord, flux, Path(folder) / "data" / "fluxbot.db", **{"LOG_LEVEL": "WARNING", **env}
+            )
+            async with fluxbot_process(settings, Path(folder)) as bot:
+                online = await bot.wait_online(discord, timeout=ONLINE_WITHIN)
+                yield Stage(discord, flux, channel, crowd, bot, online)
