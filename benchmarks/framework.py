@@ -120,5 +120,6 @@ def format_table(results: Iterable[Result]) -> str:
     return "\n".join(lines)
 
 
-def print_table(results: Iterable[Result], out: TextIO = sys.stdout) -> None:
-    print(format_table(results), file=out, flush=True)
+def print_table(results: Iterable[Result], out: TextIO | None = None) -> None:
+    """The table on ``out`` (standard output by default)."""
+    print(format_table(results), file=out or sys.stdout, flush=True)
