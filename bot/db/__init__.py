@@ -21,8 +21,10 @@ from bot.db.guilds import (
 )
 from bot.db.jobs import (
     active_jobs,
+    count_in,
     create_job,
     get_job,
+    jobs_by_ids,
     jobs_in,
     jobs_owing_final_word,
     mark_failed,
@@ -32,7 +34,10 @@ from bot.db.jobs import (
     mark_submitting,
     mark_succeeded,
     mark_told,
+    polling_handles,
     queue_position,
+    queued_ids,
+    queued_jobs,
     submitted_job,
 )
 from bot.db.models import (
@@ -45,11 +50,13 @@ from bot.db.models import (
     LimitChange,
     LimitKind,
     NewJob,
+    PollHandle,
     Provider,
     QuotaLimits,
     QuotaRefusal,
     UsageSummary,
 )
+from bot.db.retention import prune_finished_jobs
 from bot.db.schema import Migration, MigrationError, SchemaTooNewError, load_migrations
 from bot.db.state import get_state, set_state
 from bot.db.store import Store, StoreBusyError, Transaction
@@ -69,6 +76,7 @@ __all__ = [
     "Migration",
     "MigrationError",
     "NewJob",
+    "PollHandle",
     "Provider",
     "QuotaLimits",
     "QuotaRefusal",
@@ -81,11 +89,13 @@ __all__ = [
     "active_jobs",
     "add_blocked_term",
     "blocked_terms",
+    "count_in",
     "create_job",
     "get_guild_settings",
     "get_job",
     "get_state",
     "guild_usage_today",
+    "jobs_by_ids",
     "jobs_in",
     "jobs_owing_final_word",
     "load_migrations",
@@ -97,7 +107,11 @@ __all__ = [
     "mark_succeeded",
     "mark_told",
     "normalize_term",
+    "polling_handles",
+    "prune_finished_jobs",
     "queue_position",
+    "queued_ids",
+    "queued_jobs",
     "recent_limit_changes",
     "remove_blocked_term",
     "reset_guild_settings",

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from datetime import UTC, datetime, timedelta
 
 __all__ = ["month_bounds", "next_utc_midnight", "utc_day"]
+
+#: Unix time has no leap seconds: every UTC day is exactly this long, and starts at a multiple of it.
+_DAY = 86_400
 
 
 def _utc(timestamp: float) -> datetime:
@@ -13,13 +18,18 @@ def _utc(timestamp: float) -> datetime:
 
 def utc_day(timestamp: float) -> str:
     """The UTC date of ``timestamp`` as ``YYYY-MM-DD``."""
-    return _utc(timestamp).strftime("%Y-%m-%d")
+    return _day_text(math.floor(timestamp / _DAY))
+
+
+@functools.lru_cache(maxsize=64)
+def _day_text(day_number: int) -> str:
+    """Day ``day_number`` since 1970-01-01 as ``YYYY-MM-DD`` (every reservation asks: worth remembering)."""
+    return _utc(day_number * _DAY).strftime("%Y-%m-%d")
 
 
 def next_utc_midnight(timestamp: float) -> float:
     """The unix time of the first UTC midnight after ``timestamp`` (when daily limits reset)."""
-    today = _utc(timestamp).replace(hour=0, minute=0, second=0, microsecond=0)
-    return (today + timedelta(days=1)).timestamp()
+    return float((math.floor(timestamp / _DAY) + 1) * _DAY)
 
 
 def month_bounds(timestamp: float) -> tuple[str, str]:

@@ -13,6 +13,11 @@ Settling the reservation happens in the same transaction as the transition that 
 Because a terminal job can never transition again, repeating a call can never charge or release twice.
 The transition that ends a job also records that its member is owed a last word (done, or why not);
 :func:`mark_told` settles that once it is said, and clears the interaction token, a secret of no more use.
+It also drops what the job kept inline and no longer needs: an edit's source given as a ``data:`` URI
+(up to ~13 MB), and, once posted or failed, result images given inline.
+
+Every query here reads only the rows it needs, through an index (``tests/test_query_plans.py`` checks
+each plan): a member's live jobs through a partial index of live jobs, never their whole history.
 """
 
 from __future__ import annotations
@@ -23,14 +28,16 @@ import sqlite3
 from collections.abc import Sequence
 
 from bot.db.days import utc_day
-from bot.db.models import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, QuotaRefusal
+from bot.db.models import Job, JobKind, JobStatus, NewJob, PollHandle, Provider, QuotaLimits, QuotaRefusal
 from bot.db.store import Store, Transaction
-from bot.db.usage import daily_use, evaluate_quota, release, reserve
+from bot.db.usage import evaluate_quota, release
 
 __all__ = [
     "active_jobs",
+    "count_in",
     "create_job",
     "get_job",
+    "jobs_by_ids",
     "jobs_in",
     "jobs_owing_final_word",
     "mark_failed",
@@ -40,7 +47,10 @@ __all__ = [
     "mark_submitting",
     "mark_succeeded",
     "mark_told",
+    "polling_handles",
     "queue_position",
+    "queued_ids",
+    "queued_jobs",
     "submitted_job",
 ]
 
@@ -55,27 +65,37 @@ async def create_job(store: Store, new: NewJob, limits: QuotaLimits) -> Job | Qu
 
     One write transaction: two requests (from coroutines or processes) cannot both see the same
     remaining quota. Returns the new :class:`Job`, or a :class:`QuotaRefusal` naming the limit.
+    The reservation is written by the database as the job goes in (trigger ``jobs_reserve``), so the
+    transaction is four statements: ``BEGIN``, one read of every figure the limits need, the insert,
+    ``COMMIT``; each costs a hop to the connection's thread, so fewer of them mean more reservations.
     """
     now = store.now()
     day = utc_day(now)
     async with store.transaction() as tx:
-        member_today, guild_today = await daily_use(tx, new.guild_id, new.user_id, day)
-        activity = await tx.fetch_one(
+        # One statement for every figure the limits need, each read through an index: the usage rows of
+        # the day, the member's live jobs (jobs_member_live holds live jobs only), their latest job.
+        use = await tx.fetch_one(
             """
-            SELECT count(*) FILTER (WHERE status IN ('queued', 'submitting', 'submitted', 'succeeded')),
-                   max(created_at)
-            FROM jobs WHERE guild_id = ? AND user_id = ?
+            SELECT
+                (SELECT coalesce(sum(used + reserved), 0) FROM usage
+                 WHERE guild_id = :guild AND user_id = :user AND day = :day),
+                (SELECT coalesce(sum(used + reserved), 0) FROM usage WHERE guild_id = :guild AND day = :day),
+                (SELECT count(*) FROM jobs
+                 WHERE guild_id = :guild AND user_id = :user
+                   AND status IN ('queued', 'submitting', 'submitted', 'succeeded')),
+                (SELECT created_at FROM jobs
+                 WHERE guild_id = :guild AND user_id = :user ORDER BY created_at DESC LIMIT 1)
             """,
-            (new.guild_id, new.user_id),
+            {"guild": new.guild_id, "user": new.user_id, "day": day},
         )
-        assert activity is not None
+        assert use is not None
         refusal = evaluate_quota(
             limits,
             requested=new.count,
-            member_today=member_today,
-            guild_today=guild_today,
-            active_jobs=int(activity[0]),
-            last_job_at=activity[1],
+            member_today=int(use[0]),
+            guild_today=int(use[1]),
+            active_jobs=int(use[2]),
+            last_job_at=use[3],
             now=now,
         )
         if refusal is not None:
@@ -113,8 +133,7 @@ async def create_job(store: Store, new: NewJob, limits: QuotaLimits) -> Job | Qu
                 "day": day,
             },
         )
-        assert row is not None
-        await reserve(tx, new.guild_id, new.user_id, day, new.count)
+        assert row is not None  # the jobs_reserve trigger has reserved its images
     job = _job(row)
     log.info("job %d queued: %d image(s) for user %d in guild %d", job.id, job.count, job.user_id, job.guild_id)
     return job
@@ -162,6 +181,8 @@ async def mark_succeeded(store: Store, job_id: int, image_urls: Sequence[str], s
 async def mark_posted(store: Store, job_id: int, message_id: int, delivered: int) -> bool:
     """succeeded -> posted: release the reservation and charge the ``delivered`` images.
 
+    An inline edit source and inline result images are dropped (the posted message has the images).
+
     The post has happened, so it is always recorded: more images than were reserved are charged as the
     reserved number (never more). A second call returns False and charges nothing.
     """
@@ -171,7 +192,15 @@ async def mark_posted(store: Store, job_id: int, message_id: int, delivered: int
         row = await tx.fetch_one(
             """
             UPDATE jobs SET status = 'posted', posted_message_id = ?, posted_at = ?,
-                            charged_images = min(?, reserved_images), final_word_owed = 1
+                            charged_images = min(?, reserved_images), final_word_owed = 1,
+                            source_image_url = CASE WHEN source_image_url LIKE 'data:%' THEN NULL
+                                                    ELSE source_image_url END,
+                            result = CASE WHEN instr(result, '"data:') > 0
+                                THEN json_set(result, '$.images', json((
+                                    SELECT json_group_array(image.value)
+                                    FROM json_each(result, '$.images') AS image
+                                    WHERE image.value NOT LIKE 'data:%')))
+                                ELSE result END
             WHERE id = ? AND status = 'succeeded'
             RETURNING guild_id, user_id, usage_day, reserved_images, charged_images
             """,
@@ -192,12 +221,23 @@ async def mark_posted(store: Store, job_id: int, message_id: int, delivered: int
 
 
 async def mark_failed(store: Store, job_id: int, code: str, message: str) -> bool:
-    """Any non-terminal status -> failed, releasing the reservation (nothing is charged)."""
+    """Any non-terminal status -> failed, releasing the reservation (nothing is charged).
+
+    An inline edit source and inline result images are dropped.
+    """
     async with store.transaction() as tx:
         row = await tx.fetch_one(
             """
             UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, finished_at = ?,
-                            final_word_owed = 1
+                            final_word_owed = 1,
+                            source_image_url = CASE WHEN source_image_url LIKE 'data:%' THEN NULL
+                                                    ELSE source_image_url END,
+                            result = CASE WHEN instr(result, '"data:') > 0
+                                THEN json_set(result, '$.images', json((
+                                    SELECT json_group_array(image.value)
+                                    FROM json_each(result, '$.images') AS image
+                                    WHERE image.value NOT LIKE 'data:%')))
+                                ELSE result END
             WHERE id = ? AND status IN ('queued', 'submitting', 'submitted', 'succeeded')
             RETURNING guild_id, user_id, usage_day, reserved_images
             """,
@@ -209,12 +249,17 @@ async def mark_failed(store: Store, job_id: int, code: str, message: str) -> boo
 
 
 async def mark_lost(store: Store, job_id: int, message: str) -> bool:
-    """submitting -> lost (the outcome of the submit is unknown after a restart); nothing is charged."""
+    """submitting -> lost (the outcome of the submit is unknown after a restart); nothing is charged.
+
+    An inline edit source is dropped.
+    """
     async with store.transaction() as tx:
         row = await tx.fetch_one(
             """
             UPDATE jobs SET status = 'lost', error_code = ?, error_message = ?, finished_at = ?,
-                            final_word_owed = 1
+                            final_word_owed = 1,
+                            source_image_url = CASE WHEN source_image_url LIKE 'data:%' THEN NULL
+                                                    ELSE source_image_url END
             WHERE id = ? AND status = 'submitting'
             RETURNING guild_id, user_id, usage_day, reserved_images
             """,
@@ -256,9 +301,63 @@ async def submitted_job(store: Store, task_id: str) -> Job | None:
 
 async def jobs_in(store: Store, *statuses: JobStatus) -> list[Job]:
     """Every job in any of ``statuses``, oldest first (e.g. to resume work after a restart)."""
+    if not statuses:
+        return []
     rows = await store.fetch_all(
         "SELECT * FROM jobs WHERE status IN (SELECT value FROM json_each(?)) ORDER BY id",
-        (json.dumps([JobStatus(status).value for status in statuses]),),
+        (_statuses(statuses),),
+    )
+    return [_job(row) for row in rows]
+
+
+async def queued_jobs(store: Store, *, limit: int | None = None) -> list[Job]:
+    """Queued jobs in queue order (oldest first), at most ``limit`` of them (all if ``None``)."""
+    if limit is not None and limit <= 0:
+        return []
+    rows = await store.fetch_all(
+        "SELECT * FROM jobs WHERE status = 'queued' ORDER BY id LIMIT ?", (-1 if limit is None else limit,)
+    )
+    return [_job(row) for row in rows]
+
+
+async def queued_ids(store: Store) -> list[int]:
+    """The ids of queued jobs in queue order; read from the status index alone, no job is decoded."""
+    rows = await store.fetch_all("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id")
+    return [int(row[0]) for row in rows]
+
+
+async def count_in(store: Store, *statuses: JobStatus) -> int:
+    """How many jobs are in any of ``statuses``, counted in the status index."""
+    if not statuses:
+        return 0
+    row = await store.fetch_one(
+        "SELECT count(*) FROM jobs WHERE status IN (SELECT value FROM json_each(?))", (_statuses(statuses),)
+    )
+    assert row is not None
+    return int(row[0])
+
+
+async def polling_handles(store: Store) -> list[PollHandle]:
+    """Submitted jobs as light rows (id, provider task, start), oldest first: what a poll needs, no job decoded.
+
+    ``started_at`` is when the provider accepted the job (``submitted_at``; ``created_at`` if unknown).
+    """
+    rows = await store.fetch_all(
+        """
+        SELECT id, provider_task_id, coalesce(submitted_at, created_at) FROM jobs
+        WHERE status = 'submitted' AND provider_task_id IS NOT NULL ORDER BY id
+        """
+    )
+    return [PollHandle(int(row[0]), str(row[1]), float(row[2])) for row in rows]
+
+
+async def jobs_by_ids(store: Store, ids: Sequence[int]) -> list[Job]:
+    """The jobs with these ids, in id order; ids of no job (pruned, say) are skipped."""
+    if not ids:
+        return []
+    rows = await store.fetch_all(
+        "SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+        (json.dumps([int(job_id) for job_id in ids]),),
     )
     return [_job(row) for row in rows]
 
@@ -303,6 +402,11 @@ async def _done(tx: Transaction, job_id: int, row: sqlite3.Row | None, target: J
     else:
         log.warning("job %d: cannot mark %s from status %s", job_id, target, current[0])
     return False
+
+
+def _statuses(statuses: Sequence[JobStatus]) -> str:
+    """``statuses`` as the JSON list the ``IN (SELECT value FROM json_each(?))`` queries take."""
+    return json.dumps([JobStatus(status).value for status in statuses])
 
 
 def _interaction_time(new: NewJob, now: float) -> float | None:

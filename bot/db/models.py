@@ -17,6 +17,7 @@ __all__ = [
     "LimitChange",
     "LimitKind",
     "NewJob",
+    "PollHandle",
     "Provider",
     "QuotaLimits",
     "QuotaRefusal",
@@ -138,6 +139,17 @@ class Job:
         if self.interaction_token is None or self.interaction_created_at is None:
             return None
         return self.interaction_created_at + INTERACTION_LIFETIME
+
+
+@dataclass(frozen=True, slots=True)
+class PollHandle:
+    """What polling a submitted job needs, without the rest of its row: see :func:`bot.db.polling_handles`."""
+
+    job_id: int
+    task_id: str
+    """The provider's handle for the job (``provider_task_id``)."""
+    started_at: float
+    """When the provider accepted the job (unix seconds; its creation time if that is unknown)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """Images per member and day: reading usage, deciding quotas, reserving and settling images.
 
-A job reserves its images on the day it is accepted (``jobs.usage_day``); posting moves what was
+A job reserves its images on the day it is accepted (``jobs.usage_day``): the database adds them to
+``reserved`` as the job row goes in (trigger ``jobs_reserve``, migration 0006). Posting moves what was
 delivered from ``reserved`` to ``used``, failing releases it. Daily use is ``used + reserved``.
 """
 
@@ -8,9 +9,9 @@ from __future__ import annotations
 
 from bot.db.days import month_bounds, next_utc_midnight, utc_day
 from bot.db.models import LimitKind, QuotaLimits, QuotaRefusal, UsageSummary
-from bot.db.store import Reader, Store, Transaction
+from bot.db.store import Store, Transaction
 
-__all__ = ["evaluate_quota", "guild_usage_today", "release", "reserve", "user_usage"]
+__all__ = ["evaluate_quota", "guild_usage_today", "release", "user_usage"]
 
 
 def evaluate_quota(
@@ -42,42 +43,17 @@ def evaluate_quota(
     return None
 
 
-async def daily_use(db: Reader, guild_id: int, user_id: int, day: str) -> tuple[int, int]:
-    """Images used + reserved on ``day``: by the member, and by the whole server."""
-    row = await db.fetch_one(
-        """
-        SELECT coalesce(sum(used + reserved) FILTER (WHERE user_id = :user), 0),
-               coalesce(sum(used + reserved), 0)
-        FROM usage
-        WHERE guild_id = :guild AND day = :day
-        """,
-        {"guild": guild_id, "user": user_id, "day": day},
-    )
-    assert row is not None  # an aggregate always returns a row
-    return int(row[0]), int(row[1])
-
-
-async def reserve(tx: Transaction, guild_id: int, user_id: int, day: str, images: int) -> None:
-    """Add ``images`` to the member's reservation on ``day``."""
-    await tx.execute(
-        """
-        INSERT INTO usage (guild_id, user_id, day, reserved) VALUES (:guild, :user, :day, :images)
-        ON CONFLICT (guild_id, user_id, day) DO UPDATE SET reserved = reserved + excluded.reserved
-        """,
-        {"guild": guild_id, "user": user_id, "day": day, "images": images},
-    )
-
-
 async def release(tx: Transaction, guild_id: int, user_id: int, day: str, *, reserved: int, used: int) -> None:
     """Settle a job: take ``reserved`` images off the reservation and count ``used`` ones as used."""
-    changed = await tx.execute(
+    changed = await tx.fetch_all(
         """
         UPDATE usage SET reserved = reserved - :reserved, used = used + :used
         WHERE guild_id = :guild AND user_id = :user AND day = :day
+        RETURNING 1
         """,
         {"guild": guild_id, "user": user_id, "day": day, "reserved": reserved, "used": used},
     )
-    if changed != 1:
+    if len(changed) != 1:
         raise RuntimeError(f"no usage row for guild {guild_id}, user {user_id}, day {day} to settle")
 
 

@@ -1,0 +1,43 @@
+"""Keeping the database from growing without bound: old finished jobs are deleted in small batches.
+
+Only job rows go. What usage reports need stays: images per member and day live in ``usage``, which
+pruning never touches, so ``/usage`` and the daily limits read the same after a prune as before. A job
+whose member is still owed its last word (see :func:`bot.db.mark_told`) is kept until it has been said.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bot.db.store import Store
+
+__all__ = ["prune_finished_jobs"]
+
+log = logging.getLogger(__name__)
+
+
+async def prune_finished_jobs(store: Store, *, before: float, batch: int = 500) -> int:
+    """Delete up to ``batch`` ended jobs (posted, failed or lost) that finished before ``before`` (unix
+    seconds) and owe their member nothing any more, oldest first; return how many were deleted.
+
+    One short transaction per call, so a caller prunes a large backlog by calling again until it gets
+    fewer than ``batch``, and other writers get the database in between. A batch is all or nothing: a
+    bot stopped during one leaves every job of it in place, and the next call picks them up. Jobs made
+    from a deleted one (re-rolls, edits) keep their rows; their ``parent_job_id`` becomes NULL.
+    """
+    if batch <= 0:
+        raise ValueError(f"a prune batch must delete at least one job, not {batch}")
+    async with store.transaction() as tx:
+        rows = await tx.fetch_all(
+            """
+            DELETE FROM jobs WHERE id IN (
+                SELECT id FROM jobs
+                WHERE status IN ('posted', 'failed', 'lost') AND finished_at < :before AND final_word_owed = 0
+                ORDER BY finished_at LIMIT :batch)
+            RETURNING id
+            """,
+            {"before": before, "batch": batch},
+        )
+    if rows:
+        log.info("pruned %d finished job(s) older than %.0f", len(rows), before)
+    return len(rows)
