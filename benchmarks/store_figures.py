@@ -1,0 +1,336 @@
+"""Figures for the SQLite store: how fast quota reservations go as a member's history grows, what two
+processes on one file do, and how big the file gets after many edits with inline sources.
+
+    python -m benchmarks --only store [--quick]
+
+Uses only the store's long-standing functions (``Store.open``, ``create_job``, ``mark_*``), so the same module
+measures older revisions of the code too. Nothing is asserted: these are figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import sqlite3
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.framework import ANCHOR, Benchmark, Figure
+from bot.db import (
+    JobKind,
+    NewJob,
+    Provider,
+    QuotaLimits,
+    QuotaRefusal,
+    Store,
+    create_job,
+    mark_posted,
+    mark_submitted,
+    mark_submitting,
+    mark_succeeded,
+)
+
+__all__ = ["BENCHMARKS"]
+
+GUILD = 9001
+CHANNEL = 9002
+MEMBER = 9003
+#: Every limit is checked (and passes), so each reservation does all the work a real one does.
+LIMITS = QuotaLimits(user_daily=10**9, guild_daily=10**9, max_concurrent=10**9, cooldown=0.0)
+TASKS = 16
+#: Bytes of base64 per inline edit source in the size figure (a real one can reach ~13 MB).
+SOURCE_BYTES = 64 * 1024
+
+
+def _new_job(user_id: int = MEMBER, *, source: str | None = None) -> NewJob:
+    return NewJob(
+        guild_id=GUILD,
+        channel_id=CHANNEL,
+        user_id=user_id,
+        kind=JobKind.EDIT if source else JobKind.GENERATE,
+        prompt="a lighthouse at dusk, oil on canvas",
+        model="flux-dev",
+        size="1:1",
+        count=1,
+        provider=Provider.ACEDATA,
+        source_image_url=source,
+        interaction_application_id=1,
+        interaction_token="token-" + "x" * 60,
+    )
+
+
+def _history(path: Path, finished: int) -> None:
+    """``finished`` posted jobs of the benchmark's member, written in one go (the schema is already there)."""
+    day_seconds = 86_400.0
+    start = time.time() - 400 * day_seconds
+    rows = [
+        (
+            GUILD,
+            CHANNEL,
+            MEMBER,
+            f"old prompt number {n}",
+            start + n * 60.0,
+            start + n * 60.0 + 20.0,
+            json.dumps({"images": [f"https://cdn.example/{n}.png"], "seed": 7}),
+            start + n * 60.0 + 30.0,
+            1_000_000 + n,
+            time.strftime("%Y-%m-%d", time.gmtime(start + n * 60.0)),
+        )
+        for n in range(finished)
+    ]
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.executemany(
+                """
+                INSERT INTO jobs (guild_id, channel_id, user_id, kind, prompt, model, size, count, provider,
+                                  status, created_at, finished_at, result, posted_at, posted_message_id,
+                                  reserved_images, charged_images, usage_day)
+                VALUES (?, ?, ?, 'generate', ?, 'flux-dev', '1:1', 1, 'acedata', 'posted', ?, ?, ?, ?, ?, 1, 1, ?)
+                """,
+                rows,
+            )
+    finally:
+        conn.close()
+
+
+async def _prepared(folder: Path, finished: int) -> Path:
+    path = folder / "store.db"
+    store = await Store.open(path)
+    await store.close()
+    _history(path, finished)
+    return path
+
+
+async def _reserve(store: Store, per_task: int, users: Sequence[int]) -> tuple[int, int]:
+    """Reservations made and errors met by ``TASKS`` concurrent tasks, ``per_task`` each."""
+    made = errors = 0
+
+    async def one_task(user_id: int) -> None:
+        nonlocal made, errors
+        for _ in range(per_task):
+            try:
+                outcome = await create_job(store, _new_job(user_id), LIMITS)
+            except Exception:
+                errors += 1
+            else:
+                if not isinstance(outcome, QuotaRefusal):
+                    made += 1
+
+    await asyncio.gather(*(one_task(users[n % len(users)]) for n in range(TASKS)))
+    return made, errors
+
+
+#: Reservations per task in one round of :func:`reservation_rate`; the round's jobs then end, untimed.
+ROUND = 4
+
+
+async def reservation_rate(finished: int, total: int) -> float:
+    """Reservations per second through ``create_job`` for a member with ``finished`` jobs behind them.
+
+    The member's jobs are ended between rounds of ``TASKS * ROUND`` reservations (outside the timing), so they
+    never have more than one round's jobs live, as a member with a concurrency limit would not.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        path = await _prepared(Path(folder), finished)
+        store = await Store.open(path)
+        try:
+            await _reserve(store, 2, [MEMBER])  # warm up the connection and the page cache
+            made, elapsed = 0, 0.0
+            while made < total:
+                await _end_live_jobs(store)
+                started = time.perf_counter()
+                made += (await _reserve(store, ROUND, [MEMBER]))[0]
+                elapsed += time.perf_counter() - started
+            return made / elapsed
+        finally:
+            await store.close()
+
+
+async def _end_live_jobs(store: Store) -> None:
+    """Fail every live job at once (one statement; the reservations are left as they are: no limit is near)."""
+    async with store.transaction() as tx:
+        await tx.execute(
+            """
+            UPDATE jobs SET status = 'failed', error_code = 'benchmark', finished_at = created_at
+            WHERE status IN ('queued', 'submitting', 'submitted', 'succeeded')
+            """
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Share:
+    """What one of the processes sharing a file is given: the file, its work, and the start signals."""
+
+    path: str
+    per_task: int
+    user_base: int
+    ready: Any  # multiprocessing Event: this process has opened the store
+    go: Any  # multiprocessing Event: every process may start
+    out: Any  # multiprocessing Queue: (reservations, errors, started, ended)
+
+
+def _process_main(share: _Share) -> None:
+    """One of the processes sharing the file: open the store, wait for the start, reserve, report."""
+    path, per_task, user_base, ready, go, out = (
+        share.path,
+        share.per_task,
+        share.user_base,
+        share.ready,
+        share.go,
+        share.out,
+    )
+
+    async def main() -> tuple[int, int, float, float]:
+        errors = 0
+        try:
+            store = await Store.open(Path(path))
+        except Exception:
+            ready.set()
+            return 0, 1, 0.0, 0.0
+        try:
+            ready.set()
+            go.wait()
+            started = time.perf_counter()
+            made, errors = await _reserve(store, per_task, [user_base + n for n in range(TASKS)])
+            return made, errors, started, time.perf_counter()
+        finally:
+            await store.close()
+
+    out.put(asyncio.run(main()))
+
+
+async def processes_on_one_file(processes: int, total: int) -> tuple[float, float]:
+    """Total reservations per second of ``processes`` processes (16 tasks each) sharing ``total`` reservations
+    on one file, and the errors they met."""
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as folder:
+        path = await _prepared(Path(folder), 1_000)
+        go = context.Event()
+        out = context.Queue()
+        readies = [context.Event() for _ in range(processes)]
+        workers = [
+            context.Process(
+                target=_process_main,
+                args=(_Share(str(path), total // processes // TASKS, 20_000 + 100 * n, readies[n], go, out),),
+            )
+            for n in range(processes)
+        ]
+        for worker in workers:
+            worker.start()
+        loop = asyncio.get_running_loop()
+        for ready in readies:
+            await loop.run_in_executor(None, ready.wait)
+        go.set()
+        results = [await loop.run_in_executor(None, out.get) for _ in workers]
+        for worker in workers:
+            await loop.run_in_executor(None, worker.join)
+    made = sum(result[0] for result in results)
+    errors = sum(result[1] for result in results)
+    spans = [result for result in results if result[3] > 0]
+    elapsed = max(r[3] for r in spans) - min(r[2] for r in spans) if spans else 0.0
+    # perf_counter is system-wide on Linux (CLOCK_MONOTONIC), so the processes' readings compare.
+    return (made / elapsed if elapsed > 0 else 0.0), float(errors)
+
+
+async def size_after_edits(jobs: int) -> tuple[float, float]:
+    """The database (file + WAL, after a checkpoint) and its pages in use, in MB, after ``jobs`` edits with an
+    inline source of :data:`SOURCE_BYTES` each, every one run to posted."""
+    source = "data:image/png;base64," + "A" * (SOURCE_BYTES - len("data:image/png;base64,"))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "store.db"
+        store = await Store.open(path)
+        try:
+
+            async def one_task(task: int) -> None:
+                for n in range(task, jobs, TASKS):
+                    job = await create_job(store, _new_job(30_000 + task, source=source), LIMITS)
+                    assert not isinstance(job, QuotaRefusal)
+                    await mark_submitting(store, job.id)
+                    await mark_submitted(store, job.id, f"task-{n}")
+                    await mark_succeeded(store, job.id, [f"https://cdn.example/{n}.png"], 7)
+                    await mark_posted(store, job.id, 2_000_000 + n, 1)
+
+            await asyncio.gather(*(one_task(task) for task in range(TASKS)))
+        finally:
+            await store.close()
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            page_size, pages, free = (
+                conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count", "freelist_count")
+            )
+        finally:
+            conn.close()
+        on_disk = sum(file.stat().st_size for file in Path(folder).iterdir())  # noqa: ASYNC240 - after the run
+    return on_disk / 1e6, (pages - free) * page_size / 1e6
+
+
+async def run(quick: bool) -> dict[str, float]:
+    """One run of every store figure."""
+    total = 1_024 if quick else 2_048
+    deep = 10_000 if quick else 100_000
+    edits = 1_000 if quick else 10_000
+    flat = await reservation_rate(100, total)
+    grown = await reservation_rate(deep, total)
+    alone, _ = await processes_on_one_file(1, total)
+    together, errors = await processes_on_one_file(2, total)
+    disk, used = await size_after_edits(edits)
+    return {
+        "reserve_100": flat,
+        "reserve_deep": grown,
+        "one_process": alone,
+        "two_processes": together,
+        "two_processes_errors": errors,
+        "edits_file_mb": disk,
+        "edits_used_mb": used,
+    }
+
+
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark(
+        name="store",
+        figures=(
+            Figure(
+                "reserve_100",
+                "reservations/s via create_job, 16 tasks, 100 finished jobs of the member",
+                "/s",
+                "> 2,000/s, flat",
+            ),
+            Figure(
+                "reserve_deep",
+                "reservations/s via create_job, 16 tasks, 100,000 finished jobs (10,000 quick)",
+                "/s",
+                "> 2,000/s, flat",
+            ),
+            Figure(
+                "two_processes",
+                "reservations/s, two processes x 16 tasks on one file (total)",
+                "/s",
+                "not below one process",
+            ),
+            Figure("one_process", f"{ANCHOR}one such process alone", "/s"),
+            Figure("two_processes_errors", "errors in those two processes (e.g. database is locked)", "", "0"),
+            Figure(
+                "edits_file_mb",
+                "database file + WAL after 10,000 posted edits (1,000 quick), 64 KiB inline source each",
+                "MB",
+                "sources dropped when the job ends",
+                "{:.1f}",
+            ),
+            Figure(
+                "edits_used_mb",
+                "pages in use (page_count - freelist) after those edits",
+                "MB",
+                "sources dropped when the job ends",
+                "{:.1f}",
+            ),
+        ),
+        run=run,
+    ),
+)
