@@ -108,6 +108,7 @@ async def polling(quick: bool) -> dict[str, float]:
         "tick_min": min(periods, default=float("nan")) * 1000,
         "tick_max": max(periods, default=float("nan")) * 1000,
         "poll_rate": len(requests) / (end - start),
+        "per_tick": len(requests) / len(ticks) if ticks else float("nan"),
         **anchor,
     }
 
@@ -180,6 +181,7 @@ POLLING = Benchmark(
         Figure("tick_max", "poll tick period, max", "ms", "1000"),
         Figure("poll_rate", "status requests/s while 100 jobs finish (polling 1 s)", "/s", "", "{:.1f}"),
         Figure("vendor_rate", f"{ANCHOR}vendor clients, same 100 tasks", "/s", "", "{:.1f}"),
+        Figure("per_tick", "status requests per poll tick (100 pending, batches of up to 50)", "", "", "{:.1f}"),
     ),
     polling,
 )
