@@ -12,7 +12,9 @@
 --    - a member's live jobs (max_concurrent) through a partial index holding live jobs only, instead of
 --      jobs_member, which led to every job the member ever had;
 --    - ended jobs by the time they ended, for pruning old ones in small batches;
---    - children of a job, so deleting a job finds the rows whose parent_job_id it sets to NULL.
+--    - children of a job, so deleting a job finds the rows whose parent_job_id it sets to NULL;
+--    - a server's usage of one day read from the index alone: without used and reserved in it, SQLite read
+--      the server's usage rows of every day instead (its whole history) to sum one day's.
 PRAGMA defer_foreign_keys = ON;
 
 ALTER TABLE jobs RENAME TO jobs_v5;
@@ -97,6 +99,10 @@ CREATE INDEX jobs_member_live ON jobs (guild_id, user_id)
 CREATE INDEX jobs_ended ON jobs (finished_at) WHERE status IN ('posted', 'failed', 'lost');
 -- The re-rolls and edits made from a job: deleting it sets their parent_job_id to NULL through this.
 CREATE INDEX jobs_parent ON jobs (parent_job_id) WHERE parent_job_id IS NOT NULL;
+
+-- A server's images of one day (guild_daily, /usage), summed from the index alone.
+DROP INDEX usage_guild_day;
+CREATE INDEX usage_guild_day ON usage (guild_id, day, used, reserved);
 
 -- A job's images are reserved by the database as the job goes in (on its usage day), in the statement that
 -- records it: every job row holds a reservation, and a reservation costs one statement less. Settling it is the

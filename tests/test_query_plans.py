@@ -1,0 +1,346 @@
+"""Every query on a hot path reads only the rows it needs, however long the history behind it.
+
+The hot paths are accepting a job (the server's rules and the quota reservation), dispatching, polling,
+delivering, ending a job, the last word after a restart, ``/usage`` and pruning. Each test runs them for
+real on a SQLite file that holds a long history, captures every statement SQLite actually executed
+(``set_trace_callback``, with the parameters expanded), and checks it two ways:
+
+- **its plan** (``EXPLAIN QUERY PLAN``): no ``SCAN`` of a table. A ``SCAN`` through an index is allowed only
+  for the partial indexes of :data:`LIVE_INDEXES`, which hold nothing but the rows a hot path acts on (live
+  jobs; ended jobs still owing their member a last word), so reading all of them is reading what is needed.
+  Every other read must be a ``SEARCH`` (a primary key, or an index range).
+- **its work**: a ``SEARCH`` can still walk a member's whole history (``guild_id = ? AND user_id = ?`` over
+  every job they ever had looks the same in a plan as over their live ones), so the same operations also
+  run on a file with a short one, counting the virtual machine steps of each statement (SQLite's
+  progress handler). A statement may not do markedly more work because finished jobs and old usage piled
+  up: see :data:`SLACK`. Steps are counted, not timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from bot.db import (
+    JobKind,
+    JobStatus,
+    NewJob,
+    Provider,
+    QuotaLimits,
+    QuotaRefusal,
+    Store,
+    active_jobs,
+    blocked_terms,
+    count_in,
+    create_job,
+    get_guild_settings,
+    get_job,
+    guild_usage_today,
+    jobs_by_ids,
+    jobs_in,
+    jobs_owing_final_word,
+    mark_failed,
+    mark_lost,
+    mark_posted,
+    mark_submitted,
+    mark_submitting,
+    mark_succeeded,
+    mark_told,
+    polling_handles,
+    prune_finished_jobs,
+    queue_position,
+    queued_ids,
+    queued_jobs,
+    submitted_job,
+    user_usage,
+)
+
+GUILD = 71
+USER = 72
+CHANNEL = 73
+NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC).timestamp()
+DAY = 86_400.0
+#: Every limit is set, so every check runs (and passes, except where a test wants a refusal).
+LIMITS = QuotaLimits(user_daily=1_000, guild_daily=100_000, max_concurrent=50, cooldown=0.5)
+
+#: Partial indexes that hold only rows a hot path acts on: scanning one of them is reading what is needed.
+LIVE_INDEXES = frozenset({"jobs_member_live", "jobs_final_word_owed"})
+#: How much more work a statement may do with the history than without: a B-tree a level deeper costs a few
+#: steps per lookup, never a step per row of history.
+SLACK = (1.5, 300)
+#: Virtual machine steps between two calls of the progress handler.
+STEP = 10
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Statement:
+    sql: str
+    steps: int = 0
+
+
+@dataclass
+class Capture:
+    """The statements each named operation executed, in order, with their virtual machine steps."""
+
+    operations: dict[str, list[Statement]] = field(default_factory=dict)
+    current: list[Statement] | None = None
+
+    def trace(self, sql: str) -> None:
+        if self.current is None:
+            return
+        if self.current and self.current[-1].sql == sql:
+            return  # the same statement again: SQLite traces a trigger under its statement
+        self.current.append(Statement(sql))
+
+    def progress(self) -> int:
+        if self.current:
+            self.current[-1].steps += STEP
+        return 0
+
+
+class Recorder:
+    """Runs operations on a store and records what SQLite did for each."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.capture = Capture()
+
+    @asynccontextmanager
+    async def recording(self) -> AsyncIterator[None]:
+        conn = self.store._conn  # the aiosqlite connection: its callbacks run in the connection's thread
+        await conn.set_trace_callback(self.capture.trace)
+        await conn.set_progress_handler(self.capture.progress, STEP)
+        try:
+            yield
+        finally:
+            await conn.set_progress_handler(None, STEP)  # type: ignore[arg-type]
+            await conn.set_trace_callback(None)  # type: ignore[arg-type]
+
+    async def run(self, name: str, operation: Callable[[], Awaitable[object]]) -> object:
+        self.capture.current = self.capture.operations.setdefault(name, [])
+        try:
+            return await operation()
+        finally:
+            self.capture.current = None
+
+
+def request(user_id: int = USER, **overrides: object) -> NewJob:
+    fields: dict[str, object] = {
+        "guild_id": GUILD,
+        "channel_id": CHANNEL,
+        "user_id": user_id,
+        "kind": JobKind.GENERATE,
+        "prompt": "a lighthouse at dusk",
+        "model": "flux-dev",
+        "size": "1:1",
+        "count": 1,
+        "provider": Provider.BFL,
+        "interaction_application_id": 1,
+        "interaction_token": "token",
+    } | overrides
+    return NewJob(**fields)  # type: ignore[arg-type]
+
+
+def write_history(path: Path, member_jobs: int, others: int) -> None:
+    """Finished jobs of the member (and of other members of the server) over past days, with their usage."""
+    statuses = ("posted", "failed", "lost")
+    rows = []
+    for n in range(member_jobs + others):
+        user = USER if n < member_jobs else 1_000 + n % 97
+        at = NOW - 400 * DAY + n * 600.0
+        status = statuses[n % 3]
+        rows.append(
+            (
+                user,
+                f"old prompt {n}",
+                at,
+                status,
+                None if status == "posted" else "provider_error",
+                json.dumps({"images": [f"https://cdn.example/{n}.png"], "seed": n}) if status == "posted" else None,
+                at + 30.0 if status == "posted" else None,
+                5_000_000 + n if status == "posted" else None,
+                1 if status == "posted" else 0,
+                datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d"),
+                f"old-task-{n}",
+                at + 20.0,
+            )
+        )
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            f"""
+            INSERT INTO jobs (guild_id, channel_id, user_id, kind, prompt, model, size, count, provider, status,
+                              error_code, result, posted_at, posted_message_id, reserved_images, charged_images,
+                              usage_day, provider_task_id, finished_at, created_at)
+            SELECT {GUILD}, {CHANNEL}, ?1, 'generate', ?2, 'flux-dev', '1:1', 1, 'bfl', ?4, ?5, ?6, ?7, ?8, 1, ?9,
+                   ?10, ?11, ?12, ?3
+            """,
+            rows,
+        )
+        # Settle the reservations the jobs_reserve trigger made, as the ends of those jobs did.
+        conn.execute("UPDATE usage SET used = used + reserved, reserved = 0")
+    conn.close()
+
+
+async def hot_paths(recorder: Recorder, clock: Clock) -> None:
+    """Everything the bot does to jobs on its hot paths, each step named."""
+    run = recorder.run
+    store = recorder.store
+    await run("accept: server settings", lambda: get_guild_settings(store, GUILD))
+    await run("accept: blocklist", lambda: blocked_terms(store, GUILD))
+    jobs = []
+    for n in range(6):
+        clock.now += 1.0
+        job = await run(f"accept: create_job {n}", lambda: create_job(store, request(), LIMITS))
+        assert not isinstance(job, QuotaRefusal), job
+        jobs.append(job)
+    edit = await run(
+        "accept: create_job of an edit",
+        lambda: create_job(store, request(2, kind=JobKind.EDIT, source_image_url="data:image/png;base64,AAAA"), LIMITS),
+    )
+    assert not isinstance(edit, QuotaRefusal)
+    refusal = await run("accept: create_job refused", lambda: create_job(store, request(), LIMITS))
+    assert isinstance(refusal, QuotaRefusal)  # the cooldown: half a second has not passed
+    clock.now += 1.0
+
+    await run("dispatch: queued ids", lambda: queued_ids(store))
+    await run("dispatch: in flight", lambda: count_in(store, JobStatus.SUBMITTING, JobStatus.SUBMITTED))
+    await run("dispatch: queued jobs", lambda: queued_jobs(store, limit=4))
+    await run("dispatch: queue position", lambda: queue_position(store, jobs[-1].id))
+    await run("dispatch: jobs by ids", lambda: jobs_by_ids(store, [job.id for job in jobs[3:]]))
+    await run("restart: interrupted submits", lambda: jobs_in(store, JobStatus.SUBMITTING))
+    for job in [*jobs[:4], edit]:
+        await run("dispatch: mark_submitting", lambda job=job: mark_submitting(store, job.id))
+    await run("restart: mark_lost", lambda: mark_lost(store, jobs[3].id, "lost in a restart"))
+    for job in [*jobs[:3], edit]:
+        await run("submit: mark_submitted", lambda job=job: mark_submitted(store, job.id, f"task-{job.id}"))
+
+    await run("poll: polling handles", lambda: polling_handles(store))
+    await run("callback: submitted job", lambda: submitted_job(store, f"task-{jobs[0].id}"))
+    inline = ["data:image/png;base64,AAAA", "https://cdn.example/new.png"]
+    for job in [*jobs[:2], edit]:
+        await run("poll: mark_succeeded", lambda job=job: mark_succeeded(store, job.id, inline, 5))
+    await run("poll: get_job", lambda: get_job(store, jobs[0].id))
+    await run("deliver: succeeded jobs", lambda: jobs_in(store, JobStatus.SUCCEEDED))
+    await run("deliver: mark_posted", lambda: mark_posted(store, jobs[0].id, 9_000_001, 1))
+    await run("deliver: mark_posted of an edit", lambda: mark_posted(store, edit.id, 9_000_002, 1))
+    await run("deliver: mark_failed", lambda: mark_failed(store, jobs[1].id, "delivery", "could not post"))
+    await run("fail: mark_failed while queued", lambda: mark_failed(store, jobs[5].id, "cancelled", "gone"))
+    await run("last word: owed", lambda: jobs_owing_final_word(store))
+    await run("last word: mark_told", lambda: mark_told(store, jobs[0].id))
+
+    await run("/usage: user_usage", lambda: user_usage(store, GUILD, USER))
+    await run("/usage: guild_usage_today", lambda: guild_usage_today(store, GUILD))
+    await run("/usage: active jobs", lambda: active_jobs(store, GUILD, USER))
+    await run("prune: one batch", lambda: prune_finished_jobs(store, before=NOW - 300 * DAY, batch=50))
+
+
+async def recorded(path: Path, *, member_jobs: int, others: int) -> Capture:
+    clock = Clock()
+    async with await Store.open(path, clock=clock):
+        pass
+    write_history(path, member_jobs, others)
+    async with await Store.open(path, clock=clock) as store:
+        recorder = Recorder(store)
+        async with recorder.recording():
+            await hot_paths(recorder, clock)
+    return recorder.capture
+
+
+def plan(conn: sqlite3.Connection, sql: str) -> list[str]:
+    return [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+
+
+def is_query(sql: str) -> bool:
+    """Statements that read rows (SELECT, UPDATE, DELETE, INSERT ... SELECT); not BEGIN, COMMIT, PRAGMA."""
+    return sql.split(None, 1)[0].upper() in {"SELECT", "UPDATE", "DELETE", "INSERT", "WITH", "REPLACE"}
+
+
+def full_scans(steps: list[str]) -> list[str]:
+    """The plan steps that read a whole table, or a whole index that is not one of :data:`LIVE_INDEXES`."""
+    bad = []
+    for step in steps:
+        if not step.startswith("SCAN ") or step == "SCAN CONSTANT ROW" or " VIRTUAL TABLE " in step:
+            continue
+        index = step.rsplit(" INDEX ", 1)[1].split()[0] if " INDEX " in step else None
+        if index not in LIVE_INDEXES:
+            bad.append(step)
+    return bad
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory: pytest.TempPathFactory) -> tuple[Capture, Capture, Path]:
+    """The hot paths run on a file with a long history and on one with a short one; the first is kept for plans."""
+    folder = tmp_path_factory.mktemp("plans")
+    deep = asyncio.run(recorded(folder / "deep.db", member_jobs=3_000, others=2_000))
+    # A short history still gives the prune its one batch of 50 to delete.
+    shallow = asyncio.run(recorded(folder / "shallow.db", member_jobs=60, others=0))
+    return deep, shallow, folder / "deep.db"
+
+
+def test_every_hot_path_statement_is_a_search_or_reads_a_live_partial_index(
+    captures: tuple[Capture, Capture, Path],
+) -> None:
+    deep, _, path = captures
+    checked = 0
+    failures = []
+    with sqlite3.connect(path) as conn:
+        for name, statements in deep.operations.items():
+            for statement in statements:
+                if not is_query(statement.sql):
+                    continue
+                checked += 1
+                bad = full_scans(plan(conn, statement.sql))
+                if bad:
+                    failures.append(f"{name}: {' '.join(statement.sql.split())[:160]} -> {bad}")
+    conn.close()
+    assert checked >= 30, f"only {checked} statements were captured: is tracing working?"
+    assert not failures, "\n".join(failures)
+
+
+def test_deleting_a_job_finds_the_jobs_made_from_it_through_an_index(captures: tuple[Capture, Capture, Path]) -> None:
+    # The ON DELETE SET NULL of parent_job_id runs inside SQLite, untraced: check the statement it amounts to.
+    _, _, path = captures
+    with sqlite3.connect(path) as conn:
+        steps = plan(conn, "UPDATE jobs SET parent_job_id = NULL WHERE parent_job_id = 1")
+    conn.close()
+    assert steps == ["SEARCH jobs USING INDEX jobs_parent (parent_job_id=?)"]
+
+
+def test_no_hot_path_statement_works_through_the_history(captures: tuple[Capture, Capture, Path]) -> None:
+    deep, shallow, _ = captures
+    assert deep.operations.keys() == shallow.operations.keys()
+    factor, extra = SLACK
+    failures = []
+    for name, statements in deep.operations.items():
+        without = shallow.operations[name]
+        assert len(statements) == len(without), name
+        for with_history, alone in zip(statements, without, strict=True):
+            if with_history.steps > alone.steps * factor + extra:
+                failures.append(
+                    f"{name}: {with_history.steps} steps with 5,000 finished jobs, {alone.steps} with 60: "
+                    f"{' '.join(with_history.sql.split())[:160]}"
+                )
+    assert not failures, "\n".join(failures)
+
+
+def test_the_capture_sees_every_statement_and_counts_its_work(captures: tuple[Capture, Capture, Path]) -> None:
+    deep, _, _ = captures
+    accepted = deep.operations["accept: create_job 0"]
+    assert [statement.sql.split(None, 1)[0] for statement in accepted] == ["BEGIN", "SELECT", "INSERT", "COMMIT"]
+    assert all(statement.steps > 0 for statement in accepted[1:3])
