@@ -22,6 +22,7 @@ from bot.db import (
     Migration,
     MigrationError,
     NewJob,
+    PollHandle,
     Provider,
     QuotaLimits,
     QuotaRefusal,
@@ -31,10 +32,12 @@ from bot.db import (
     active_jobs,
     add_blocked_term,
     blocked_terms,
+    count_in,
     create_job,
     get_guild_settings,
     get_job,
     guild_usage_today,
+    jobs_by_ids,
     jobs_in,
     jobs_owing_final_word,
     load_migrations,
@@ -45,7 +48,10 @@ from bot.db import (
     mark_submitting,
     mark_succeeded,
     mark_told,
+    polling_handles,
     queue_position,
+    queued_ids,
+    queued_jobs,
     recent_limit_changes,
     remove_blocked_term,
     reset_guild_settings,
@@ -405,6 +411,85 @@ async def test_edits_need_a_source_and_can_point_at_their_parent(store: Store) -
     assert (edit.kind, edit.parent_job_id, edit.source_image_url) == (JobKind.EDIT, parent.id, "https://img/1.png")
 
 
+async def test_the_runners_lookups_read_queued_and_submitted_jobs_in_order(store: Store, clock: FakeClock) -> None:
+    jobs = [await accepted(store, request(user_id=USER + n)) for n in range(5)]
+    assert await mark_submitting(store, jobs[1].id)
+    assert await mark_submitting(store, jobs[3].id)
+    clock.advance(7)
+    assert await mark_submitted(store, jobs[3].id, "task-3")
+    assert [job.id for job in await queued_jobs(store)] == [jobs[0].id, jobs[2].id, jobs[4].id]
+    assert [job.id for job in await queued_jobs(store, limit=2)] == [jobs[0].id, jobs[2].id]
+    assert await queued_jobs(store, limit=0) == []
+    assert await queued_ids(store) == [jobs[0].id, jobs[2].id, jobs[4].id]
+    assert await count_in(store, JobStatus.SUBMITTING, JobStatus.SUBMITTED) == 2
+    assert await count_in(store, JobStatus.QUEUED) == 3
+    assert await count_in(store) == 0
+    assert await polling_handles(store) == [PollHandle(jobs[3].id, "task-3", NOON + 7)]
+    assert [job.id for job in await jobs_by_ids(store, [jobs[4].id, 999_999, jobs[0].id])] == [jobs[0].id, jobs[4].id]
+    assert await jobs_by_ids(store, []) == []
+    assert await jobs_by_ids(store, [jobs[2].id]) == [await get_job(store, jobs[2].id)]
+
+
+INLINE_SOURCE = "data:image/png;base64,iVBORw0KGgo="
+INLINE_RESULT = "data:image/png;base64,AAAA"
+
+
+@pytest.mark.parametrize("end", ["posted", "failed", "lost"])
+async def test_an_ended_edit_drops_a_source_kept_inline_but_not_a_link(store: Store, end: str) -> None:
+    inline = await accepted(store, request(kind=JobKind.EDIT, source_image_url=INLINE_SOURCE))
+    linked = await accepted(store, request(user_id=USER + 1, kind=JobKind.EDIT, source_image_url="https://img/1.png"))
+    for job in (inline, linked):
+        assert await mark_submitting(store, job.id)
+        if end == "lost":
+            assert await mark_lost(store, job.id, "the bot stopped")
+            continue
+        assert await mark_submitted(store, job.id, f"task-{job.id}")
+        if end == "failed":
+            assert await mark_failed(store, job.id, "provider_error", "no")
+            continue
+        assert await mark_succeeded(store, job.id, ["https://img/out.png"], 1)
+        running = await get_job(store, job.id)
+        assert running is not None and running.source_image_url == job.source_image_url  # kept while live
+        assert await mark_posted(store, job.id, 77, 1)
+    ended_inline, ended_linked = await get_job(store, inline.id), await get_job(store, linked.id)
+    assert ended_inline is not None and ended_linked is not None
+    assert ended_inline.status == ended_linked.status == JobStatus(end)
+    assert ended_inline.kind is JobKind.EDIT and ended_inline.source_image_url is None
+    assert ended_linked.source_image_url == "https://img/1.png"
+
+
+@pytest.mark.parametrize("end", ["posted", "failed"])
+async def test_inline_result_images_are_dropped_once_posted_or_failed_and_links_and_seed_kept(
+    store: Store, end: str
+) -> None:
+    job = await accepted(store)
+    await advance(store, job.id, JobStatus.SUBMITTED)
+    assert await mark_succeeded(store, job.id, [INLINE_RESULT, "https://img/2.png", INLINE_RESULT], 42)
+    succeeded = await get_job(store, job.id)
+    assert succeeded is not None and succeeded.image_urls == (INLINE_RESULT, "https://img/2.png", INLINE_RESULT)
+    if end == "posted":
+        assert await mark_posted(store, job.id, 88, 3)
+    else:
+        assert await mark_failed(store, job.id, "delivery", "could not post")
+    ended = await get_job(store, job.id)
+    assert ended is not None and (ended.image_urls, ended.result_seed) == (("https://img/2.png",), 42)
+    row = await store.fetch_one("SELECT length(result) FROM jobs WHERE id = ?", (job.id,))
+    assert row is not None and row[0] < 60
+
+
+async def test_a_database_keeps_only_what_its_ended_jobs_need(store: Store, db_path: Path) -> None:
+    big_source = "data:image/png;base64," + "A" * 200_000
+    for n in range(40):
+        job = await accepted(store, request(user_id=USER + n, kind=JobKind.EDIT, source_image_url=big_source))
+        await advance(store, job.id, JobStatus.POSTED)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages, free = (conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_count", "freelist_count"))
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    assert (pages - free) * page_size < 1_000_000  # 40 sources of 200 kB would be 8 MB
+
+
 # --- quotas ----------------------------------------------------------------------------------------------
 
 
@@ -731,3 +816,148 @@ async def test_a_lock_held_past_the_busy_window_is_a_typed_error_and_the_write_c
         finally:
             holder.close()
         assert await mark_submitting(store, job.id)  # the store is usable again: nothing was left half-done
+
+
+# -- migration 0006: the jobs table rebuilt --------------------------------------------------------------
+
+
+def _v5_rows(conn: sqlite3.Connection) -> None:
+    """Jobs in every status, as version 5 stored them: edits with inline and linked sources, inline
+    results, a parent link, a last word owed, and the usage the live ones hold."""
+    common = "guild_id, channel_id, user_id, kind, prompt, model, size, count, provider, created_at, usage_day"
+    rows = [
+        # id, status, kind, source, parent, result, error_code, posted message, charged, owed, task
+        (1, "posted", "generate", None, None, '{"images": ["https://img/1.png"], "seed": 1}', None, 501, 1, 0, "t1"),
+        (2, "posted", "edit", INLINE_SOURCE, 1, f'{{"images": ["{INLINE_RESULT}"], "seed": 2}}', None, 502, 1, 1, "t2"),
+        (3, "failed", "edit", INLINE_SOURCE, 1, None, "provider_error", None, 0, 0, "t3"),
+        (4, "lost", "edit", "https://img/src.png", None, None, "lost", None, 0, 0, None),
+        (5, "queued", "edit", INLINE_SOURCE, 2, None, None, None, 0, 0, None),
+        (6, "submitting", "generate", None, None, None, None, None, 0, 0, None),
+        (7, "submitted", "edit", INLINE_SOURCE, None, None, None, None, 0, 0, "t7"),
+        (
+            8,
+            "succeeded",
+            "edit",
+            INLINE_SOURCE,
+            7,
+            f'{{"images": ["{INLINE_RESULT}"], "seed": 8}}',
+            None,
+            None,
+            0,
+            0,
+            "t8",
+        ),
+    ]
+    for job_id, status, kind, source, parent, result, code, message, charged, owed, task in rows:
+        conn.execute(
+            f"""
+            INSERT INTO jobs (id, {common}, status, source_image_url, parent_job_id, result, error_code,
+                              posted_message_id, reserved_images, charged_images, final_word_owed,
+                              provider_task_id, interaction_token, finished_at)
+            VALUES (?, {GUILD}, {CHANNEL}, {USER}, ?, 'prompt', 'flux-dev', '1:1', 1, 'bfl', ?, '2025-03-14',
+                    ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, 'token', ?)
+            """,
+            (
+                job_id,
+                kind,
+                NOON + job_id,
+                status,
+                source,
+                parent,
+                result,
+                code,
+                message,
+                charged,
+                owed,
+                task,
+                NOON + 100 + job_id if status in ("posted", "failed", "lost", "succeeded") else None,
+            ),
+        )
+    conn.execute(f"INSERT INTO usage VALUES ({GUILD}, {USER}, '2025-03-14', 4, 1)")
+
+
+def _table(conn: sqlite3.Connection, sql: str) -> list[dict[str, object]]:
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(row) for row in conn.execute(sql)]
+    finally:
+        conn.row_factory = None
+
+
+async def test_migration_6_rebuilds_jobs_keeping_every_row_link_and_index(db_path: Path, clock: FakeClock) -> None:
+    async with await Store.open(db_path, clock=clock, migrations=load_migrations()[:5]):
+        pass
+    with sqlite3.connect(db_path) as conn:
+        _v5_rows(conn)
+    conn.close()
+    with sqlite3.connect(db_path) as conn:
+        before = _table(conn, "SELECT * FROM jobs ORDER BY id")
+        usage_before = _table(conn, "SELECT * FROM usage")
+    conn.close()
+
+    async with await Store.open(db_path, clock=clock) as store:
+        assert store.schema_version == 6
+        after = [dict(row) for row in await store.fetch_all("SELECT * FROM jobs ORDER BY id")]
+        assert [dict(row) for row in await store.fetch_all("SELECT * FROM usage")] == usage_before  # no trigger ran
+
+        # Every row and column survives, parent links included; what ended jobs kept inline is dropped.
+        expected = [dict(row) for row in before]
+        for row in expected:
+            if row["status"] in ("posted", "failed", "lost") and str(row["source_image_url"]).startswith("data:"):
+                row["source_image_url"] = None
+            if row["id"] == 2:
+                row["result"] = '{"images":[],"seed":2}'
+        assert [{**row, "result": _json(row["result"])} for row in after] == [
+            {**row, "result": _json(row["result"])} for row in expected
+        ]
+        assert [row["parent_job_id"] for row in after] == [None, 1, 1, None, 2, None, None, 7]
+
+        indexes = {
+            row[0]
+            for row in await store.fetch_all(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'jobs'"
+            )
+        }
+        assert {
+            "jobs_status",
+            "jobs_member_created",
+            "jobs_provider_task",
+            "jobs_final_word_owed",
+            "jobs_member_live",
+            "jobs_ended",
+            "jobs_parent",
+        } <= indexes
+        assert await store.fetch_all("PRAGMA foreign_key_check") == []
+        assert (await store.fetch_one("PRAGMA integrity_check"))[0] == "ok"  # type: ignore[index]
+
+        # The constraints still hold: a live edit needs its source, a posted job its result and message ...
+        with pytest.raises(sqlite3.IntegrityError):
+            async with store.transaction() as tx:
+                await tx.execute("UPDATE jobs SET source_image_url = NULL WHERE id = 5")
+        with pytest.raises(sqlite3.IntegrityError):
+            async with store.transaction() as tx:
+                await tx.execute("UPDATE jobs SET result = NULL WHERE id = 1")
+        with pytest.raises(sqlite3.IntegrityError):
+            async with store.transaction() as tx:
+                await tx.execute("UPDATE jobs SET parent_job_id = 999 WHERE id = 6")
+        # ... and the migrated jobs carry on: the owed word, the live ones to their end.
+        assert [job.id for job in await jobs_owing_final_word(store)] == [2]
+        assert await mark_posted(store, 8, 503, 1)
+        assert await mark_failed(store, 5, "cancelled", "no")
+        assert (await user_usage(store, GUILD, USER)).used_today == 2
+        ended = await get_job(store, 8)
+        assert ended is not None and ended.source_image_url is None and ended.image_urls == ()
+        # Deleting a parent sets its children's link to NULL (the self-reference points at the new table).
+        async with store.transaction() as tx:
+            await tx.execute("DELETE FROM jobs WHERE id = 1")
+        assert [row[0] for row in await store.fetch_all("SELECT id FROM jobs WHERE parent_job_id IS NULL")] == [
+            2,
+            3,
+            4,
+            6,
+            7,
+        ]
+
+
+def _json(text: object) -> object:
+    return None if text is None else json.loads(str(text))
