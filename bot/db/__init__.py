@@ -4,6 +4,8 @@ Open it once with ``store = await Store.open(path)``; every repository function 
 
     job_or_refusal = await create_job(store, new_job, limits)
     await mark_submitting(store, job.id)
+
+Finished jobs are kept until :func:`prune_finished_jobs` deletes old ones; daily usage is kept regardless.
 """
 
 from bot.db.guilds import (

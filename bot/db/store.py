@@ -9,8 +9,8 @@ writers queue up inside SQLite instead of failing; a write that still meets the 
 held it for longer than ``busy_timeout``) is tried again for up to ``busy_window`` seconds, and only then
 raises :class:`StoreBusyError` — a normal condition that callers retry later, not a crash.
 
-The repository functions live next to this module (``jobs``, ``usage``, ``guilds``) and take the store
-as their first argument.
+The repository functions live next to this module (``jobs``, ``usage``, ``guilds``, ``retention``) and take
+the store as their first argument.
 """
 
 from __future__ import annotations
