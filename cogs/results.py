@@ -20,7 +20,7 @@ import discord
 
 from bot import db
 from bot.db import INTERACTION_LIFETIME, Job, JobKind
-from bot.images import DownloadedImage, ImageRejected, fit_images
+from bot.images import DownloadedImage, ImageRejected, fit_images, fits_unchanged
 from bot.jobs import DeliveryError, JobDone, JobFailed, JobQueued, JobStarted, JobUpdate, PostedResult
 from cogs.feedback import DISCORD_ERRORS, TRANSPORT_ERRORS, reply_with_error
 
@@ -36,6 +36,10 @@ TOKEN_MARGIN = 30.0
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 #: How many of the bot's recent channel messages are searched for a post made just before a crash.
 HISTORY_SEARCH = 100
+#: Status edits sent at once. discord.py opens a connection for each request under way and keeps it open for
+#: reuse afterwards: unbounded, hundreds of pending jobs would hold hundreds of sockets; bounded, the same few
+#: connections carry every edit.
+STATUS_EDIT_CONCURRENCY = 8
 #: The message id Discord's webhook routes accept for an interaction's original response.
 ORIGINAL_RESPONSE = cast(int, "@original")
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
@@ -50,8 +54,9 @@ def status_line(job: Job, update: JobUpdate) -> str:
     match update:
         case JobQueued(position):
             return f"⏳ Queued — #{position} in line."
-        case JobStarted(elapsed):
-            return f"🎨 Generating… ({elapsed:.0f} s)"
+        case JobStarted(started_at):
+            # Discord shows the relative time ("2 minutes ago") and keeps it current: no edit needed for that.
+            return f"🎨 Generating… started <t:{int(started_at)}:R>"
         case JobDone(message_id):
             return f"✅ Done: {jump_url(job.guild_id, job.channel_id, message_id)}"
         case JobFailed(message):
@@ -61,13 +66,18 @@ def status_line(job: Job, update: JobUpdate) -> str:
 class DiscordCourier:
     """Posts results and progress for the job runner."""
 
-    def __init__(self, bot: FluxBot) -> None:
+    def __init__(self, bot: FluxBot, *, edit_concurrency: int = STATUS_EDIT_CONCURRENCY) -> None:
         self._bot = bot
+        self._edits = asyncio.Semaphore(edit_concurrency)
 
     async def deliver(self, job: Job, images: Sequence[DownloadedImage]) -> int:
         limit = self._upload_limit(job)
+        stem = f"flux-{job.id}"
         try:
-            fitted = await asyncio.to_thread(fit_images, images, limit, stem=f"flux-{job.id}")
+            if fits_unchanged(images, limit):  # the usual case: nothing to re-encode, no thread needed
+                fitted = fit_images(images, limit, stem=stem)
+            else:
+                fitted = await asyncio.to_thread(fit_images, images, limit, stem=stem)
         except ImageRejected as exc:
             raise DeliveryError(str(exc), retryable=False) from exc
         files = [discord.File(io.BytesIO(image.data), filename=image.filename) for image in fitted]
@@ -119,7 +129,8 @@ class DiscordCourier:
         if job.interaction_token and job.interaction_application_id and self._token_alive(job):
             webhook = discord.Webhook.partial(job.interaction_application_id, job.interaction_token, client=self._bot)
             try:
-                await webhook.edit_message(ORIGINAL_RESPONSE, content=line)
+                async with self._edits:
+                    await webhook.edit_message(ORIGINAL_RESPONSE, content=line)
             except DISCORD_ERRORS as exc:
                 log.info("job %d: could not update the member's response: %s", job.id, exc)
             else:
