@@ -10,7 +10,8 @@ setting): :func:`fetch_source` checks the URL and every redirect against that li
 
 Decoding and encoding are CPU work (tens of milliseconds for a Flux-sized image, more for re-encoding):
 :func:`download_image` does it in a worker thread itself; callers should run :func:`inspect_source`,
-:meth:`SourceImage.as_png` and :func:`fit_images` with :func:`asyncio.to_thread`.
+:meth:`SourceImage.as_png` and :func:`fit_images` (unless the images :func:`fits_unchanged`) with
+:func:`asyncio.to_thread`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "download_image",
     "fetch_source",
     "fit_images",
+    "fits_unchanged",
     "inspect_source",
     "public_url",
     "size_text",
@@ -765,6 +767,12 @@ class _Shrinker:
         return self._pixels
 
 
+def fits_unchanged(images: Sequence[DownloadedImage], limit_bytes: int) -> bool:
+    """Whether ``images`` fit in one message as they are (see :func:`fit_images`): then fitting them costs
+    nothing and needs no worker thread."""
+    return sum(len(image.data) for image in images) <= limit_bytes - MULTIPART_HEADROOM
+
+
 def fit_images(images: Sequence[DownloadedImage], limit_bytes: int, *, stem: str = "image") -> list[FittedImage]:
     """Make ``images`` fit in one message whose attachments may total ``limit_bytes`` (Discord's
     ``Interaction.filesize_limit``), keeping :data:`MULTIPART_HEADROOM` free for the rest of the body.
@@ -775,7 +783,7 @@ def fit_images(images: Sequence[DownloadedImage], limit_bytes: int, *, stem: str
     result is deterministic. Names are ``{stem}.{ext}``, or ``{stem}-1.{ext}``... for several images.
 
     Raises :class:`ImageRejected` at once when even the smallest versions would not fit together.
-    CPU-bound (about 0.1 s per step on a 4 MP image): run it in a thread.
+    CPU-bound (about 0.1 s per step on a 4 MP image) unless :func:`fits_unchanged`: run it in a thread then.
     """
     if not images:
         return []
@@ -786,11 +794,10 @@ def fit_images(images: Sequence[DownloadedImage], limit_bytes: int, *, stem: str
         )
         for image, name in zip(images, names, strict=True)
     ]
+    if fits_unchanged(images, limit_bytes):
+        return fitted
     budget = limit_bytes - MULTIPART_HEADROOM
     total = sum(len(image.data) for image in fitted)
-    if total <= budget:
-        return fitted
-
     shrinkers = [_Shrinker(image, _safe_stem(name)) for image, name in zip(images, names, strict=True)]
     # Each image ends the ladder no larger than its last step (or its original, if smaller), so this sum
     # decides whether the ladder can succeed; checking it first makes an impossible limit fail fast.
