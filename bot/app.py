@@ -7,6 +7,7 @@ exactly the bot that operators run.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -116,6 +117,7 @@ class FluxBot(commands.Bot):
         if self._announced or self.user is None:
             return
         self._announced = True
+        freeze_startup_objects()
         log.info(
             "logged in as %s (id %s); in %d servers; provider %s; database %s",
             self.user,
@@ -145,6 +147,18 @@ class FluxBot(commands.Bot):
         synced = await self.tree.sync()
         await db.set_state(self.store, COMMANDS_FINGERPRINT, fingerprint)
         log.info("synced %d application commands", len(synced))
+
+
+def freeze_startup_objects() -> None:
+    """Once per process: leave what start-up built out of the garbage collector's work.
+
+    Modules, settings, discord.py's caches and the first servers live as long as the process. Frozen after a
+    last collection, they are no longer traversed by each full collection, which would otherwise pause the
+    bot for tens of milliseconds every few hundred jobs, in the middle of members' requests.
+    """
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
 
 
 @asynccontextmanager
