@@ -69,6 +69,9 @@ class DiscordCourier:
     def __init__(self, bot: FluxBot, *, edit_concurrency: int = STATUS_EDIT_CONCURRENCY) -> None:
         self._bot = bot
         self._edits = asyncio.Semaphore(edit_concurrency)
+        # Per job with an edit waiting or under way: its edits go one at a time, and only the newest line
+        # asked for is sent (the others it replaced are skipped). Empty when no edit waits.
+        self._editing: dict[int, _Editing] = {}
 
     async def deliver(self, job: Job, images: Sequence[DownloadedImage]) -> int:
         limit = self._upload_limit(job)
@@ -127,16 +130,30 @@ class DiscordCourier:
     async def notify(self, job: Job, update: JobUpdate) -> None:
         line = status_line(job, update)
         if job.interaction_token and job.interaction_application_id and self._token_alive(job):
-            webhook = discord.Webhook.partial(job.interaction_application_id, job.interaction_token, client=self._bot)
             try:
-                async with self._edits:
-                    await webhook.edit_message(ORIGINAL_RESPONSE, content=line)
+                await self._edit_response(job, job.interaction_application_id, job.interaction_token, line)
             except DISCORD_ERRORS as exc:
                 log.info("job %d: could not update the member's response: %s", job.id, exc)
             else:
                 return
         if isinstance(update, JobFailed):  # no live interaction to tell: say it in the channel
             await self._tell_in_channel(job, line)
+
+    async def _edit_response(self, job: Job, application_id: int, token: str, line: str) -> None:
+        """Show ``line`` in the member's response, after the edits asked for before it; skipped if a newer
+        line for the same job is asked for while it waits (that one is sent instead)."""
+        editing = self._editing.setdefault(job.id, _Editing())
+        editing.newest += 1
+        mine = editing.newest
+        try:
+            async with editing.turn, self._edits:
+                if editing.newest != mine:
+                    return
+                webhook = discord.Webhook.partial(application_id, token, client=self._bot)
+                await webhook.edit_message(ORIGINAL_RESPONSE, content=line)
+        finally:
+            if editing.newest == mine:  # nothing newer waits for this job
+                self._editing.pop(job.id, None)
 
     async def _tell_in_channel(self, job: Job, line: str) -> None:
         channel = self._channel(job)
@@ -152,6 +169,16 @@ class DiscordCourier:
     def _token_alive(job: Job) -> bool:
         created = job.interaction_created_at or job.created_at
         return time.time() < created + INTERACTION_LIFETIME - TOKEN_MARGIN
+
+
+class _Editing:
+    """A job's edits in progress: one at a time (``turn``), and the number of the newest one asked for."""
+
+    __slots__ = ("newest", "turn")
+
+    def __init__(self) -> None:
+        self.newest = 0
+        self.turn = asyncio.Lock()
 
 
 def _requester_only(job: Job) -> discord.AllowedMentions:

@@ -8,8 +8,11 @@ import gc
 import re
 import time
 
+from bot import db
+from bot.db import JobStatus
 from bot.images import MULTIPART_HEADROOM, DownloadedImage, fits_unchanged
-from cogs.results import STATUS_EDIT_CONCURRENCY
+from bot.jobs import JobQueued
+from cogs.results import STATUS_EDIT_CONCURRENCY, DiscordCourier
 from tests.fluxbot_harness import FluxbotHarness, status_line
 
 #: The route of the edits of a deferred response (the member's status line).
@@ -65,3 +68,28 @@ def test_images_that_fit_as_they_are_need_no_fitting() -> None:
     assert fits_unchanged([image(budget // 2), image(budget - budget // 2)], limit)
     assert not fits_unchanged([image(budget // 2), image(budget - budget // 2 + 1)], limit)
     assert fits_unchanged([], limit)
+
+
+async def test_a_line_replaced_while_it_waits_is_not_sent_and_a_jobs_lines_keep_their_order(
+    fluxbot: FluxbotHarness,
+) -> None:
+    world, flux = fluxbot.world, fluxbot.flux
+    flux.task_delay = 3600
+    async with fluxbot.running() as bot:
+        inter = await world.member.slash(world.channel, "imagine", prompt="a lighthouse at dusk")
+        await world.emu.wait_until(lambda: "Generating" in status_line(inter), 10, "the job to start")
+        (job,) = await db.jobs_in(bot.store, JobStatus.SUBMITTED)
+        courier = DiscordCourier(bot)
+        held = world.emu.hold_responses("PATCH", STATUS_EDIT)
+        first = asyncio.create_task(courier.notify(job, JobQueued(3)))
+        await world.emu.wait_until(lambda: len(held.calls) == 1, 10, "the first edit")
+        # Asked for while the first is under way: the second is replaced by the third before its turn.
+        second = asyncio.create_task(courier.notify(job, JobQueued(2)))
+        third = asyncio.create_task(courier.notify(job, JobQueued(1)))
+        await asyncio.sleep(0.1)
+        held.release()
+        await asyncio.gather(first, second, third)
+
+    sent = [call.json["content"] for call in world.emu.calls("PATCH", STATUS_EDIT) if inter.token in call.path]
+    assert sent[sent.index("⏳ Queued — #3 in line.") :] == ["⏳ Queued — #3 in line.", "⏳ Queued — #1 in line."]
+    assert status_line(inter) == "⏳ Queued — #1 in line."
