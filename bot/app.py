@@ -91,6 +91,7 @@ class FluxBot(commands.Bot):
             job_timeout=settings.flux_job_timeout,
             delivery_window=settings.delivery_retry_window,
             media_hosts=settings.discord_media_hosts,
+            retention=settings.job_retention,
         )
         self._buttons_added = False
         self._runner_started = False

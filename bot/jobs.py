@@ -9,13 +9,18 @@ The runner is the only writer of a job's lifecycle after :func:`bot.db.create_jo
    or the bot stopping mid-request) is never sent again: the job fails, or is *lost* after a restart,
    and nothing is charged.
 3. **Polled.** One poller asks the provider about every submitted job in one batched call per tick,
-   and gives a job up at its deadline.
+   ticking at a fixed rate, and gives a job up at its deadline. A provider's callback has the one task
+   it names looked up at once.
 4. **Succeeded → posted.** The result images are downloaded at once (their URLs expire) and handed to
    the :class:`Courier`, which posts them to the channel exactly once (the post is idempotent per job).
    Posting charges what was delivered; every failure before that releases the reservation.
 
 After a restart, :meth:`JobRunner.start` marks jobs caught submitting as lost, and the loops pick up
 the rest: queued jobs are dispatched, submitted ones polled, succeeded ones posted.
+
+A pending job costs the runner no Python object between ticks: the database holds its state, and each
+tick reads only the rows it acts on (light rows for polling, whole jobs only for those that changed).
+Finished jobs older than the retention period are pruned in the background, in small batches.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import base64
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -66,8 +72,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Progress of one job is reported at most this often (a final word is always reported).
-PROGRESS_INTERVAL = 5.0
+#: The least time between two progress reports of one job that say the same kind of thing (its place in
+#: the queue): 5 s after the first, 15 s after the second, 30 s after the third, then a minute. A change of
+#: kind (queued -> generating) and a final word are reported at once.
+PROGRESS_GAPS = (5.0, 15.0, 30.0, 60.0)
+#: How often old finished jobs are pruned, and how many are deleted per transaction.
+PRUNE_EVERY = 3600.0
+PRUNE_BATCH = 500
+#: The pause between two batches of a prune, so the bot's own work gets the database in between.
+PRUNE_PAUSE = 0.05
 #: Seconds a stopping bot waits for submits under way (see :meth:`JobRunner.stop`).
 STOP_GRACE = 10.0
 #: Deliveries (download, fit, post) at once: each holds its images in memory, up to 4 x 25 MiB.
@@ -104,7 +117,9 @@ class JobQueued:
 
 @dataclass(frozen=True, slots=True)
 class JobStarted:
-    elapsed: float
+    """The provider accepted the job at ``started_at`` (unix seconds)."""
+
+    started_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +203,10 @@ class JobRunner:
         delivery_window: float = DELIVERY_WINDOW,
         delivery_backoff: RetryPolicy = DELIVERY_BACKOFF,
         media_hosts: MediaHosts | None = None,
+        retention: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``retention``: seconds a finished job is kept before it is pruned; ``None`` keeps every job."""
         self._store = store
         self._flux = flux
         self._courier = courier
@@ -200,6 +217,7 @@ class JobRunner:
         self._delivery_window = delivery_window
         self._delivery_backoff = delivery_backoff
         self._media_hosts = media_hosts
+        self._retention = retention
         self._clock = clock
         self._tasks = TaskSet("jobs")
         self._submits = TaskSet("submits")
@@ -208,7 +226,7 @@ class JobRunner:
         self._submitting: set[int] = set()
         self._delivering: set[int] = set()
         self._strikes: dict[int, int] = {}
-        self._last_progress: dict[int, tuple[float, JobUpdate]] = {}
+        self._shown: dict[int, _Shown] = {}  # queued jobs' last progress report
         self._recovered: set[int] | None = None
         self._reported: set[str] = set()
         self._telling: set[int] = set()
@@ -222,6 +240,8 @@ class JobRunner:
         self._running = True
         self._tasks.spawn(self._dispatch_loop(), name="dispatcher")
         self._tasks.spawn(self._poll_loop(), name="poller")
+        if self._retention is not None:
+            self._tasks.spawn(self._prune_loop(self._retention), name="pruner")
 
     async def stop(self, *, grace: float = STOP_GRACE) -> None:
         """Stop every loop and in-flight task. Jobs stay in the database for the next start.
@@ -251,25 +271,26 @@ class JobRunner:
 
     async def in_flight(self) -> int:
         """Jobs at the provider now (being submitted, or submitted and not yet finished)."""
-        return len(await db.jobs_in(self._store, JobStatus.SUBMITTING, JobStatus.SUBMITTED))
+        return await db.count_in(self._store, JobStatus.SUBMITTING, JobStatus.SUBMITTED)
 
     async def accept_callback(self, body: Any) -> bool:
-        """A provider's callback for one of our tasks: ask the provider about it now.
+        """A provider's callback for one of our tasks: ask the provider about that task now.
 
         Callbacks are not signed, so the body itself is never trusted: it only has to name a task we
-        submitted and are still waiting for, and the result is then fetched from the provider by the
-        poller. Returns False for a task we are not waiting for. Raises
+        submitted and are still waiting for, and the result is then fetched from the provider, for that
+        one task. Returns False for a task we are not waiting for. Raises
         :class:`~bot.flux.errors.CallbackError` for a body that is not a callback.
         """
         status = self._flux.parse_callback(body)
         try:
-            waiting = await db.submitted_job(self._store, status.handle) is not None
+            job = await db.submitted_job(self._store, status.handle)
         except StoreBusyError:
-            waiting = True  # cannot tell now; asking the provider is harmless
-        if not waiting:
+            self.poll_now()  # cannot tell now; asking the provider about every job is harmless
+            return True
+        if job is None:
             log.warning("ignoring a callback for a task that no job is waiting for")
             return False
-        self.poll_now()
+        self._tasks.spawn(self._look_up(job), name=f"callback-{job.id}")
         return True
 
     def poll_now(self) -> None:
@@ -292,20 +313,31 @@ class JobRunner:
         for job in await db.jobs_in(self._store, JobStatus.SUBMITTING):
             if job.id not in self._submitting:
                 await self._guarded(job, "giving up an interrupted submit", self._lose(job))
-        queued = await db.jobs_in(self._store, JobStatus.QUEUED)
         free = max(self._concurrency - await self.in_flight(), 0)
-        for job in queued[:free]:
+        for job in await db.queued_jobs(self._store, limit=free) if free else ():
             if await db.mark_submitting(self._store, job.id):
                 self._submitting.add(job.id)
                 self._submits.spawn(self._start_job(job), name=f"submit-{job.id}")
-        waiting = enumerate(queued[free:], start=1)
-        await asyncio.gather(*(self._progress(job, JobQueued(position)) for position, job in waiting))
+        await self._report_queue()
+
+    async def _report_queue(self) -> None:
+        """Tell waiting members their place in the queue, reading whole jobs only for the reports due."""
+        now = self._clock()
+        due = {
+            job_id: JobQueued(position)
+            for position, job_id in enumerate(await db.queued_ids(self._store), start=1)
+            if self._progress_due(job_id, JobQueued(position), now)
+        }
+        if due:
+            jobs = await db.jobs_by_ids(self._store, list(due))
+            await asyncio.gather(*(self._progress(job, due[job.id]) for job in jobs))
 
     async def _lose(self, job: Job) -> None:
         if await db.mark_lost(self._store, job.id, LOST_MESSAGE):
             metrics.current().job_ended(job.kind, "lost")
             log.warning("job %d was cut off while being submitted; marked lost", job.id)
             await self._tell_final(job, JobFailed(LOST_MESSAGE))
+        self._forget(job.id)
 
     async def _start_job(self, job: Job) -> None:
         """Send one submit, exactly once, and record its outcome (however long the database is busy)."""
@@ -356,38 +388,68 @@ class JobRunner:
             await self._finished(job, submission.finished)
             return
         await db.mark_submitted(self._store, job.id, submission.handle)
-        await self._progress(job, JobStarted(0.0))
-        self._poll_needed.set()
+        await self._progress(job, JobStarted(self._clock()))
 
     # -- polling --------------------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
+        """Tick at a fixed rate: each tick is due one interval after the previous one was (not after it
+        ended), so the time a tick takes does not stretch the period. A tick that overruns the interval is
+        logged, and the ticks it overran are skipped rather than run back to back. An early tick
+        (:meth:`poll_now`) does not move the schedule."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while self._running:
+            began = loop.time()
             await self._tick("polling", self._poll)
+            ended = loop.time()
+            if ended - began > self._poll_interval:
+                log.warning(
+                    "a poll tick took %.3f s, longer than the poll interval of %.3f s",
+                    ended - began,
+                    self._poll_interval,
+                )
+            if began >= due:  # a scheduled tick: the next one is due an interval later, or at the next slot
+                due += self._poll_interval * max(1, math.ceil((ended - due) / self._poll_interval))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poll_needed.wait(), timeout=self._poll_interval)
+                async with asyncio.timeout_at(due):
+                    await self._poll_needed.wait()
             self._poll_needed.clear()
 
     async def _poll(self) -> None:
         if self._recovered is None:  # the first tick: results a previous run may have posted already
             self._recovered = {job.id for job in await db.jobs_in(self._store, JobStatus.SUCCEEDED)}
-        submitted = await db.jobs_in(self._store, JobStatus.SUBMITTED)
-        statuses = await self._statuses([job.provider_task_id for job in submitted if job.provider_task_id])
+        pending = await db.polling_handles(self._store)
+        statuses = await self._statuses([handle.task_id for handle in pending])
         now = self._clock()
-        still_running: list[Job] = []
-        for job in submitted:
-            status = statuses.get(job.provider_task_id or "")
+        news: dict[int, TaskStatus] = {}
+        overdue: set[int] = set()
+        for handle in pending:
+            status = statuses.get(handle.task_id)
             if status is not None and status.state is not TaskState.PENDING:
-                await self._guarded(job, "recording its result", self._finished(job, status))
-            elif now - (job.submitted_at or job.created_at) > self._job_timeout:
-                await self._guarded(job, "failing it at its deadline", self._fail(job, "deadline", DEADLINE_MESSAGE))
-            else:
-                still_running.append(job)
-        # Status edits go out together, so many jobs do not hold up the next tick one edit at a time.
-        await asyncio.gather(*(self._progress(job, JobStarted(now - job.created_at)) for job in still_running))
+                news[handle.job_id] = status
+            elif now - handle.started_at > self._job_timeout:
+                overdue.add(handle.job_id)
+        changed = await db.jobs_by_ids(self._store, [*news, *overdue]) if news or overdue else []
+        # The jobs that changed are handled side by side: one job's writes do not hold up another's delivery.
+        await asyncio.gather(
+            *(
+                self._guarded(job, "recording its result", self._finished(job, news[job.id]))
+                if job.id in news
+                else self._guarded(job, "failing it at its deadline", self._fail(job, "deadline", DEADLINE_MESSAGE))
+                for job in changed
+            )
+        )
         for job in await db.jobs_in(self._store, JobStatus.SUCCEEDED):
             self._deliver_soon(job)
         await self._tell_owed()
+
+    async def _look_up(self, job: Job) -> None:
+        """Ask the provider about one job's task (its callback arrived) and record the news, if any."""
+        assert job.provider_task_id is not None
+        status = (await self._statuses([job.provider_task_id])).get(job.provider_task_id)
+        if status is not None and status.state is not TaskState.PENDING:
+            await self._guarded(job, "recording its result", self._finished(job, status))
 
     async def _statuses(self, handles: list[str]) -> dict[str, TaskStatus]:
         """The provider's news about ``handles``; none this tick if it cannot be asked (deadlines still apply)."""
@@ -532,7 +594,28 @@ class JobRunner:
 
     def _forget(self, job_id: int) -> None:
         self._strikes.pop(job_id, None)
-        self._last_progress.pop(job_id, None)
+        self._shown.pop(job_id, None)
+
+    # -- pruning --------------------------------------------------------------------------------
+
+    async def _prune_loop(self, retention: float) -> None:
+        while self._running:
+            await self._tick("pruning old jobs", partial(self._prune, retention))
+            await asyncio.sleep(PRUNE_EVERY)
+
+    async def _prune(self, retention: float) -> None:
+        """Delete finished jobs older than ``retention`` seconds, a small batch per transaction, so the
+        database does not grow without bound. Daily usage totals are kept (they live in ``usage``)."""
+        before = self._clock() - retention
+        pruned = 0
+        while self._running:
+            batch = await db.prune_finished_jobs(self._store, before=before, batch=PRUNE_BATCH)
+            pruned += batch
+            if batch < PRUNE_BATCH:
+                break
+            await asyncio.sleep(PRUNE_PAUSE)
+        if pruned:
+            log.info("pruned %d finished jobs older than %.0f days", pruned, retention / 86400)
 
     async def _tick(self, what: str, work: Callable[[], Awaitable[None]]) -> bool:
         """One round of a loop; whatever goes wrong, the loop goes on at its next tick. True if it went well."""
@@ -584,16 +667,24 @@ class JobRunner:
             self._reported.add(key)
             log.exception(message, *args)
 
-    async def _progress(self, job: Job, update: JobQueued | JobStarted) -> None:
-        """Report progress at most every :data:`PROGRESS_INTERVAL` seconds per job, and only when it changed.
+    def _progress_due(self, job_id: int, update: JobQueued, now: float) -> bool:
+        """Whether a queued job's place should be reported: the first time, and then only when it changed
+        and the gap for the number of reports so far (:data:`PROGRESS_GAPS`) has passed."""
+        shown = self._shown.get(job_id)
+        if shown is None:
+            return True
+        gap = PROGRESS_GAPS[min(shown.reports, len(PROGRESS_GAPS)) - 1]
+        return shown.update != update and now - shown.at >= gap
 
-        Final words (done, failed) are not throttled: they go through :meth:`_notify` at once.
-        """
-        now = self._clock()
-        last = self._last_progress.get(job.id)
-        if last is not None and (last[1] == update or now - last[0] < PROGRESS_INTERVAL):
-            return
-        self._last_progress[job.id] = (now, update)
+    async def _progress(self, job: Job, update: JobQueued | JobStarted) -> None:
+        """Report where a job stands. A queued job's place is remembered until it starts (to space its
+        reports out); a started job's line names its start time, which Discord shows as a live relative
+        time, so it is reported once and nothing about it is kept. Final words go through :meth:`_notify`."""
+        if isinstance(update, JobQueued):
+            shown = self._shown.get(job.id)
+            self._shown[job.id] = _Shown(update, self._clock(), 1 if shown is None else shown.reports + 1)
+        else:
+            self._shown.pop(job.id, None)
         await self._notify(job, update)
 
     async def _notify(self, job: Job, update: JobUpdate) -> None:
@@ -602,6 +693,15 @@ class JobRunner:
                 await self._courier.notify(job, update)
             except Exception:
                 log.exception("job %d: reporting %s failed", job.id, update)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """The last place in the queue reported for a job, when, and how many reports it has had."""
+
+    update: JobQueued
+    at: float
+    reports: int
 
 
 def _data_uri(data: bytes) -> str:

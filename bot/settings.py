@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     flux_job_timeout: float = Field(600.0, gt=0, alias="FLUX_JOB_TIMEOUT")
     flux_max_concurrency: int = Field(8, ge=1, alias="FLUX_MAX_CONCURRENCY")
     delivery_retry_window: float = Field(900.0, ge=0, alias="DELIVERY_RETRY_WINDOW")
+    # Days a finished job is kept before it is pruned (daily usage totals are kept regardless); 0 keeps all.
+    job_retention_days: float = Field(90.0, ge=0, alias="JOB_RETENTION_DAYS")
     callback_public_url: str | None = Field(None, alias="CALLBACK_PUBLIC_URL")
     callback_listen: str = Field("0.0.0.0:8080", alias="CALLBACK_LISTEN")
     log_level: str = Field("INFO", alias="LOG_LEVEL")
@@ -152,6 +154,11 @@ class Settings(BaseSettings):
         """The provider's base URL, resolved from ``FLUX_API_BASE`` or the provider's default."""
         assert self.flux_api_base is not None  # set by the validator
         return self.flux_api_base
+
+    @property
+    def job_retention(self) -> float | None:
+        """Seconds a finished job is kept (``JOB_RETENTION_DAYS``), or ``None`` to keep every job."""
+        return self.job_retention_days * 86400 if self.job_retention_days > 0 else None
 
     @property
     def database_path(self) -> Path:

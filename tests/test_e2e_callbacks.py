@@ -11,7 +11,7 @@ import sqlite3
 import aiohttp
 import pytest
 
-from tests.fluxbot_harness import FluxbotHarness, is_result
+from tests.fluxbot_harness import FluxbotHarness, is_result, results_in, status_line
 
 
 def free_port() -> int:
@@ -68,8 +68,8 @@ async def test_a_forged_callback_for_a_real_task_is_checked_with_the_provider_no
     flux.task_delay = 3600
     url, env = callback_settings()
     async with fluxbot.running(**env):
-        await world.member.slash(world.channel, "imagine", prompt="a comet")
-        await flux.wait_until(lambda: len(flux.tasks) == 1 and flux.count("POST", "/flux/tasks") >= 1)
+        inter = await world.member.slash(world.channel, "imagine", prompt="a comet")
+        await world.emu.wait_until(lambda: "Generating" in status_line(inter), 5, "the job to be submitted")
         (task_id,) = flux.tasks
         polls_before = flux.count("POST", "/flux/tasks")
         forged = {"success": True, "task_id": task_id, "data": [{"image_url": f"{flux.base_url}/files/evil.png"}]}
@@ -80,6 +80,21 @@ async def test_a_forged_callback_for_a_real_task_is_checked_with_the_provider_no
     assert status == 200
     assert flux.count("GET", "/files/evil.png") == 0
     assert not [m for m in world.channel.messages.values() if is_result(m)]
+
+
+async def test_each_callback_has_only_its_own_task_looked_up(fluxbot: FluxbotHarness) -> None:
+    world, flux = fluxbot.world, fluxbot.flux
+    flux.task_delay = 0.3
+    _, env = callback_settings()
+    async with fluxbot.running(**env):
+        for n in range(10):
+            await world.member.slash(world.channel, "imagine", prompt=f"comet {n}")
+        await flux.wait_for_callbacks(10, timeout=10)
+        await world.emu.wait_until(lambda: len(results_in(world.channel)) == 10, 10, "ten results")
+
+    lookups = [request.json for request in flux.requests_to("POST", "/flux/tasks")]
+    assert len(lookups) == 10  # not a poll of every pending job per callback
+    assert sorted(task_id for body in lookups for task_id in body["ids"]) == sorted(flux.tasks)
 
 
 def no_errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import logging
 import sqlite3
@@ -24,6 +25,7 @@ from bot.jobs import (
     DeliveryError,
     JobDone,
     JobFailed,
+    JobQueued,
     JobRunner,
     JobStarted,
     JobUpdate,
@@ -31,6 +33,7 @@ from bot.jobs import (
 )
 from tests.conftest import KEY, NO_WAIT, png_bytes
 from tests.fluxemu import FluxEmulator
+from tests.fluxemu import acedata as acedata_emu
 
 #: Delivery retries for tests: the same exponential shape as the bot's, in milliseconds.
 FAST_BACKOFF = RetryPolicy(attempts=1_000_000, initial_delay=0.01, max_delay=0.05)
@@ -357,7 +360,7 @@ async def test_a_result_posted_just_before_a_crash_is_found_and_not_posted_again
     assert (posted.status, posted.posted_message_id) == (JobStatus.POSTED, 1000 + job.id)
 
 
-async def test_progress_is_reported_at_most_every_five_seconds_but_the_outcome_at_once(
+async def test_a_job_at_the_provider_is_reported_started_once_however_long_it_takes(
     make_runner: RunnerFactory, courier: RecordingCourier, flux_emulator: FluxEmulator
 ) -> None:
     now = [1000.0]
@@ -366,13 +369,74 @@ async def test_progress_is_reported_at_most_every_five_seconds_but_the_outcome_a
     await runner.start()
 
     job = await accepted(runner, request())
-    await flux_emulator.wait_until(lambda: flux_emulator.count("POST", "/flux/tasks") >= 3)
-    now[0] += 6  # the bot's clock moves past the throttle window
+    await courier.wait_for(lambda: any(j == job.id and isinstance(u, JobStarted) for j, u in courier.updates))
+    now[0] += 120  # minutes pass on the bot's clock while the provider works
     await courier.wait_for(lambda: courier.final(job.id) is not None)
 
-    progress = [update for job_id, update in courier.updates if job_id == job.id and isinstance(update, JobStarted)]
-    assert 1 <= len(progress) <= 2
-    assert isinstance(courier.final(job.id), JobDone)
+    # The status line names the start time (Discord shows it as a live relative time): no edit keeps it current.
+    assert [u for j, u in courier.updates if j == job.id] == [JobStarted(1000.0), JobDone(1000 + job.id)]
+
+
+async def test_queued_members_hear_their_place_at_once_then_spaced_out_as_they_wait(
+    make_runner: RunnerFactory, courier: RecordingCourier, flux_emulator: FluxEmulator
+) -> None:
+    now = [1000.0]
+    flux_emulator.task_delay = 0.3
+    runner = make_runner(concurrency=1, clock=lambda: now[0])
+    await runner.start()
+
+    jobs = [await accepted(runner, request(n)) for n in range(4)]
+    await courier.wait_for(lambda: any(j == jobs[3].id for j, _ in courier.updates))
+    now[0] += 6  # past the 5 s after a first report, short of the 15 s after a second one
+    await courier.wait_for(lambda: all(isinstance(courier.final(job.id), JobDone) for job in jobs))
+
+    def seen(job: Job) -> list[type[JobUpdate] | JobUpdate]:
+        return [type(u) if isinstance(u, JobStarted | JobDone) else u for j, u in courier.updates if j == job.id]
+
+    assert seen(jobs[0]) == [JobStarted, JobDone]
+    assert seen(jobs[1]) == [JobQueued(1), JobStarted, JobDone]
+    assert seen(jobs[2]) == [JobQueued(2), JobQueued(1), JobStarted, JobDone]
+    # Its place changed twice more, but the second change came before the 15 s gap after its second report.
+    assert seen(jobs[3]) == [JobQueued(3), JobQueued(2), JobStarted, JobDone]
+
+
+async def test_poll_ticks_keep_their_period_however_long_each_tick_takes(
+    make_runner: RunnerFactory, courier: RecordingCourier, flux_emulator: FluxEmulator
+) -> None:
+    interval, answer_delay = 0.25, 0.1  # each status answer takes 40% of the interval
+    flux_emulator.task_delay = 3600
+    for _ in range(40):
+        flux_emulator.add_fault("POST", "/flux/tasks", delay=answer_delay)
+    runner = make_runner(poll_interval=interval)
+    await runner.start()
+    await accepted(runner, request())
+    await flux_emulator.wait_until(lambda: flux_emulator.count("POST", "/flux/tasks") >= 12, timeout=10)
+
+    times = [r.at for r in flux_emulator.requests_to("POST", "/flux/tasks")]
+    periods = sorted(later - earlier for earlier, later in itertools.pairwise(times[1:]))
+    # Sleeping a whole interval after each tick would make the period interval + answer delay (0.35 s).
+    assert periods[len(periods) // 2] == pytest.approx(interval, abs=0.04)
+
+
+async def test_a_callback_has_the_one_task_it_names_looked_up(
+    make_runner: RunnerFactory, courier: RecordingCourier, flux_emulator: FluxEmulator
+) -> None:
+    flux_emulator.task_delay = 3600
+    runner = make_runner(poll_interval=3600)  # one tick at start, then none: what follows is the callback's
+    await runner.start()
+    jobs = [await accepted(runner, request(n)) for n in range(3)]
+    await courier.wait_for(lambda: sum(isinstance(u, JobStarted) for _, u in courier.updates) == 3)  # all submitted
+    before = flux_emulator.count("POST", "/flux/tasks")
+    task = next(iter(flux_emulator.tasks.values()))
+    task.due_at = flux_emulator.now()  # this one is done now
+    flux_emulator.notify()
+    await flux_emulator.wait_until(lambda: not task.pending)
+
+    assert await runner.accept_callback(acedata_emu.task_response(task))
+    await courier.wait_for(lambda: sum(isinstance(courier.final(job.id), JobDone) for job in jobs) == 1)
+
+    lookups = flux_emulator.requests_to("POST", "/flux/tasks")[before:]
+    assert [request.json for request in lookups] == [{"action": "retrieve_batch", "ids": [task.id]}]
 
 
 async def test_stopping_lets_a_submit_under_way_finish_so_it_is_not_lost(
@@ -651,3 +715,28 @@ async def test_a_last_word_the_previous_run_could_not_say_is_said_at_the_next_st
     await asyncio.sleep(0.2)  # more ticks: each word is said once
     assert [j for j, u in courier.updates if isinstance(u, JobDone | JobFailed)] == [failed.id, posted.id]
     assert await db.jobs_owing_final_word(store) == []
+
+
+async def test_finished_jobs_past_the_retention_period_are_pruned_and_usage_is_kept(
+    make_runner: RunnerFactory, courier: RecordingCourier, store: Store
+) -> None:
+    first = make_runner()
+    await first.start()
+    jobs = [await accepted(first, request(n)) for n in range(3)]
+    await courier.wait_for(lambda: all(isinstance(courier.final(job.id), JobDone) for job in jobs))
+    while await db.jobs_owing_final_word(store):  # settled just after the word was said
+        await asyncio.sleep(0.01)
+    await first.stop()
+    async with store.transaction() as tx:  # two of them finished long ago
+        await tx.execute("UPDATE jobs SET finished_at = finished_at - 100 * 86400 WHERE id <= ?", (jobs[1].id,))
+    usage_before = [await db.user_usage(store, 1, job.user_id) for job in jobs]
+
+    second = make_runner(retention=90 * 86400.0)
+    await second.start()
+    for _ in range(200):  # the pruner's first round runs at start
+        if await db.get_job(store, jobs[1].id) is None:
+            break
+        await asyncio.sleep(0.02)
+
+    assert [await db.get_job(store, job.id) is not None for job in jobs] == [False, False, True]
+    assert [await db.user_usage(store, 1, job.user_id) for job in jobs] == usage_before
