@@ -33,7 +33,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
@@ -481,9 +481,8 @@ class JobRunner:
                 job.count,
             )
         if await db.mark_succeeded(self._store, job.id, refs, status.seed):
-            refreshed = await db.get_job(self._store, job.id)
-            if refreshed is not None:
-                self._deliver_soon(refreshed)
+            succeeded = replace(job, status=JobStatus.SUCCEEDED, image_urls=tuple(refs), result_seed=status.seed)
+            self._deliver_soon(succeeded)
 
     # -- delivering -----------------------------------------------------------------------------
 
