@@ -102,6 +102,7 @@ async def polling(quick: bool) -> dict[str, float]:
         periods = [b - a for a, b in itertools.pairwise(ticks)]
     anchor = await vendor_client_polling(over, quick)
     return {
+        "online": stage.online_after,
         "poll_p50": percentile(latencies, 0.5) * 1000,
         "poll_p99": percentile(latencies, 0.99) * 1000,
         "tick_median": statistics.median(periods) * 1000 if periods else float("nan"),
@@ -181,6 +182,13 @@ POLLING = Benchmark(
         Figure("tick_max", "poll tick period, max", "ms", "1000"),
         Figure("poll_rate", "status requests/s while 100 jobs finish (polling 1 s)", "/s", "", "{:.1f}"),
         Figure("vendor_rate", f"{ANCHOR}vendor clients, same 100 tasks", "/s", "", "{:.1f}"),
+        Figure(
+            "online",
+            "fluxbot process start -> online, commands synced (incl. discord.py's 2 s wait for servers)",
+            "s",
+            "",
+            "{:.2f}",
+        ),
         Figure("per_tick", "status requests per poll tick (100 pending, batches of up to 50)", "", "", "{:.1f}"),
     ),
     polling,

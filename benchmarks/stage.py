@@ -141,7 +141,7 @@ class Stage:
             await asyncio.sleep(step)
 
     async def until_tasks(self, count: int, within: float) -> None:
-        """Until the provider has accepted ``count`` tasks."""
+        """Until the provider has received ``count`` submits (each creates a task as it arrives)."""
         await self.until(lambda: self.flux.count("POST", SUBMIT_PATH) >= count, within, f"{count} tasks", 0.1)
 
     async def until_results(self, count: int, within: float) -> None:
