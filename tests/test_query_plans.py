@@ -342,5 +342,7 @@ def test_no_hot_path_statement_works_through_the_history(captures: tuple[Capture
 def test_the_capture_sees_every_statement_and_counts_its_work(captures: tuple[Capture, Capture, Path]) -> None:
     deep, _, _ = captures
     accepted = deep.operations["accept: create_job 0"]
-    assert [statement.sql.split(None, 1)[0] for statement in accepted] == ["BEGIN", "SELECT", "INSERT", "COMMIT"]
-    assert all(statement.steps > 0 for statement in accepted[1:3])
+    refused = deep.operations["accept: create_job refused"]
+    assert [statement.sql.split(None, 1)[0] for statement in accepted] == ["INSERT"]  # its own transaction
+    assert [statement.sql.split(None, 1)[0] for statement in refused] == ["INSERT", "SELECT"]
+    assert all(statement.steps > 0 for statement in [*accepted, *refused])

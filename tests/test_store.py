@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -59,6 +60,7 @@ from bot.db import (
     user_usage,
 )
 from bot.db.schema import split_statements
+from bot.db.usage import evaluate_quota
 
 GUILD = 111
 CHANNEL = 222
@@ -571,6 +573,59 @@ async def test_a_cooldown_refuses_until_it_ends(store: Store, clock: FakeClock) 
     assert job.created_at == NOON + 30
 
 
+async def test_the_database_accepts_exactly_when_the_quota_rules_say_so(store: Store, clock: FakeClock) -> None:
+    # create_job decides in SQL and explains a refusal with evaluate_quota: the two must agree, limit by limit.
+    rng = random.Random(20250314)
+    members = [USER, USER + 1, USER + 2]
+    live: list[Job] = []
+    decided: set[str] = set()
+    for _ in range(300):
+        clock.advance(rng.choice([0.0, 0.5, 3.0, 40.0, 3_600.0]))
+        if live and rng.random() < 0.3:
+            job = live.pop(rng.randrange(len(live)))
+            if rng.random() < 0.5:
+                await advance(store, job.id, JobStatus.POSTED)
+            else:
+                assert await mark_failed(store, job.id, "test", "ended")
+        limits = QuotaLimits(
+            user_daily=rng.choice([None, 0, 3, 8, 20]),
+            guild_daily=rng.choice([None, 5, 15, 40]),
+            max_concurrent=rng.choice([None, 1, 2, 4]),
+            cooldown=rng.choice([0.0, 0.0, 2.0, 30.0]),
+        )
+        new = request(user_id=rng.choice(members), count=rng.randint(1, 4))
+        use = await store.fetch_one(
+            """
+            SELECT (SELECT coalesce(sum(used + reserved), 0) FROM usage WHERE guild_id = :g AND user_id = :u
+                    AND day = :d),
+                   (SELECT coalesce(sum(used + reserved), 0) FROM usage WHERE guild_id = :g AND day = :d),
+                   (SELECT count(*) FROM jobs WHERE guild_id = :g AND user_id = :u
+                    AND status IN ('queued', 'submitting', 'submitted', 'succeeded')),
+                   (SELECT max(created_at) FROM jobs WHERE guild_id = :g AND user_id = :u)
+            """,
+            {"g": GUILD, "u": new.user_id, "d": store.today()},
+        )
+        assert use is not None
+        expected = evaluate_quota(
+            limits,
+            requested=new.count,
+            member_today=use[0],
+            guild_today=use[1],
+            active_jobs=use[2],
+            last_job_at=use[3],
+            now=store.now(),
+        )
+        outcome = await create_job(store, new, limits)
+        if expected is None:
+            assert isinstance(outcome, Job), (limits, tuple(use), outcome)
+            live.append(outcome)
+            decided.add("accepted")
+        else:
+            assert outcome == expected, (limits, tuple(use))
+            decided.add(expected.kind.value)
+    assert decided == {"accepted", *(kind.value for kind in LimitKind)}  # every rule was put to the test
+
+
 async def test_daily_limits_are_checked_before_concurrency_and_cooldown(store: Store) -> None:
     limits = QuotaLimits(user_daily=1, max_concurrent=1, cooldown=60)
     await accepted(store, limits=limits)
@@ -633,35 +688,39 @@ async def test_a_failing_transaction_rolls_back_and_transactions_do_not_nest(sto
     assert await blocked_terms(store, 1) == ["y"]
 
 
-async def test_cancelling_a_request_at_any_statement_leaves_the_store_consistent(store: Store) -> None:
-    # create_job runs BEGIN, one SELECT, one INSERT (whose trigger reserves) and COMMIT: cancel it during each.
+@pytest.mark.parametrize(
+    ("limits", "target", "accepted_whole"),
+    [
+        (NO_LIMITS, 1, True),  # accepted: one statement, the insert (whose trigger reserves), done or not at all
+        (QuotaLimits(user_daily=0), 1, False),  # refused: the insert that inserts nothing ...
+        (QuotaLimits(user_daily=0), 2, False),  # ... and the read that names the limit
+    ],
+)
+async def test_cancelling_a_request_at_any_statement_leaves_the_store_consistent(
+    store: Store, limits: QuotaLimits, target: int, accepted_whole: bool
+) -> None:
     loop = asyncio.get_running_loop()
-    for target in range(1, 5):
-        task = asyncio.create_task(create_job(store, request(), NO_LIMITS))
-        seen: list[str] = []
+    task = asyncio.create_task(create_job(store, request(), limits))
+    seen: list[str] = []
 
-        def cancel_at_target(
-            sql: str, task: asyncio.Task[object] = task, target: int = target, seen: list[str] = seen
-        ) -> None:
-            if seen and seen[-1] == sql:
-                return  # the same statement traced again (its trigger, say)
-            seen.append(sql)
-            if len(seen) == target:
-                loop.call_soon_threadsafe(task.cancel)
+    def cancel_at_target(sql: str) -> None:
+        if seen and seen[-1] == sql:
+            return  # the same statement traced again (its trigger)
+        seen.append(sql)
+        if len(seen) == target:
+            loop.call_soon_threadsafe(task.cancel)
 
-        await store._conn.set_trace_callback(cancel_at_target)  # runs in the connection's thread
-        assert isinstance((await asyncio.gather(task, return_exceptions=True))[0], asyncio.CancelledError)
-        await store._conn.set_trace_callback(None)  # type: ignore[arg-type]
-        # Job and reservation went in together or not at all (only a cancelled COMMIT still commits) ...
-        queued = len(await jobs_in(store, JobStatus.QUEUED))
-        assert queued == (1 if target == 4 else 0)
-        assert (await user_usage(store, GUILD, USER)).reserved_today == queued
-        # ... and no transaction was left open on the shared connection.
-        job = await accepted(store)
-        assert await mark_failed(store, job.id, "test", "cleanup")
-        if queued:
-            (leftover,) = await jobs_in(store, JobStatus.QUEUED)
-            assert await mark_failed(store, leftover.id, "test", "cleanup")
+    await store._conn.set_trace_callback(cancel_at_target)  # runs in the connection's thread
+    assert isinstance((await asyncio.gather(task, return_exceptions=True))[0], asyncio.CancelledError)
+    await store._conn.set_trace_callback(None)  # type: ignore[arg-type]
+    assert len(seen) == target
+    # A statement the thread already runs still completes: job and reservation went in together, or neither ...
+    queued = len(await jobs_in(store, JobStatus.QUEUED))
+    assert queued == (1 if accepted_whole else 0)
+    assert (await user_usage(store, GUILD, USER)).reserved_today == queued
+    # ... and no transaction was left open on the shared connection.
+    job = await accepted(store)
+    assert await mark_failed(store, job.id, "test", "cleanup")
 
 
 async def test_the_database_refuses_a_reservation_going_negative(store: Store) -> None:

@@ -58,85 +58,112 @@ log = logging.getLogger(__name__)
 
 #: error_code given to jobs marked lost.
 LOST_ERROR_CODE = "lost"
+#: Tries of :func:`create_job` when its insert is refused but, read a moment later, no limit refuses.
+_QUOTA_ATTEMPTS = 3
 
 
 async def create_job(store: Store, new: NewJob, limits: QuotaLimits) -> Job | QuotaRefusal:
     """Check every limit and, if all pass, record the job as queued and reserve its images.
 
-    One write transaction: two requests (from coroutines or processes) cannot both see the same
-    remaining quota. Returns the new :class:`Job`, or a :class:`QuotaRefusal` naming the limit.
-    The reservation is written by the database as the job goes in (trigger ``jobs_reserve``), so the
-    transaction is four statements: ``BEGIN``, one read of every figure the limits need, the insert,
-    ``COMMIT``; each costs a hop to the connection's thread, so fewer of them mean more reservations.
+    Atomic: two requests (from coroutines or processes) cannot both see the same remaining quota.
+    Returns the new :class:`Job`, or a :class:`QuotaRefusal` naming the limit.
+
+    An accepted job costs one statement, a transaction of its own (:meth:`Store.write_alone`): an
+    ``INSERT ... SELECT`` that inserts only if every limit passes, each figure read through an index, and
+    whose trigger ``jobs_reserve`` reserves the images. Only a refusal reads the figures again, to say which
+    limit (:func:`~bot.db.usage.evaluate_quota`, which the SQL below mirrors).
     """
     now = store.now()
     day = utc_day(now)
-    async with store.transaction() as tx:
-        # One statement for every figure the limits need, each read through an index: the usage rows of
-        # the day, the member's live jobs (jobs_member_live holds live jobs only), their latest job.
-        use = await tx.fetch_one(
-            """
-            SELECT
-                (SELECT coalesce(sum(used + reserved), 0) FROM usage
-                 WHERE guild_id = :guild AND user_id = :user AND day = :day),
-                (SELECT coalesce(sum(used + reserved), 0) FROM usage WHERE guild_id = :guild AND day = :day),
-                (SELECT count(*) FROM jobs
-                 WHERE guild_id = :guild AND user_id = :user
-                   AND status IN ('queued', 'submitting', 'submitted', 'succeeded')),
-                (SELECT created_at FROM jobs
-                 WHERE guild_id = :guild AND user_id = :user ORDER BY created_at DESC LIMIT 1)
-            """,
-            {"guild": new.guild_id, "user": new.user_id, "day": day},
-        )
-        assert use is not None
-        refusal = evaluate_quota(
-            limits,
-            requested=new.count,
-            member_today=int(use[0]),
-            guild_today=int(use[1]),
-            active_jobs=int(use[2]),
-            last_job_at=use[3],
-            now=now,
-        )
-        if refusal is not None:
-            log.debug("job refused for user %d in guild %d: %s", new.user_id, new.guild_id, refusal)
-            return refusal
-        row = await tx.fetch_one(
+    params = {
+        "guild_id": new.guild_id,
+        "channel_id": new.channel_id,
+        "user_id": new.user_id,
+        "kind": new.kind.value,
+        "prompt": new.prompt,
+        "model": new.model,
+        "size": new.size,
+        "count": new.count,
+        "seed": new.seed,
+        "source_image_url": new.source_image_url,
+        "parent_job_id": new.parent_job_id,
+        "interaction_application_id": new.interaction_application_id,
+        "interaction_token": new.interaction_token,
+        "interaction_created_at": _interaction_time(new, now),
+        "provider": new.provider.value,
+        "now": now,
+        "day": day,
+        "user_daily": limits.user_daily,
+        "guild_daily": limits.guild_daily,
+        "max_concurrent": limits.max_concurrent,
+        "cooldown": limits.cooldown,
+    }
+    for _ in range(_QUOTA_ATTEMPTS):
+        rows = await store.write_alone(
             """
             INSERT INTO jobs (
                 guild_id, channel_id, user_id, kind, prompt, model, size, count, seed,
                 source_image_url, parent_job_id, interaction_application_id, interaction_token,
                 interaction_created_at, provider, status, created_at, reserved_images, usage_day)
-            VALUES (
+            SELECT
                 :guild_id, :channel_id, :user_id, :kind, :prompt, :model, :size, :count, :seed,
                 :source_image_url, :parent_job_id, :interaction_application_id, :interaction_token,
-                :interaction_created_at, :provider, 'queued', :now, :count, :day)
+                :interaction_created_at, :provider, 'queued', :now, :count, :day
+            WHERE (:user_daily IS NULL OR :count + (
+                       SELECT coalesce(sum(used + reserved), 0) FROM usage
+                       WHERE guild_id = :guild_id AND user_id = :user_id AND day = :day) <= :user_daily)
+              AND (:guild_daily IS NULL OR :count + (
+                       SELECT coalesce(sum(used + reserved), 0) FROM usage
+                       WHERE guild_id = :guild_id AND day = :day) <= :guild_daily)
+              AND (:max_concurrent IS NULL OR (
+                       SELECT count(*) FROM jobs
+                       WHERE guild_id = :guild_id AND user_id = :user_id
+                         AND status IN ('queued', 'submitting', 'submitted', 'succeeded')) < :max_concurrent)
+              AND (:cooldown <= 0 OR coalesce(:now - (
+                       SELECT created_at FROM jobs WHERE guild_id = :guild_id AND user_id = :user_id
+                       ORDER BY created_at DESC LIMIT 1) >= :cooldown, 1))
             RETURNING *
             """,
-            {
-                "guild_id": new.guild_id,
-                "channel_id": new.channel_id,
-                "user_id": new.user_id,
-                "kind": new.kind.value,
-                "prompt": new.prompt,
-                "model": new.model,
-                "size": new.size,
-                "count": new.count,
-                "seed": new.seed,
-                "source_image_url": new.source_image_url,
-                "parent_job_id": new.parent_job_id,
-                "interaction_application_id": new.interaction_application_id,
-                "interaction_token": new.interaction_token,
-                "interaction_created_at": _interaction_time(new, now),
-                "provider": new.provider.value,
-                "now": now,
-                "day": day,
-            },
+            params,
         )
-        assert row is not None  # the jobs_reserve trigger has reserved its images
-    job = _job(row)
-    log.info("job %d queued: %d image(s) for user %d in guild %d", job.id, job.count, job.user_id, job.guild_id)
-    return job
+        if rows:
+            job = _job(rows[0])
+            log.info("job %d queued: %d image(s) for user %d in guild %d", job.id, job.count, job.user_id, job.guild_id)
+            return job
+        refusal = await _refusal(store, new, limits, now, day)
+        if refusal is not None:
+            log.debug("job refused for user %d in guild %d: %s", new.user_id, new.guild_id, refusal)
+            return refusal
+        # Between the refused insert and the read, something freed quota (a job ended): try again.
+    raise RuntimeError(f"create_job: a limit refused the job {_QUOTA_ATTEMPTS} times but none could be named")
+
+
+async def _refusal(store: Store, new: NewJob, limits: QuotaLimits, now: float, day: str) -> QuotaRefusal | None:
+    """The limit that refuses ``new`` now, read from the same figures :func:`create_job` checks."""
+    use = await store.fetch_one(
+        """
+        SELECT
+            (SELECT coalesce(sum(used + reserved), 0) FROM usage
+             WHERE guild_id = :guild AND user_id = :user AND day = :day),
+            (SELECT coalesce(sum(used + reserved), 0) FROM usage WHERE guild_id = :guild AND day = :day),
+            (SELECT count(*) FROM jobs
+             WHERE guild_id = :guild AND user_id = :user
+               AND status IN ('queued', 'submitting', 'submitted', 'succeeded')),
+            (SELECT created_at FROM jobs
+             WHERE guild_id = :guild AND user_id = :user ORDER BY created_at DESC LIMIT 1)
+        """,
+        {"guild": new.guild_id, "user": new.user_id, "day": day},
+    )
+    assert use is not None
+    return evaluate_quota(
+        limits,
+        requested=new.count,
+        member_today=int(use[0]),
+        guild_today=int(use[1]),
+        active_jobs=int(use[2]),
+        last_job_at=use[3],
+        now=now,
+    )
 
 
 async def mark_submitting(store: Store, job_id: int) -> bool:

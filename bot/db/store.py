@@ -21,11 +21,11 @@ import itertools
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, TypeVar
 
 import aiosqlite
 
@@ -42,6 +42,7 @@ BUSY_TIMEOUT_MS = 5000
 BUSY_WINDOW = 30.0
 _BUSY_RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_T = TypeVar("_T")
 
 
 class StoreBusyError(Exception):
@@ -204,6 +205,21 @@ class Store:
         async with self._lock:
             return list(await self._conn.execute_fetchall(sql, params))
 
+    async def write_alone(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+        """Run one writing statement as a transaction of its own and return its rows (``... RETURNING``).
+
+        Outside ``BEGIN`` ... ``COMMIT`` SQLite makes each statement atomic, and a writing statement takes the
+        write lock before it reads anything, so an ``INSERT ... SELECT ... WHERE`` decides and writes as one,
+        like a :meth:`transaction` would, in one trip to the connection's thread instead of four, and holds the
+        write lock only while it runs. Waits for another connection's lock like :meth:`transaction`, and raises
+        :class:`StoreBusyError` (nothing written) if it stays locked; not for use inside a transaction.
+        """
+        if self._owns_lock():
+            raise RuntimeError("write_alone is a transaction of its own; inside one, use the Transaction")
+        async with self._lock:
+            rows = await _while_locked(lambda: self._conn.execute_fetchall(sql, params), self._busy_window)
+        return list(rows)
+
     def _owns_lock(self) -> bool:
         return self._owner is not None and self._owner is asyncio.current_task()
 
@@ -216,11 +232,17 @@ class Store:
 async def _begin_immediate(conn: aiosqlite.Connection, busy_window: float) -> None:
     """``BEGIN IMMEDIATE``, tried again while another connection holds the write lock, for up to
     ``busy_window`` seconds in all; then :class:`StoreBusyError`."""
+    await _while_locked(lambda: conn.execute("BEGIN IMMEDIATE"), busy_window)
+
+
+async def _while_locked(start: Callable[[], Awaitable[_T]], busy_window: float) -> _T:
+    """``start()``, tried again while it meets another connection's write lock (each try already waits
+    ``busy_timeout`` inside SQLite), for up to ``busy_window`` seconds in all; then :class:`StoreBusyError`.
+    Only for statements that write nothing when they meet the lock: ``BEGIN``, or one statement alone."""
     deadline = time.monotonic() + busy_window
     for attempt in itertools.count():
         try:
-            await conn.execute("BEGIN IMMEDIATE")
-            return
+            return await start()
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF not in _BUSY_CODES:
                 raise
@@ -228,6 +250,7 @@ async def _begin_immediate(conn: aiosqlite.Connection, busy_window: float) -> No
                 raise StoreBusyError(f"the database stayed locked by another connection for {busy_window:g} s") from exc
             log.warning("the database is locked by another connection; trying again (attempt %d)", attempt + 1)
         await asyncio.sleep(_BUSY_RETRY_DELAYS[min(attempt, len(_BUSY_RETRY_DELAYS) - 1)])
+    raise AssertionError("itertools.count() never ends")
 
 
 async def _migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration], path: Path, busy_window: float) -> int:
