@@ -877,6 +877,28 @@ async def test_a_lock_held_past_the_busy_window_is_a_typed_error_and_the_write_c
         assert await mark_submitting(store, job.id)  # the store is usable again: nothing was left half-done
 
 
+async def test_a_reservation_meeting_another_connections_lock_waits_or_is_a_typed_error_and_writes_nothing(
+    db_path: Path, clock: FakeClock
+) -> None:
+    async with await Store.open(db_path, clock=clock, busy_timeout_ms=20, busy_window=0.2) as store:
+        holder = hold_write_lock(db_path)
+        try:
+            with pytest.raises(StoreBusyError):
+                await create_job(store, request(), NO_LIMITS)
+        finally:
+            holder.close()
+        assert await jobs_in(store, JobStatus.QUEUED) == []
+        assert (await user_usage(store, GUILD, USER)).today == 0
+    async with await Store.open(db_path, clock=clock, busy_timeout_ms=50, busy_window=10.0) as store:
+        holder = hold_write_lock(db_path)
+        asyncio.get_running_loop().call_later(0.5, holder.rollback)  # longer than one busy_timeout
+        try:
+            job = await accepted(store)
+        finally:
+            holder.close()
+        assert (await user_usage(store, GUILD, USER)).reserved_today == job.count
+
+
 # -- migration 0006: the jobs table rebuilt --------------------------------------------------------------
 
 
