@@ -6,6 +6,7 @@ exactly the bot that operators run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import hashlib
@@ -13,6 +14,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import discord
@@ -37,6 +39,10 @@ __all__ = ["FluxBot", "FluxCommandTree", "open_bot"]
 log = logging.getLogger(__name__)
 
 COMMANDS_FINGERPRINT = "commands_fingerprint"
+#: Work that follows an acknowledgement waits until no interaction has arrived for this long (seconds)...
+ACKNOWLEDGEMENTS_QUIET = 0.005
+#: ...but never longer than this, however many keep arriving.
+ACKNOWLEDGEMENTS_FIRST_AT_MOST = 0.25
 
 
 class FluxCommandTree(app_commands.CommandTree["FluxBot"]):
@@ -93,6 +99,8 @@ class FluxBot(commands.Bot):
             media_hosts=settings.discord_media_hosts,
             retention=settings.job_retention,
         )
+        self._last_interaction = 0.0  # event loop time when the last interaction arrived
+        self._after_acknowledgements: asyncio.Event | None = None  # set when a burst of interactions is over
         self._buttons_added = False
         self._runner_started = False
         self._announced = False
@@ -127,6 +135,38 @@ class FluxBot(commands.Bot):
             self.settings.flux_provider.value,
             self.settings.database_path,
         )
+
+    def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:
+        if event_name == "interaction":  # an interaction arrived: its command task is created already
+            self._last_interaction = asyncio.get_running_loop().time()
+        super().dispatch(event_name, *args, **kwargs)
+
+    async def acknowledgements_first(self) -> None:
+        """Wait while members' interactions keep arriving (a burst), so that their acknowledgements, due within
+        3 s, are not queued behind the work that follows earlier ones (recording jobs, reporting progress).
+
+        Returns once no interaction arrived for :data:`ACKNOWLEDGEMENTS_QUIET` s, or after
+        :data:`ACKNOWLEDGEMENTS_FIRST_AT_MOST` s at most; callers that waited go on in the order they came.
+        """
+        if (gate := self._after_acknowledgements) is not None:  # others wait already: go on after them
+            await gate.wait()
+            return
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + ACKNOWLEDGEMENTS_FIRST_AT_MOST
+        gate = None
+        try:
+            while True:  # a quiet moment is measured, not signalled: there is no event to wait for
+                now = loop.time()
+                quiet = now - self._last_interaction
+                if quiet >= ACKNOWLEDGEMENTS_QUIET or now >= give_up:
+                    return
+                if gate is None:
+                    gate = self._after_acknowledgements = asyncio.Event()
+                await asyncio.sleep(min(ACKNOWLEDGEMENTS_QUIET - quiet, give_up - now))
+        finally:
+            if gate is not None:
+                self._after_acknowledgements = None
+                gate.set()
 
     async def on_message(self, message: discord.Message, /) -> None:
         """The bot has no text commands ("@bot make it blue" is an edit request, handled by the imagine cog),

@@ -234,6 +234,7 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
         An interaction (already deferred) also gives the job its token, to show progress in the member's
         response; a message (a reply asking for an edit) has none.
         """
+        await self.bot.acknowledgements_first()
         if isinstance(requester, discord.Interaction):
             assert requester.channel_id is not None
             interaction, guild_id = requester, requester.guild_id or 0
