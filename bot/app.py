@@ -87,10 +87,11 @@ class FluxBot(commands.Bot):
         self.session = session
         self.store = store
         self.flux = flux
+        self.courier = DiscordCourier(self)
         self.runner = JobRunner(
             store=store,
             flux=flux,
-            courier=DiscordCourier(self),
+            courier=self.courier,
             session=session,
             concurrency=settings.flux_max_concurrency,
             poll_interval=settings.flux_poll_interval,
@@ -174,6 +175,7 @@ class FluxBot(commands.Bot):
 
     async def close(self) -> None:
         await self.runner.stop()
+        await self.courier.close()
         await super().close()
 
     async def sync_commands_if_changed(self) -> None:

@@ -12,7 +12,7 @@ import io
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
@@ -22,6 +22,7 @@ from bot import db
 from bot.db import INTERACTION_LIFETIME, Job, JobKind
 from bot.images import DownloadedImage, ImageRejected, fit_images, fits_unchanged
 from bot.jobs import DeliveryError, JobDone, JobFailed, JobQueued, JobStarted, JobUpdate, PostedResult
+from bot.tasks import TaskSet
 from cogs.feedback import DISCORD_ERRORS, TRANSPORT_ERRORS, reply_with_error
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ HISTORY_SEARCH = 100
 #: reuse afterwards: unbounded, hundreds of pending jobs would hold hundreds of sockets; bounded, the same few
 #: connections carry every edit.
 STATUS_EDIT_CONCURRENCY = 8
+#: Seconds a progress line (queued, generating) waits before it is shown; one replaced by then is never sent.
+#: A job that is done within it shows "thinking…" and then its result, not three edits nobody could read.
+PROGRESS_SETTLE = 1.0
 #: The message id Discord's webhook routes accept for an interaction's original response.
 ORIGINAL_RESPONSE = cast(int, "@original")
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
@@ -72,6 +76,15 @@ class DiscordCourier:
         # Per job with an edit waiting or under way: its edits go one at a time, and only the newest line
         # asked for is sent (the others it replaced are skipped). Empty when no edit waits.
         self._editing: dict[int, _Editing] = {}
+        self._progress = TaskSet("status lines")
+
+    async def settled(self) -> None:
+        """Until every progress line asked for so far is shown, or skipped for a newer one."""
+        await self._progress.wait()
+
+    async def close(self) -> None:
+        """Drop the progress lines not shown yet (the bot is stopping)."""
+        await self._progress.close()
 
     async def deliver(self, job: Job, images: Sequence[DownloadedImage]) -> int:
         limit = self._upload_limit(job)
@@ -128,23 +141,46 @@ class DiscordCourier:
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
     async def notify(self, job: Job, update: JobUpdate) -> None:
+        """Show where ``job`` stands in the member's response. A final word (done, failed) is sent before this
+        returns; a progress line is sent :data:`PROGRESS_SETTLE` s later, in the background, unless a newer
+        line replaced it by then."""
         line = status_line(job, update)
         if job.interaction_token and job.interaction_application_id and self._token_alive(job):
-            try:
-                await self._edit_response(job, job.interaction_application_id, job.interaction_token, line)
-            except DISCORD_ERRORS as exc:
-                log.info("job %d: could not update the member's response: %s", job.id, exc)
-            else:
+            asked = self._ask(job.id)
+            edit = self._edit_response(job, job.interaction_application_id, job.interaction_token, line, asked)
+            if isinstance(update, JobQueued | JobStarted):
+                self._progress.spawn(self._quietly(job, edit, settle=PROGRESS_SETTLE), name=f"job-{job.id}")
+                return
+            if await self._quietly(job, edit):
                 return
         if isinstance(update, JobFailed):  # no live interaction to tell: say it in the channel
             await self._tell_in_channel(job, line)
 
-    async def _edit_response(self, job: Job, application_id: int, token: str, line: str) -> None:
-        """Show ``line`` in the member's response, after the edits asked for before it; skipped if a newer
-        line for the same job is asked for while it waits (that one is sent instead)."""
-        editing = self._editing.setdefault(job.id, _Editing())
+    def _ask(self, job_id: int) -> tuple[_Editing, int]:
+        """Number a line asked for: the job's newest from now on."""
+        editing = self._editing.setdefault(job_id, _Editing())
         editing.newest += 1
-        mine = editing.newest
+        return editing, editing.newest
+
+    async def _quietly(self, job: Job, edit: Coroutine[Any, Any, None], *, settle: float = 0.0) -> bool:
+        """Run an edit (after ``settle`` s); False, logged, if Discord refused it or could not be reached."""
+        try:
+            if settle:
+                await asyncio.sleep(settle)
+            await edit
+        except DISCORD_ERRORS as exc:
+            log.info("job %d: could not update the member's response: %s", job.id, exc)
+            return False
+        finally:
+            edit.close()  # never started if the wait was cancelled
+        return True
+
+    async def _edit_response(
+        self, job: Job, application_id: int, token: str, line: str, asked: tuple[_Editing, int]
+    ) -> None:
+        """Show ``line`` in the member's response, after the edits asked for before it; skipped if a newer
+        line for the same job was asked for by its turn (that one is sent instead)."""
+        editing, mine = asked
         try:
             async with editing.turn, self._edits:
                 if editing.newest != mine:
@@ -152,8 +188,8 @@ class DiscordCourier:
                 webhook = discord.Webhook.partial(application_id, token, client=self._bot)
                 await webhook.edit_message(ORIGINAL_RESPONSE, content=line)
         finally:
-            if editing.newest == mine:  # nothing newer waits for this job
-                self._editing.pop(job.id, None)
+            if editing.newest == mine and self._editing.get(job.id) is editing:  # nothing newer waits
+                del self._editing[job.id]
 
     async def _tell_in_channel(self, job: Job, line: str) -> None:
         channel = self._channel(job)

@@ -11,7 +11,7 @@ import time
 from bot import db
 from bot.db import JobStatus
 from bot.images import MULTIPART_HEADROOM, DownloadedImage, fits_unchanged
-from bot.jobs import JobQueued
+from bot.jobs import JobDone, JobQueued, JobStarted
 from cogs.results import STATUS_EDIT_CONCURRENCY, DiscordCourier
 from tests.fluxbot_harness import FluxbotHarness, status_line
 
@@ -81,15 +81,32 @@ async def test_a_line_replaced_while_it_waits_is_not_sent_and_a_jobs_lines_keep_
         (job,) = await db.jobs_in(bot.store, JobStatus.SUBMITTED)
         courier = DiscordCourier(bot)
         held = world.emu.hold_responses("PATCH", STATUS_EDIT)
-        first = asyncio.create_task(courier.notify(job, JobQueued(3)))
+        await courier.notify(job, JobQueued(3))
         await world.emu.wait_until(lambda: len(held.calls) == 1, 10, "the first edit")
         # Asked for while the first is under way: the second is replaced by the third before its turn.
-        second = asyncio.create_task(courier.notify(job, JobQueued(2)))
-        third = asyncio.create_task(courier.notify(job, JobQueued(1)))
-        await asyncio.sleep(0.1)
+        await courier.notify(job, JobQueued(2))
+        await courier.notify(job, JobQueued(1))
         held.release()
-        await asyncio.gather(first, second, third)
+        await courier.settled()
 
     sent = [call.json["content"] for call in world.emu.calls("PATCH", STATUS_EDIT) if inter.token in call.path]
     assert sent[sent.index("⏳ Queued — #3 in line.") :] == ["⏳ Queued — #3 in line.", "⏳ Queued — #1 in line."]
     assert status_line(inter) == "⏳ Queued — #1 in line."
+
+
+async def test_a_job_done_before_its_progress_is_shown_shows_only_its_result(fluxbot: FluxbotHarness) -> None:
+    world, flux = fluxbot.world, fluxbot.flux
+    flux.task_delay = 3600
+    async with fluxbot.running() as bot:
+        inter = await world.member.slash(world.channel, "imagine", prompt="a quick sketch")
+        await world.emu.wait_until(lambda: "Generating" in status_line(inter), 10, "the job to start")
+        (job,) = await db.jobs_in(bot.store, JobStatus.SUBMITTED)
+        courier = DiscordCourier(bot)
+        before = len(world.emu.calls("PATCH", STATUS_EDIT))
+        await courier.notify(job, JobQueued(1))
+        await courier.notify(job, JobStarted(time.time()))
+        await courier.notify(job, JobDone(1234))  # sent at once: the lines before it are never shown
+        await courier.settled()
+        sent = [call.json["content"] for call in world.emu.calls("PATCH", STATUS_EDIT)[before:]]
+
+    assert sent == [f"✅ Done: https://discord.com/channels/{world.guild.id}/{world.channel.id}/1234"]
