@@ -41,8 +41,9 @@ BURST = 200
 #: Rounds per bot in one run (each bot starts fresh every round).
 ROUNDS = 3
 QUICK_ROUNDS = 1
-#: Seconds each bot is left alone after coming online, before the burst (start-up work settles).
-SETTLE = 2.5
+#: Seconds each bot is left alone after coming online, before the bursts: start-up work settles (fluxbot is
+#: ready 2 s after the gateway's READY, when discord.py stops waiting for more servers).
+SETTLE = 3.5
 #: Seconds between the two bursts of a round (the first one's connections stay open: aiohttp keeps them 15 s).
 PAUSE = 1.0
 #: A provider delay no round waits for.
