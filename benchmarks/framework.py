@@ -60,16 +60,21 @@ def run_benchmarks(benchmarks: Sequence[Benchmark], *, runs: int, quick: bool) -
 
     A run that raises is reported on standard error and counted as an error for every figure of its benchmark;
     the other runs and benchmarks go on. A figure a run leaves out (or reports as NaN) has no value from that run.
+    Ctrl-C ends the whole run early with what was measured until then (the rest has no values).
     """
-    results: list[Result] = []
+    results = [Result(figure) for benchmark in benchmarks for figure in benchmark.figures]
+    position = 0
     for benchmark in benchmarks:
-        mine = [Result(figure) for figure in benchmark.figures]
-        results.extend(mine)
+        mine = results[position : position + len(benchmark.figures)]
+        position += len(benchmark.figures)
         for attempt in range(1, runs + 1):
             progress(f"{benchmark.name}: run {attempt}/{runs}")
             started = time.perf_counter()
             try:
                 values = asyncio.run(_run_once(benchmark, quick))
+            except KeyboardInterrupt:
+                progress("interrupted: the table so far")
+                return results
             except Exception:  # one failing benchmark must not end the others
                 progress(f"{benchmark.name}: run {attempt} failed:\n{traceback.format_exc()}")
                 for result in mine:

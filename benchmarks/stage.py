@@ -114,35 +114,61 @@ class Stage:
         """Edits of members' status lines since ``since`` (Discord emulator clock)."""
         return sum(1 for c in self.discord.calls("PATCH", STATUS_EDIT_ROUTE) if c.at >= since)
 
-    async def imagine(self, count: int, *, first: int = 0) -> list[Interaction]:
+    async def imagine(self, count: int, *, first: int = 0, budget: float | None = None) -> list[Interaction]:
         """``count`` /imagine commands (prompts "bench job {n}" from ``n = first``) spread over the members,
         sent in waves of :data:`WAVE`, each wave acknowledged before the next, so none waits past Discord's 3 s.
+
+        With a ``budget`` (seconds), no wave starts after it is spent, and a wave's acknowledgements are awaited
+        only while it lasts: a bot that cannot keep up gets fewer commands instead of failing the benchmark.
         """
+        deadline = None if budget is None else time.monotonic() + budget
         sent: list[Interaction] = []
         for start in range(first, first + count, WAVE):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             wave = await asyncio.gather(
                 *(
                     self.members[n % len(self.members)].slash(self.channel, "imagine", prompt=f"bench job {n}")
                     for n in range(start, min(start + WAVE, first + count))
                 )
             )
-            await asyncio.gather(*(i.wait_acknowledged(timeout=30) for i in wave))
             sent.extend(wave)
+            if deadline is None:
+                await asyncio.gather(*(i.wait_acknowledged(timeout=30) for i in wave))
+            else:
+                await self.until(
+                    _all_acknowledged(wave),
+                    max(deadline - time.monotonic(), 0.0),
+                    "acknowledgements",
+                    raises=False,
+                )
         return sent
 
-    async def until(self, condition: Callable[[], bool], within: float, what: str, step: float = 0.05) -> None:
-        """Check ``condition`` every ``step`` s; fail with the bot's last words after ``within`` s."""
+    async def until(
+        self, condition: Callable[[], bool], within: float, what: str, step: float = 0.05, *, raises: bool = True
+    ) -> bool:
+        """Check ``condition`` every ``step`` s, for at most ``within`` s; whether it held.
+
+        Fails with the bot's last words if the bot exits, and (unless ``raises`` is false) if time runs out.
+        """
         deadline = time.monotonic() + within
         while not condition():
             if self.bot.returncode is not None:
                 raise RuntimeError(f"fluxbot exited ({self.bot.returncode}) waiting for {what}:\n{self._tail()}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no {what} within {within} s:\n{self._tail()}")
+                if raises:
+                    raise TimeoutError(f"no {what} within {within} s:\n{self._tail()}")
+                return False
             await asyncio.sleep(step)
+        return True
 
-    async def until_tasks(self, count: int, within: float) -> None:
-        """Until the provider has received ``count`` submits (each creates a task as it arrives)."""
-        await self.until(lambda: self.flux.count("POST", SUBMIT_PATH) >= count, within, f"{count} tasks", 0.1)
+    def submits(self) -> int:
+        """Submits the provider received (each creates a task as it arrives)."""
+        return self.flux.count("POST", SUBMIT_PATH)
+
+    async def until_tasks(self, count: int, within: float, *, raises: bool = True) -> bool:
+        """Until the provider has received ``count`` submits; whether it did (see :meth:`until`)."""
+        return await self.until(lambda: self.submits() >= count, within, f"{count} tasks", 0.1, raises=raises)
 
     async def until_results(self, count: int, within: float) -> None:
         await self.until(lambda: len(self.results()) >= count, within, f"{count} results posted", 0.05)
@@ -158,6 +184,10 @@ class Stage:
 
     def _tail(self) -> str:
         return "\n".join(self.bot.stderr().splitlines()[-15:])
+
+
+def _all_acknowledged(wave: Sequence[Interaction]) -> Callable[[], bool]:
+    return lambda: all(i.acknowledged for i in wave)
 
 
 @contextlib.asynccontextmanager

@@ -112,3 +112,19 @@ def test_every_module_of_the_command_imports_and_names_its_figures_once() -> Non
     for benchmark in found:
         keys = [f.key for f in benchmark.figures]
         assert keys and len(keys) == len(set(keys)), benchmark.name
+
+
+def test_ctrl_c_ends_the_run_early_with_the_figures_measured_so_far() -> None:
+    async def interrupted(quick: bool) -> dict[str, float]:
+        raise KeyboardInterrupt
+
+    first, first_calls = counting_benchmark("first")
+    last, last_calls = counting_benchmark("last")
+    stopped = Benchmark("stopped", (Figure("value", "never measured", ""),), interrupted)
+
+    results = run_benchmarks([first, stopped, last], runs=2, quick=False)
+
+    assert [r.values for r in results] == [[1.0, 2.0], [10.0, 20.0], [], [], []]
+    assert first_calls == [False, False]
+    assert last_calls == []
+    assert [row[1] for row in rows(format_table(results))[2:]] == ["1", "10.0", "n/a", "n/a", "n/a"]
