@@ -110,9 +110,9 @@ class Stage:
         """When the bot asked the provider for task statuses (emulator clock), oldest first."""
         return [r.at for r in self.flux.requests_to("POST", STATUS_PATH) if r.at >= since]
 
-    def status_edits(self, since: float = 0.0) -> int:
-        """Edits of members' status lines since ``since`` (Discord emulator clock)."""
-        return sum(1 for c in self.discord.calls("PATCH", STATUS_EDIT_ROUTE) if c.at >= since)
+    def status_edits(self, since: float = 0.0, until: float = float("inf")) -> int:
+        """Edits of members' status lines from ``since`` until ``until`` (Discord emulator clock)."""
+        return sum(1 for c in self.discord.calls("PATCH", STATUS_EDIT_ROUTE) if since <= c.at < until)
 
     async def imagine(self, count: int, *, first: int = 0, budget: float | None = None) -> list[Interaction]:
         """``count`` /imagine commands (prompts "bench job {n}" from ``n = first``) spread over the members,
