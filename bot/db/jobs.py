@@ -8,7 +8,9 @@ wrong status changes nothing and returns ``False``)::
     queued | submitting | submitted | succeeded -> failed
     submitting -> lost
 
-Settling the reservation happens in the same transaction as the transition that ends the job:
+Every transition is one statement, a transaction of its own (:meth:`~bot.db.Store.write_alone`). The
+reservation is settled by the database in the statement that ends the job (trigger ``jobs_settle``),
+which also drops what the job kept inline (trigger ``jobs_drop_inline``):
 ``posted`` charges what was delivered (at most what was reserved), ``failed`` and ``lost`` charge nothing.
 Because a terminal job can never transition again, repeating a call can never charge or release twice.
 The transition that ends a job also records that its member is owed a last word (done, or why not);
@@ -29,8 +31,8 @@ from collections.abc import Sequence
 
 from bot.db.days import utc_day
 from bot.db.models import Job, JobKind, JobStatus, NewJob, PollHandle, Provider, QuotaLimits, QuotaRefusal
-from bot.db.store import Store, Transaction
-from bot.db.usage import evaluate_quota, release
+from bot.db.store import Store
+from bot.db.usage import evaluate_quota
 
 __all__ = [
     "active_jobs",
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 
 #: error_code given to jobs marked lost.
 LOST_ERROR_CODE = "lost"
+
 #: Tries of :func:`create_job` when its insert is refused but, read a moment later, no limit refuses.
 _QUOTA_ATTEMPTS = 3
 
@@ -168,25 +171,22 @@ async def _refusal(store: Store, new: NewJob, limits: QuotaLimits, now: float, d
 
 async def mark_submitting(store: Store, job_id: int) -> bool:
     """queued -> submitting, just before the submit request is sent. False if not queued."""
-    async with store.transaction() as tx:
-        row = await tx.fetch_one(
-            "UPDATE jobs SET status = 'submitting' WHERE id = ? AND status = 'queued' RETURNING id",
-            (job_id,),
-        )
-        return await _done(tx, job_id, row, JobStatus.SUBMITTING)
+    rows = await store.write_alone(
+        "UPDATE jobs SET status = 'submitting' WHERE id = ? AND status = 'queued' RETURNING id", (job_id,)
+    )
+    return await _done(store, job_id, rows, JobStatus.SUBMITTING)
 
 
 async def mark_submitted(store: Store, job_id: int, task_id: str) -> bool:
     """submitting -> submitted, storing the provider's task handle (opaque; a URL for BFL)."""
-    async with store.transaction() as tx:
-        row = await tx.fetch_one(
-            """
-            UPDATE jobs SET status = 'submitted', provider_task_id = ?, submitted_at = ?
-            WHERE id = ? AND status = 'submitting' RETURNING id
-            """,
-            (task_id, store.now(), job_id),
-        )
-        return await _done(tx, job_id, row, JobStatus.SUBMITTED)
+    rows = await store.write_alone(
+        """
+        UPDATE jobs SET status = 'submitted', provider_task_id = ?, submitted_at = ?
+        WHERE id = ? AND status = 'submitting' RETURNING id
+        """,
+        (task_id, store.now(), job_id),
+    )
+    return await _done(store, job_id, rows, JobStatus.SUBMITTED)
 
 
 async def mark_succeeded(store: Store, job_id: int, image_urls: Sequence[str], seed: int | None) -> bool:
@@ -194,15 +194,14 @@ async def mark_succeeded(store: Store, job_id: int, image_urls: Sequence[str], s
     if isinstance(image_urls, str) or not image_urls:
         raise ValueError("mark_succeeded needs a non-empty sequence of image URLs")
     result = json.dumps({"images": list(image_urls), "seed": seed})
-    async with store.transaction() as tx:
-        row = await tx.fetch_one(
-            """
-            UPDATE jobs SET status = 'succeeded', result = ?, finished_at = ?
-            WHERE id = ? AND status IN ('submitting', 'submitted') RETURNING id
-            """,
-            (result, store.now(), job_id),
-        )
-        return await _done(tx, job_id, row, JobStatus.SUCCEEDED)
+    rows = await store.write_alone(
+        """
+        UPDATE jobs SET status = 'succeeded', result = ?, finished_at = ?
+        WHERE id = ? AND status IN ('submitting', 'submitted') RETURNING id
+        """,
+        (result, store.now(), job_id),
+    )
+    return await _done(store, job_id, rows, JobStatus.SUCCEEDED)
 
 
 async def mark_posted(store: Store, job_id: int, message_id: int, delivered: int) -> bool:
@@ -215,36 +214,24 @@ async def mark_posted(store: Store, job_id: int, message_id: int, delivered: int
     """
     if delivered < 0:
         raise ValueError(f"delivered cannot be negative ({delivered})")
-    async with store.transaction() as tx:
-        row = await tx.fetch_one(
-            """
-            UPDATE jobs SET status = 'posted', posted_message_id = ?, posted_at = ?,
-                            charged_images = min(?, reserved_images), final_word_owed = 1,
-                            source_image_url = CASE WHEN source_image_url LIKE 'data:%' THEN NULL
-                                                    ELSE source_image_url END,
-                            result = CASE WHEN instr(result, '"data:') > 0
-                                THEN json_set(result, '$.images', json((
-                                    SELECT json_group_array(image.value)
-                                    FROM json_each(result, '$.images') AS image
-                                    WHERE image.value NOT LIKE 'data:%')))
-                                ELSE result END
-            WHERE id = ? AND status = 'succeeded'
-            RETURNING guild_id, user_id, usage_day, reserved_images, charged_images
-            """,
-            (message_id, store.now(), delivered, job_id),
+    rows = await store.write_alone(
+        """
+        UPDATE jobs SET status = 'posted', posted_message_id = :message, posted_at = :now,
+                        charged_images = min(:delivered, reserved_images), final_word_owed = 1
+        WHERE id = :job AND status = 'succeeded'
+        RETURNING reserved_images, charged_images
+        """,
+        {"message": message_id, "now": store.now(), "delivered": delivered, "job": job_id},
+    )
+    if rows and rows[0]["charged_images"] < delivered:
+        log.warning(
+            "job %d delivered %d image(s) but reserved %d; charged %d",
+            job_id,
+            delivered,
+            rows[0]["reserved_images"],
+            rows[0]["charged_images"],
         )
-        if row is None:
-            return await _done(tx, job_id, row, JobStatus.POSTED)
-        if row["charged_images"] < delivered:
-            log.warning(
-                "job %d delivered %d image(s) but reserved %d; charged %d",
-                job_id,
-                delivered,
-                row["reserved_images"],
-                row["charged_images"],
-            )
-        await _settle(tx, row, used=row["charged_images"])
-        return True
+    return await _done(store, job_id, rows, JobStatus.POSTED)
 
 
 async def mark_failed(store: Store, job_id: int, code: str, message: str) -> bool:
@@ -252,27 +239,16 @@ async def mark_failed(store: Store, job_id: int, code: str, message: str) -> boo
 
     An inline edit source and inline result images are dropped.
     """
-    async with store.transaction() as tx:
-        row = await tx.fetch_one(
-            """
-            UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, finished_at = ?,
-                            final_word_owed = 1,
-                            source_image_url = CASE WHEN source_image_url LIKE 'data:%' THEN NULL
-                                                    ELSE source_image_url END,
-                            result = CASE WHEN instr(result, '"data:') > 0
-                                THEN json_set(result, '$.images', json((
-                                    SELECT json_group_array(image.value)
-                                    FROM json_each(result, '$.images') AS image
-                                    WHERE image.value NOT LIKE 'data:%')))
-                                ELSE result END
-            WHERE id = ? AND status IN ('queued', 'submitting', 'submitted', 'succeeded')
-            RETURNING guild_id, user_id, usage_day, reserved_images
-            """,
-            (code, message, store.now(), job_id),
-        )
-        if row is not None:
-            await _settle(tx, row, used=0)
-        return await _done(tx, job_id, row, JobStatus.FAILED)
+    rows = await store.write_alone(
+        """
+        UPDATE jobs SET status = 'failed', error_code = :code, error_message = :message, finished_at = :now,
+                        final_word_owed = 1
+        WHERE id = :job AND status IN ('queued', 'submitting', 'submitted', 'succeeded')
+        RETURNING id
+        """,
+        {"code": code, "message": message, "now": store.now(), "job": job_id},
+    )
+    return await _done(store, job_id, rows, JobStatus.FAILED)
 
 
 async def mark_lost(store: Store, job_id: int, message: str) -> bool:
@@ -280,30 +256,24 @@ async def mark_lost(store: Store, job_id: int, message: str) -> bool:
 
     An inline edit source is dropped.
     """
-    async with store.transaction() as tx:
-        row = await tx.fetch_one(
-            """
-            UPDATE jobs SET status = 'lost', error_code = ?, error_message = ?, finished_at = ?,
-                            final_word_owed = 1,
-                            source_image_url = CASE WHEN source_image_url LIKE 'data:%' THEN NULL
-                                                    ELSE source_image_url END
-            WHERE id = ? AND status = 'submitting'
-            RETURNING guild_id, user_id, usage_day, reserved_images
-            """,
-            (LOST_ERROR_CODE, message, store.now(), job_id),
-        )
-        if row is not None:
-            await _settle(tx, row, used=0)
-        return await _done(tx, job_id, row, JobStatus.LOST)
+    rows = await store.write_alone(
+        """
+        UPDATE jobs SET status = 'lost', error_code = :code, error_message = :message, finished_at = :now,
+                        final_word_owed = 1
+        WHERE id = :job AND status = 'submitting'
+        RETURNING id
+        """,
+        {"code": LOST_ERROR_CODE, "message": message, "now": store.now(), "job": job_id},
+    )
+    return await _done(store, job_id, rows, JobStatus.LOST)
 
 
 async def mark_told(store: Store, job_id: int) -> None:
     """The member has been given the ended job's last word: forget the interaction token."""
-    async with store.transaction() as tx:
-        await tx.execute(
-            "UPDATE jobs SET final_word_owed = 0, interaction_token = NULL WHERE id = ? AND final_word_owed = 1",
-            (job_id,),
-        )
+    await store.write_alone(
+        "UPDATE jobs SET final_word_owed = 0, interaction_token = NULL WHERE id = ? AND final_word_owed = 1",
+        (job_id,),
+    )
 
 
 async def jobs_owing_final_word(store: Store) -> list[Job]:
@@ -414,16 +384,12 @@ async def active_jobs(store: Store, guild_id: int, user_id: int) -> list[Job]:
     return [_job(row) for row in rows]
 
 
-async def _settle(tx: Transaction, row: sqlite3.Row, *, used: int) -> None:
-    await release(tx, row["guild_id"], row["user_id"], row["usage_day"], reserved=row["reserved_images"], used=used)
-
-
-async def _done(tx: Transaction, job_id: int, row: sqlite3.Row | None, target: JobStatus) -> bool:
+async def _done(store: Store, job_id: int, rows: Sequence[sqlite3.Row], target: JobStatus) -> bool:
     """Report whether the guarded UPDATE matched; log why not if it did not."""
-    if row is not None:
+    if rows:
         log.debug("job %d is now %s", job_id, target)
         return True
-    current = await tx.fetch_one("SELECT status FROM jobs WHERE id = ?", (job_id,))
+    current = await store.fetch_one("SELECT status FROM jobs WHERE id = ?", (job_id,))
     if current is None:
         log.warning("job %d: cannot mark %s: no such job", job_id, target)
     else:

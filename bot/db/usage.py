@@ -1,17 +1,18 @@
 """Images per member and day: reading usage, deciding quotas, reserving and settling images.
 
 A job reserves its images on the day it is accepted (``jobs.usage_day``): the database adds them to
-``reserved`` as the job row goes in (trigger ``jobs_reserve``, migration 0006). Posting moves what was
-delivered from ``reserved`` to ``used``, failing releases it. Daily use is ``used + reserved``.
+``reserved`` as the job row goes in (trigger ``jobs_reserve``, migration 0006). When the job ends, the
+statement that ends it settles it (trigger ``jobs_settle``): posting moves what was delivered from
+``reserved`` to ``used``, failing releases it. Daily use is ``used + reserved``.
 """
 
 from __future__ import annotations
 
 from bot.db.days import month_bounds, next_utc_midnight, utc_day
 from bot.db.models import LimitKind, QuotaLimits, QuotaRefusal, UsageSummary
-from bot.db.store import Store, Transaction
+from bot.db.store import Store
 
-__all__ = ["evaluate_quota", "guild_usage_today", "release", "user_usage"]
+__all__ = ["evaluate_quota", "guild_usage_today", "user_usage"]
 
 
 def evaluate_quota(
@@ -41,20 +42,6 @@ def evaluate_quota(
             LimitKind.COOLDOWN, limits.cooldown, now - last_job_at, requested, last_job_at + limits.cooldown
         )
     return None
-
-
-async def release(tx: Transaction, guild_id: int, user_id: int, day: str, *, reserved: int, used: int) -> None:
-    """Settle a job: take ``reserved`` images off the reservation and count ``used`` ones as used."""
-    changed = await tx.fetch_all(
-        """
-        UPDATE usage SET reserved = reserved - :reserved, used = used + :used
-        WHERE guild_id = :guild AND user_id = :user AND day = :day
-        RETURNING 1
-        """,
-        {"guild": guild_id, "user": user_id, "day": day, "reserved": reserved, "used": used},
-    )
-    if len(changed) != 1:
-        raise RuntimeError(f"no usage row for guild {guild_id}, user {user_id}, day {day} to settle")
 
 
 async def user_usage(store: Store, guild_id: int, user_id: int) -> UsageSummary:

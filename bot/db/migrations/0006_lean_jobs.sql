@@ -105,11 +105,40 @@ DROP INDEX usage_guild_day;
 CREATE INDEX usage_guild_day ON usage (guild_id, day, used, reserved);
 
 -- A job's images are reserved by the database as the job goes in (on its usage day), in the statement that
--- records it: every job row holds a reservation, and a reservation costs one statement less. Settling it is the
--- work of the transition that ends the job (bot/db/jobs.py).
+-- records it, and settled in the statement that ends it: every job row holds a reservation until it ends, and
+-- each of these transitions is one statement (bot/db/jobs.py).
 CREATE TRIGGER jobs_reserve AFTER INSERT ON jobs
 BEGIN
     INSERT INTO usage (guild_id, user_id, day, reserved)
     VALUES (NEW.guild_id, NEW.user_id, NEW.usage_day, NEW.reserved_images)
     ON CONFLICT (guild_id, user_id, day) DO UPDATE SET reserved = reserved + excluded.reserved;
+END;
+
+-- The statement that ends a job settles its reservation: what it was charged (posted: what was delivered, at most
+-- what was reserved; failed and lost: nothing) moves from reserved to used, the rest is released. A job ends
+-- once (the transitions only leave live statuses), so it is settled once.
+CREATE TRIGGER jobs_settle AFTER UPDATE OF status ON jobs
+WHEN OLD.status IN ('queued', 'submitting', 'submitted', 'succeeded') AND NEW.status IN ('posted', 'failed', 'lost')
+BEGIN
+    SELECT RAISE(ABORT, 'no usage row holds this job''s reservation')
+    WHERE NOT EXISTS (
+        SELECT 1 FROM usage WHERE guild_id = NEW.guild_id AND user_id = NEW.user_id AND day = NEW.usage_day);
+    UPDATE usage SET reserved = reserved - OLD.reserved_images, used = used + NEW.charged_images
+    WHERE guild_id = NEW.guild_id AND user_id = NEW.user_id AND day = NEW.usage_day;
+END;
+
+-- The statement that ends a job also drops what only a live job needs: an edit's source given inline (a data:
+-- URI, up to ~13 MB) and result images given inline (the posted message has the images; links are kept).
+CREATE TRIGGER jobs_drop_inline AFTER UPDATE OF status ON jobs
+WHEN NEW.status IN ('posted', 'failed', 'lost')
+     AND (NEW.source_image_url LIKE 'data:%' OR instr(NEW.result, '"data:') > 0)
+BEGIN
+    UPDATE jobs SET
+        source_image_url = CASE WHEN source_image_url LIKE 'data:%' THEN NULL ELSE source_image_url END,
+        result = CASE WHEN instr(result, '"data:') > 0
+            THEN json_set(result, '$.images', json((
+                SELECT json_group_array(image.value) FROM json_each(result, '$.images') AS image
+                WHERE image.value NOT LIKE 'data:%')))
+            ELSE result END
+    WHERE id = NEW.id;
 END;
