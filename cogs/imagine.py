@@ -132,6 +132,11 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
     async def reroll(self, interaction: discord.Interaction[FluxBot], job: Job) -> None:
         """The result's Re-roll button: the same request again, for (and charged to) whoever clicked."""
         await interaction.response.defer(ephemeral=True, thinking=True)
+        if job.kind is JobKind.EDIT and job.source_image_url is None:
+            # A source given to the provider inline (up to ~13 MB) is not kept once its job has ended.
+            raise UserFacingError(
+                "The image this edit started from is no longer kept. Use **Edit image** on it again instead."
+            )
         source = await self._fresh_source(job.source_image_url) if job.source_image_url else None
         await self.start_job(
             interaction,

@@ -200,3 +200,23 @@ async def test_reroll_of_an_edit_whose_source_is_gone_says_so_without_calling_th
     assert isinstance(answer, Message) and answer.ephemeral
     assert "no longer available" in answer.content
     assert len(provider_calls(fluxbot)) == 1  # only the first edit
+
+
+async def test_reroll_of_an_edit_whose_inline_source_was_dropped_says_so_without_calling_the_provider(
+    fluxbot: FluxbotHarness,
+) -> None:
+    """Providers that take the source inline get it as a data URI, which the store drops when the job ends."""
+    world = fluxbot.world
+    async with fluxbot.running(FLUX_PROVIDER="openai") as bot:
+        slash = await world.member.slash(
+            world.channel, "edit", image=Attachment("boat.png", png_bytes(64, 64)), prompt="paint it red"
+        )
+        edited = await delivered(world, slash, 0)
+        click = await world.member.click(edited, f"flux:reroll:{job_of(edited)}")
+        answer = await click.wait_response()
+        (job,) = await jobs_in(bot.store, JobStatus.POSTED)
+
+    assert job.kind is JobKind.EDIT and job.source_image_url is None
+    assert isinstance(answer, Message) and answer.ephemeral
+    assert "no longer kept" in answer.content and "Edit image" in answer.content
+    assert len(fluxbot.flux.requests_to("POST", "/v1/images/generations")) == 1  # only the first edit
