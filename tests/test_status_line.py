@@ -9,14 +9,26 @@ import re
 import time
 
 from bot import db
-from bot.db import JobStatus
+from bot.app import FluxBot
+from bot.db import Job, JobStatus
 from bot.images import MULTIPART_HEADROOM, DownloadedImage, fits_unchanged
 from bot.jobs import JobDone, JobQueued, JobStarted
 from cogs.results import STATUS_EDIT_CONCURRENCY, DiscordCourier
+from tests.fakediscord import Interaction
 from tests.fluxbot_harness import FluxbotHarness, status_line
 
 #: The route of the edits of a deferred response (the member's status line).
 STATUS_EDIT = "/webhooks/{webhook_id}/{token}/messages/{message_id}"
+
+
+async def started(fluxbot: FluxbotHarness, bot: FluxBot, prompt: str) -> tuple[Interaction, Job]:
+    """A member's /imagine that the provider keeps working on, once its line says it is generating."""
+    world = fluxbot.world
+    fluxbot.flux.task_delay = 3600
+    inter = await world.member.slash(world.channel, "imagine", prompt=prompt)
+    await world.emu.wait_until(lambda: "Generating" in status_line(inter), 10, "the job to start")
+    (job,) = await db.jobs_in(bot.store, JobStatus.SUBMITTED)
+    return inter, job
 
 
 async def test_a_started_job_shows_when_it_started_as_a_time_discord_keeps_current(fluxbot: FluxbotHarness) -> None:
@@ -73,12 +85,9 @@ def test_images_that_fit_as_they_are_need_no_fitting() -> None:
 async def test_a_line_replaced_while_it_waits_is_not_sent_and_a_jobs_lines_keep_their_order(
     fluxbot: FluxbotHarness,
 ) -> None:
-    world, flux = fluxbot.world, fluxbot.flux
-    flux.task_delay = 3600
+    world = fluxbot.world
     async with fluxbot.running() as bot:
-        inter = await world.member.slash(world.channel, "imagine", prompt="a lighthouse at dusk")
-        await world.emu.wait_until(lambda: "Generating" in status_line(inter), 10, "the job to start")
-        (job,) = await db.jobs_in(bot.store, JobStatus.SUBMITTED)
+        inter, job = await started(fluxbot, bot, "a lighthouse at dusk")
         courier = DiscordCourier(bot)
         held = world.emu.hold_responses("PATCH", STATUS_EDIT)
         await courier.notify(job, JobQueued(3))
@@ -95,12 +104,9 @@ async def test_a_line_replaced_while_it_waits_is_not_sent_and_a_jobs_lines_keep_
 
 
 async def test_a_job_done_before_its_progress_is_shown_shows_only_its_result(fluxbot: FluxbotHarness) -> None:
-    world, flux = fluxbot.world, fluxbot.flux
-    flux.task_delay = 3600
+    world = fluxbot.world
     async with fluxbot.running() as bot:
-        inter = await world.member.slash(world.channel, "imagine", prompt="a quick sketch")
-        await world.emu.wait_until(lambda: "Generating" in status_line(inter), 10, "the job to start")
-        (job,) = await db.jobs_in(bot.store, JobStatus.SUBMITTED)
+        _, job = await started(fluxbot, bot, "a quick sketch")
         courier = DiscordCourier(bot)
         before = len(world.emu.calls("PATCH", STATUS_EDIT))
         await courier.notify(job, JobQueued(1))
