@@ -29,39 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.db import (
-    JobKind,
-    JobStatus,
-    NewJob,
-    Provider,
-    QuotaLimits,
-    QuotaRefusal,
-    Store,
-    active_jobs,
-    blocked_terms,
-    count_in,
-    create_job,
-    get_guild_settings,
-    get_job,
-    guild_usage_today,
-    jobs_by_ids,
-    jobs_in,
-    jobs_owing_final_word,
-    mark_failed,
-    mark_lost,
-    mark_posted,
-    mark_submitted,
-    mark_submitting,
-    mark_succeeded,
-    mark_told,
-    polling_handles,
-    prune_finished_jobs,
-    queue_position,
-    queued_ids,
-    queued_jobs,
-    submitted_job,
-    user_usage,
-)
+from bot import db
+from bot.db import JobKind, JobStatus, NewJob, Provider, QuotaLimits, QuotaRefusal, Store
 
 GUILD = 71
 USER = 72
@@ -201,53 +170,55 @@ async def hot_paths(recorder: Recorder, clock: Clock) -> None:
     """Everything the bot does to jobs on its hot paths, each step named."""
     run = recorder.run
     store = recorder.store
-    await run("accept: server settings", lambda: get_guild_settings(store, GUILD))
-    await run("accept: blocklist", lambda: blocked_terms(store, GUILD))
+    await run("accept: server settings", lambda: db.get_guild_settings(store, GUILD))
+    await run("accept: blocklist", lambda: db.blocked_terms(store, GUILD))
     jobs = []
     for n in range(6):
         clock.now += 1.0
-        job = await run(f"accept: create_job {n}", lambda: create_job(store, request(), LIMITS))
+        job = await run(f"accept: db.create_job {n}", lambda: db.create_job(store, request(), LIMITS))
         assert not isinstance(job, QuotaRefusal), job
         jobs.append(job)
     edit = await run(
-        "accept: create_job of an edit",
-        lambda: create_job(store, request(2, kind=JobKind.EDIT, source_image_url="data:image/png;base64,AAAA"), LIMITS),
+        "accept: db.create_job of an edit",
+        lambda: db.create_job(
+            store, request(2, kind=JobKind.EDIT, source_image_url="data:image/png;base64,AAAA"), LIMITS
+        ),
     )
     assert not isinstance(edit, QuotaRefusal)
-    refusal = await run("accept: create_job refused", lambda: create_job(store, request(), LIMITS))
+    refusal = await run("accept: db.create_job refused", lambda: db.create_job(store, request(), LIMITS))
     assert isinstance(refusal, QuotaRefusal)  # the cooldown: half a second has not passed
     clock.now += 1.0
 
-    await run("dispatch: queued ids", lambda: queued_ids(store))
-    await run("dispatch: in flight", lambda: count_in(store, JobStatus.SUBMITTING, JobStatus.SUBMITTED))
-    await run("dispatch: queued jobs", lambda: queued_jobs(store, limit=4))
-    await run("dispatch: queue position", lambda: queue_position(store, jobs[-1].id))
-    await run("dispatch: jobs by ids", lambda: jobs_by_ids(store, [job.id for job in jobs[3:]]))
-    await run("restart: interrupted submits", lambda: jobs_in(store, JobStatus.SUBMITTING))
+    await run("dispatch: queued ids", lambda: db.queued_ids(store))
+    await run("dispatch: in flight", lambda: db.count_in(store, JobStatus.SUBMITTING, JobStatus.SUBMITTED))
+    await run("dispatch: queued jobs", lambda: db.queued_jobs(store, limit=4))
+    await run("dispatch: queue position", lambda: db.queue_position(store, jobs[-1].id))
+    await run("dispatch: jobs by ids", lambda: db.jobs_by_ids(store, [job.id for job in jobs[3:]]))
+    await run("restart: interrupted submits", lambda: db.jobs_in(store, JobStatus.SUBMITTING))
     for job in [*jobs[:4], edit]:
-        await run("dispatch: mark_submitting", lambda job=job: mark_submitting(store, job.id))
-    await run("restart: mark_lost", lambda: mark_lost(store, jobs[3].id, "lost in a restart"))
+        await run("dispatch: db.mark_submitting", lambda job=job: db.mark_submitting(store, job.id))
+    await run("restart: db.mark_lost", lambda: db.mark_lost(store, jobs[3].id, "lost in a restart"))
     for job in [*jobs[:3], edit]:
-        await run("submit: mark_submitted", lambda job=job: mark_submitted(store, job.id, f"task-{job.id}"))
+        await run("submit: db.mark_submitted", lambda job=job: db.mark_submitted(store, job.id, f"task-{job.id}"))
 
-    await run("poll: polling handles", lambda: polling_handles(store))
-    await run("callback: submitted job", lambda: submitted_job(store, f"task-{jobs[0].id}"))
+    await run("poll: polling handles", lambda: db.polling_handles(store))
+    await run("callback: submitted job", lambda: db.submitted_job(store, f"task-{jobs[0].id}"))
     inline = ["data:image/png;base64,AAAA", "https://cdn.example/new.png"]
     for job in [*jobs[:2], edit]:
-        await run("poll: mark_succeeded", lambda job=job: mark_succeeded(store, job.id, inline, 5))
-    await run("poll: get_job", lambda: get_job(store, jobs[0].id))
-    await run("deliver: succeeded jobs", lambda: jobs_in(store, JobStatus.SUCCEEDED))
-    await run("deliver: mark_posted", lambda: mark_posted(store, jobs[0].id, 9_000_001, 1))
-    await run("deliver: mark_posted of an edit", lambda: mark_posted(store, edit.id, 9_000_002, 1))
-    await run("deliver: mark_failed", lambda: mark_failed(store, jobs[1].id, "delivery", "could not post"))
-    await run("fail: mark_failed while queued", lambda: mark_failed(store, jobs[5].id, "cancelled", "gone"))
-    await run("last word: owed", lambda: jobs_owing_final_word(store))
-    await run("last word: mark_told", lambda: mark_told(store, jobs[0].id))
+        await run("poll: db.mark_succeeded", lambda job=job: db.mark_succeeded(store, job.id, inline, 5))
+    await run("poll: db.get_job", lambda: db.get_job(store, jobs[0].id))
+    await run("deliver: succeeded jobs", lambda: db.jobs_in(store, JobStatus.SUCCEEDED))
+    await run("deliver: db.mark_posted", lambda: db.mark_posted(store, jobs[0].id, 9_000_001, 1))
+    await run("deliver: db.mark_posted of an edit", lambda: db.mark_posted(store, edit.id, 9_000_002, 1))
+    await run("deliver: db.mark_failed", lambda: db.mark_failed(store, jobs[1].id, "delivery", "could not post"))
+    await run("fail: db.mark_failed while queued", lambda: db.mark_failed(store, jobs[5].id, "cancelled", "gone"))
+    await run("last word: owed", lambda: db.jobs_owing_final_word(store))
+    await run("last word: db.mark_told", lambda: db.mark_told(store, jobs[0].id))
 
-    await run("/usage: user_usage", lambda: user_usage(store, GUILD, USER))
-    await run("/usage: guild_usage_today", lambda: guild_usage_today(store, GUILD))
-    await run("/usage: active jobs", lambda: active_jobs(store, GUILD, USER))
-    await run("prune: one batch", lambda: prune_finished_jobs(store, before=NOW - 300 * DAY, batch=50))
+    await run("/usage: db.user_usage", lambda: db.user_usage(store, GUILD, USER))
+    await run("/usage: db.guild_usage_today", lambda: db.guild_usage_today(store, GUILD))
+    await run("/usage: active jobs", lambda: db.active_jobs(store, GUILD, USER))
+    await run("prune: one batch", lambda: db.prune_finished_jobs(store, before=NOW - 300 * DAY, batch=50))
 
 
 async def recorded(path: Path, *, member_jobs: int, others: int) -> Capture:
@@ -341,8 +312,8 @@ def test_no_hot_path_statement_works_through_the_history(captures: tuple[Capture
 
 def test_the_capture_sees_every_statement_and_counts_its_work(captures: tuple[Capture, Capture, Path]) -> None:
     deep, _, _ = captures
-    accepted = deep.operations["accept: create_job 0"]
-    refused = deep.operations["accept: create_job refused"]
+    accepted = deep.operations["accept: db.create_job 0"]
+    refused = deep.operations["accept: db.create_job refused"]
     assert [statement.sql.split(None, 1)[0] for statement in accepted] == ["INSERT"]  # its own transaction
     assert [statement.sql.split(None, 1)[0] for statement in refused] == ["INSERT", "SELECT"]
     assert all(statement.steps > 0 for statement in [*accepted, *refused])

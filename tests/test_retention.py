@@ -11,29 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.db import (
-    Job,
-    JobKind,
-    JobStatus,
-    NewJob,
-    Provider,
-    QuotaLimits,
-    Store,
-    create_job,
-    get_job,
-    guild_usage_today,
-    jobs_in,
-    jobs_owing_final_word,
-    mark_failed,
-    mark_lost,
-    mark_posted,
-    mark_submitted,
-    mark_submitting,
-    mark_succeeded,
-    mark_told,
-    prune_finished_jobs,
-    user_usage,
-)
+from bot import db
+from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, Store
 
 GUILD = 5
 CHANNEL = 6
@@ -85,7 +64,7 @@ def request(user_id: int = USER, parent: int | None = None) -> NewJob:
 
 
 async def new_job(store: Store, user_id: int = USER, parent: int | None = None) -> Job:
-    job = await create_job(store, request(user_id, parent), QuotaLimits())
+    job = await db.create_job(store, request(user_id, parent), QuotaLimits())
     assert isinstance(job, Job)
     return job
 
@@ -93,18 +72,18 @@ async def new_job(store: Store, user_id: int = USER, parent: int | None = None) 
 async def ended(store: Store, how: str, *, told: bool = True, user_id: int = USER, parent: int | None = None) -> Job:
     """A job run to its end (posted, failed or lost) now, by the store's clock; its last word said if ``told``."""
     job = await new_job(store, user_id, parent)
-    assert await mark_submitting(store, job.id)
+    assert await db.mark_submitting(store, job.id)
     if how == "lost":
-        assert await mark_lost(store, job.id, "stopped")
+        assert await db.mark_lost(store, job.id, "stopped")
     else:
-        assert await mark_submitted(store, job.id, f"task-{job.id}")
+        assert await db.mark_submitted(store, job.id, f"task-{job.id}")
         if how == "failed":
-            assert await mark_failed(store, job.id, "provider_error", "no")
+            assert await db.mark_failed(store, job.id, "provider_error", "no")
         else:
-            assert await mark_succeeded(store, job.id, [f"https://img/{job.id}.png"], 3)
-            assert await mark_posted(store, job.id, 10_000 + job.id, 1)
+            assert await db.mark_succeeded(store, job.id, [f"https://img/{job.id}.png"], 3)
+            assert await db.mark_posted(store, job.id, 10_000 + job.id, 1)
     if told:
-        await mark_told(store, job.id)
+        await db.mark_told(store, job.id)
     return job
 
 
@@ -126,8 +105,8 @@ async def history(store: Store, clock: Clock) -> dict[str, set[int]]:
     for how in ("posted", "failed"):
         groups["owed"].add((await ended(store, how, told=False)).id)
     running = await new_job(store)
-    assert await mark_submitting(store, running.id)
-    assert await mark_submitted(store, running.id, "still-going")
+    assert await db.mark_submitting(store, running.id)
+    assert await db.mark_submitted(store, running.id, "still-going")
     groups["running"] = {running.id, (await new_job(store)).id}
     for n in range(5):
         clock.now = NOW - 10 * DAY + n * 3600.0
@@ -140,25 +119,25 @@ async def test_old_finished_jobs_go_in_batches_oldest_first_and_the_rest_stays(s
     groups = await history(store, clock)
     oldest_ten = sorted(groups["old"])[:10]
 
-    assert await prune_finished_jobs(store, before=CUTOFF, batch=10) == 10
+    assert await db.prune_finished_jobs(store, before=CUTOFF, batch=10) == 10
     assert not set(oldest_ten) & await all_ids(store)
-    assert await prune_finished_jobs(store, before=CUTOFF, batch=10) == 10
-    assert await prune_finished_jobs(store, before=CUTOFF, batch=10) == 5
-    assert await prune_finished_jobs(store, before=CUTOFF, batch=10) == 0
+    assert await db.prune_finished_jobs(store, before=CUTOFF, batch=10) == 10
+    assert await db.prune_finished_jobs(store, before=CUTOFF, batch=10) == 5
+    assert await db.prune_finished_jobs(store, before=CUTOFF, batch=10) == 0
 
     assert await all_ids(store) == groups["owed"] | groups["running"] | groups["recent"]
-    assert {job.id for job in await jobs_owing_final_word(store)} == groups["owed"]
-    assert len(await jobs_in(store, JobStatus.SUBMITTED, JobStatus.QUEUED)) == 2
+    assert {job.id for job in await db.jobs_owing_final_word(store)} == groups["owed"]
+    assert len(await db.jobs_in(store, JobStatus.SUBMITTED, JobStatus.QUEUED)) == 2
 
 
 async def test_a_job_owing_its_last_word_is_pruned_only_once_it_is_said(store: Store, clock: Clock) -> None:
     groups = await history(store, clock)
-    while await prune_finished_jobs(store, before=CUTOFF, batch=100):
+    while await db.prune_finished_jobs(store, before=CUTOFF, batch=100):
         pass
     assert groups["owed"] <= await all_ids(store)
     for job_id in groups["owed"]:
-        await mark_told(store, job_id)
-    assert await prune_finished_jobs(store, before=CUTOFF) == 2
+        await db.mark_told(store, job_id)
+    assert await db.prune_finished_jobs(store, before=CUTOFF) == 2
     assert not groups["owed"] & await all_ids(store)
 
 
@@ -171,18 +150,18 @@ async def test_pruning_leaves_usage_and_what_usage_reports_show_unchanged(store:
     clock.now = NOW
     await ended(store, "posted")  # today's: kept
     table = await usage_table(store)
-    member = await user_usage(store, GUILD, USER)
-    server = await guild_usage_today(store, GUILD)
+    member = await db.user_usage(store, GUILD, USER)
+    server = await db.guild_usage_today(store, GUILD)
     assert (member.used_today, member.used_month, server) == (1, 8, 1)  # 5 recent + 2 + today's, 1 image each
 
     pruned = 0
-    while batch := await prune_finished_jobs(store, before=NOW - DAY, batch=7):
+    while batch := await db.prune_finished_jobs(store, before=NOW - DAY, batch=7):
         pruned += batch
     assert pruned == 25 + 5 + 3
 
     assert await usage_table(store) == table
-    assert await user_usage(store, GUILD, USER) == member
-    assert await guild_usage_today(store, GUILD) == server
+    assert await db.user_usage(store, GUILD, USER) == member
+    assert await db.guild_usage_today(store, GUILD) == server
 
 
 async def test_jobs_made_from_a_pruned_job_keep_their_rows_without_the_link(store: Store, clock: Clock) -> None:
@@ -191,21 +170,21 @@ async def test_jobs_made_from_a_pruned_job_keep_their_rows_without_the_link(stor
     clock.now = NOW - DAY
     child = await ended(store, "posted", parent=parent.id)
     clock.now = NOW
-    assert await prune_finished_jobs(store, before=CUTOFF) == 1
-    kept = await get_job(store, child.id)
+    assert await db.prune_finished_jobs(store, before=CUTOFF) == 1
+    kept = await db.get_job(store, child.id)
     assert kept is not None and kept.parent_job_id is None
-    assert await get_job(store, parent.id) is None
+    assert await db.get_job(store, parent.id) is None
 
 
 async def test_a_stop_between_batches_loses_nothing_and_the_next_start_carries_on(db_path: Path, clock: Clock) -> None:
     async with await Store.open(db_path, clock=clock) as store:
         groups = await history(store, clock)
-        assert await prune_finished_jobs(store, before=CUTOFF, batch=10) == 10
+        assert await db.prune_finished_jobs(store, before=CUTOFF, batch=10) == 10
         left = await all_ids(store)
     async with await Store.open(db_path, clock=clock) as store:
         assert await all_ids(store) == left
-        assert await prune_finished_jobs(store, before=CUTOFF, batch=10) == 10
-        assert await prune_finished_jobs(store, before=CUTOFF, batch=10) == 5
+        assert await db.prune_finished_jobs(store, before=CUTOFF, batch=10) == 10
+        assert await db.prune_finished_jobs(store, before=CUTOFF, batch=10) == 5
         assert await all_ids(store) == groups["owed"] | groups["running"] | groups["recent"]
 
 
@@ -213,7 +192,7 @@ async def test_a_batch_stopped_in_the_middle_is_all_or_nothing(db_path: Path, cl
     async with await Store.open(db_path, clock=clock) as store:
         groups = await history(store, clock)
         before = await all_ids(store)
-        task = asyncio.create_task(prune_finished_jobs(store, before=CUTOFF, batch=20))
+        task = asyncio.create_task(db.prune_finished_jobs(store, before=CUTOFF, batch=20))
         loop = asyncio.get_running_loop()
 
         def stop_at_the_delete(sql: str) -> None:
@@ -229,11 +208,11 @@ async def test_a_batch_stopped_in_the_middle_is_all_or_nothing(db_path: Path, cl
         assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == len(before)
     conn.close()
     async with await Store.open(db_path, clock=clock) as store:
-        assert await prune_finished_jobs(store, before=CUTOFF, batch=20) == 20
-        assert await prune_finished_jobs(store, before=CUTOFF, batch=20) == 5
+        assert await db.prune_finished_jobs(store, before=CUTOFF, batch=20) == 20
+        assert await db.prune_finished_jobs(store, before=CUTOFF, batch=20) == 5
         assert await all_ids(store) == groups["owed"] | groups["running"] | groups["recent"]
 
 
 async def test_a_batch_must_delete_something(store: Store) -> None:
     with pytest.raises(ValueError, match="at least one"):
-        await prune_finished_jobs(store, before=NOW, batch=0)
+        await db.prune_finished_jobs(store, before=NOW, batch=0)
