@@ -36,6 +36,8 @@ from tests.fluxemu import FluxEmulator
 __all__ = ["BENCHMARKS"]
 
 POLL_INTERVAL = 1.0
+#: The poll interval of the throughput figures: short, so that they measure the bot rather than the tick.
+THROUGHPUT_POLL_INTERVAL = 0.05
 POLL_JOBS = 100
 #: The vendors' own clients: one status request per task, every 3 to 5 s.
 VENDOR_POLL = (3.0, 5.0)
@@ -346,9 +348,14 @@ MEMORY = Benchmark(
 
 
 async def throughput(quick: bool) -> dict[str, float]:
-    """An instant provider: N /imagine from the first command to the last result posted."""
+    """An instant provider: N /imagine from the first command to the last result posted.
+
+    What is measured is the bot's own capacity, so nothing waits for a poll tick: ticks come every
+    :data:`THROUGHPUT_POLL_INTERVAL` (as in the earlier benchmark). With ticks a second apart, 8 jobs at the
+    provider at once can finish at most 8 a second, however fast the bot is.
+    """
     jobs = 100 if quick else 300
-    async with staged_bot({"FLUX_POLL_INTERVAL": str(POLL_INTERVAL)}) as stage:
+    async with staged_bot({"FLUX_POLL_INTERVAL": str(THROUGHPUT_POLL_INTERVAL)}) as stage:
         stage.flux.task_delay = 0.0
         await asyncio.sleep(1.0)
         cpu = cpu_seconds(stage.pid)
@@ -366,12 +373,12 @@ THROUGHPUT = Benchmark(
     (
         Figure(
             "cpu_per_job",
-            "bot CPU per delivered job, instant provider, 300 jobs (100 quick)",
+            "bot CPU per delivered job, instant provider, 300 jobs (100 quick), 0.05 s poll",
             "ms",
             "< 8",
             "{:.1f}",
         ),
-        Figure("jobs_per_s", "delivered jobs per second, instant provider", "/s", ">= 50", "{:.1f}"),
+        Figure("jobs_per_s", "delivered jobs per second, instant provider, 0.05 s poll", "/s", ">= 50", "{:.1f}"),
     ),
     throughput,
 )

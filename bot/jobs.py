@@ -76,6 +76,9 @@ log = logging.getLogger(__name__)
 #: the queue): 5 s after the first, 15 s after the second, 30 s after the third, then a minute. A change of
 #: kind (queued -> generating) and a final word are reported at once.
 PROGRESS_GAPS = (5.0, 15.0, 30.0, 60.0)
+#: Seconds between two sweeps of the poller for work a tick may have left behind (results to post, last
+#: words owed): the first tick always sweeps, and a poll interval this long or longer sweeps every tick.
+SWEEP_EVERY = 1.0
 #: How often old finished jobs are pruned, and how many are deleted per transaction.
 PRUNE_EVERY = 3600.0
 PRUNE_BATCH = 500
@@ -228,6 +231,8 @@ class JobRunner:
         self._strikes: dict[int, int] = {}
         self._shown: dict[int, _Shown] = {}  # queued jobs' last progress report
         self._recovered: set[int] | None = None
+        self._orphans_possible = True  # jobs may be caught submitting by no submit of ours (see _dispatch)
+        self._next_sweep = 0.0
         self._reported: set[str] = set()
         self._telling: set[int] = set()
         self._delivery_slots = asyncio.Semaphore(DELIVERY_CONCURRENCY)
@@ -309,10 +314,15 @@ class JobRunner:
 
     async def _dispatch(self) -> None:
         # A job caught submitting by no submit of ours was cut off (the bot stopped, or recording the
-        # outcome failed): whether the provider received it is unknown, so it is never sent again.
-        for job in await db.jobs_in(self._store, JobStatus.SUBMITTING):
-            if job.id not in self._submitting:
-                await self._guarded(job, "giving up an interrupted submit", self._lose(job))
+        # outcome failed): whether the provider received it is unknown, so it is never sent again. Looked
+        # for at the first dispatch and after a failure to record, until none is left.
+        if self._orphans_possible:
+            submitting = await db.jobs_in(self._store, JobStatus.SUBMITTING)
+            self._orphans_possible = False
+            for job in submitting:
+                if job.id not in self._submitting:
+                    self._orphans_possible = True  # until a later dispatch finds it lost
+                    await self._guarded(job, "giving up an interrupted submit", self._lose(job))
         free = max(self._concurrency - await self.in_flight(), 0)
         for job in await db.queued_jobs(self._store, limit=free) if free else ():
             if await db.mark_submitting(self._store, job.id):
@@ -369,6 +379,7 @@ class JobRunner:
         except Exception:
             # Recording the outcome failed: the next dispatch gives the job up as lost, never re-sent.
             log.exception("job %d: recording the submit's outcome failed", job.id)
+            self._orphans_possible = True
         finally:
             self._submitting.discard(job.id)
             self._dispatch_needed.set()
@@ -440,6 +451,14 @@ class JobRunner:
                 for job in changed
             )
         )
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._next_sweep:
+            self._next_sweep = loop.time() + SWEEP_EVERY
+            await self._sweep()
+
+    async def _sweep(self) -> None:
+        """Pick up what a tick or a delivery left behind: results not being posted (after a restart, or a
+        delivery that met a busy database) and last words still owed."""
         for job in await db.jobs_in(self._store, JobStatus.SUCCEEDED):
             self._deliver_soon(job)
         await self._tell_owed()
