@@ -740,17 +740,3 @@ async def test_finished_jobs_past_the_retention_period_are_pruned_and_usage_is_k
 
     assert [await db.get_job(store, job.id) is not None for job in jobs] == [False, False, True]
     assert [await db.user_usage(store, 1, job.user_id) for job in jobs] == usage_before
-
-
-async def test_one_members_flood_does_not_hold_back_another_server(
-    make_runner: RunnerFactory, courier: RecordingCourier, flux_emulator: FluxEmulator
-) -> None:
-    flux_emulator.task_delay = 0.2
-    runner = make_runner(concurrency=1)
-    flood = [await accepted(runner, request(0, prompt=f"flood {n}")) for n in range(4)]
-    other = await accepted(runner, request(1, guild_id=2, prompt="another server"))
-    await runner.start()
-    await courier.wait_for(lambda: all(isinstance(courier.final(job.id), JobDone) for job in [*flood, other]))
-
-    sent = [r.json["prompt"] for r in flux_emulator.requests_to("POST", "/flux/images") if r.json is not None]
-    assert sent == ["flood 0", "another server", "flood 1", "flood 2", "flood 3"]

@@ -308,23 +308,18 @@ async def jobs_in(store: Store, *statuses: JobStatus) -> list[Job]:
 
 
 async def queued_jobs(store: Store, *, limit: int | None = None) -> list[Job]:
-    """Queued jobs in the order they are served, at most ``limit`` of them (all if ``None``).
-
-    The order (the view ``queue``, migration 0007) is fair: round-robin across servers, the one served
-    longest ago first, and within a server across its members likewise; a member's own jobs oldest first.
-    """
+    """Queued jobs in queue order (oldest first), at most ``limit`` of them (all if ``None``)."""
     if limit is not None and limit <= 0:
         return []
     rows = await store.fetch_all(
-        "SELECT jobs.* FROM queue JOIN jobs USING (id) ORDER BY queue.place LIMIT ?",
-        (-1 if limit is None else limit,),
+        "SELECT * FROM jobs WHERE status = 'queued' ORDER BY id LIMIT ?", (-1 if limit is None else limit,)
     )
     return [_job(row) for row in rows]
 
 
 async def queued_ids(store: Store) -> list[int]:
-    """The ids of queued jobs in the order they are served (see :func:`queued_jobs`); no job is decoded."""
-    rows = await store.fetch_all("SELECT id FROM queue ORDER BY place")
+    """The ids of queued jobs in queue order; read from the status index alone, no job is decoded."""
+    rows = await store.fetch_all("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id")
     return [int(row[0]) for row in rows]
 
 
@@ -365,8 +360,14 @@ async def jobs_by_ids(store: Store, ids: Sequence[int]) -> list[Job]:
 
 
 async def queue_position(store: Store, job_id: int) -> int | None:
-    """The job's 1-based place in the queue (see :func:`queued_jobs`), or None if it is not queued."""
-    row = await store.fetch_one("SELECT place FROM queue WHERE id = ?", (job_id,))
+    """The job's 1-based place among queued jobs, or None if it is not queued."""
+    row = await store.fetch_one(
+        """
+        SELECT (SELECT count(*) FROM jobs AS ahead WHERE ahead.status = 'queued' AND ahead.id <= job.id)
+        FROM jobs AS job WHERE job.id = ? AND job.status = 'queued'
+        """,
+        (job_id,),
+    )
     return None if row is None else int(row[0])
 
 
