@@ -29,12 +29,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from benchmarks.framework import ANCHOR, Benchmark, Figure, progress
+from benchmarks.stage import percentile
 from tests.fakediscord import Channel, DiscordEmulator, Member
 from tests.fluxbot_harness import fluxbot_environment
 from tests.fluxbot_process import fluxbot_process
 from tests.fluxemu import FluxEmulator
 
-__all__ = ["BENCHMARKS", "percentile"]
+__all__ = ["BENCHMARKS"]
 
 #: Simultaneous ``/imagine`` per round, each from its own member.
 BURST = 200
@@ -49,17 +50,6 @@ PAUSE = 1.0
 #: A provider delay no round waits for.
 DISTANT = 24 * 3600.0
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """The ``fraction`` quantile by linear interpolation between the closest ranks."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    position = fraction * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 async def burst(discord: DiscordEmulator, channel: Channel, members: list[Member]) -> list[float]:

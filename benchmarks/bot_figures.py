@@ -24,13 +24,12 @@ from benchmarks.stage import (
     STATUS_PATH,
     Stage,
     cpu_seconds,
-    free_port,
     percentile,
     rss_bytes,
     socket_count,
     staged_bot,
 )
-from tests.conftest import KEY
+from tests.conftest import KEY, free_port
 from tests.fluxemu import FluxEmulator
 
 __all__ = ["BENCHMARKS"]

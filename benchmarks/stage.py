@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
-import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -27,7 +25,6 @@ __all__ = [
     "DISTANT",
     "Stage",
     "cpu_seconds",
-    "free_port",
     "percentile",
     "rss_bytes",
     "socket_count",
@@ -72,20 +69,15 @@ def socket_count(pid: int) -> int:
     return count
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def percentile(values: Sequence[float], fraction: float) -> float:
-    """The ``fraction`` quantile (0.5: the median, 0.99: p99) by linear interpolation."""
+    """The ``fraction`` quantile (0.5: the median, 0.99: p99) by linear interpolation between the closest ranks."""
     if not values:
         return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=1000, method="inclusive")[round(fraction * 1000) - 1]
+    ordered = sorted(values)
+    position = fraction * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 @dataclass

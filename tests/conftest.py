@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -54,6 +55,13 @@ def settings() -> Settings:
 async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now (connecting to it is refused until someone does)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def png_bytes(width: int = 48, height: int = 32, colour: tuple[int, int, int] = (200, 40, 90)) -> bytes:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import sqlite3
 import sys
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ import pytest
 
 from bot.db import Store
 from bot.db.state import set_state
+from tests.conftest import free_port
 from tests.fakediscord.faults import RestFault
 from tests.fluxbot_harness import FluxbotHarness, fluxbot_environment
 from tests.fluxbot_process import FLUXBOT, fluxbot_process
@@ -84,12 +84,6 @@ def assert_started_nothing(harness: FluxbotHarness) -> None:
     assert flux.requests_to("POST", "/flux/images") == []
     assert not [r for r in flux.requests if r.method == "POST" and r.path.startswith("/v1/")]
     assert flux.tasks == {}
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- --help, --version, a wrong argument --------------------------------------------------------------------
@@ -219,7 +213,7 @@ async def test_check_with_a_token_discord_refuses_names_discord_token_and_exits_
 async def test_check_when_discord_cannot_be_reached_names_discord_api_base(
     fluxbot: FluxbotHarness, tmp_path: Path
 ) -> None:
-    base = f"http://127.0.0.1:{closed_port()}/api/v10"
+    base = f"http://127.0.0.1:{free_port()}/api/v10"
     ran = await run_fluxbot("check", env=env_for(fluxbot, DISCORD_API_BASE=base), cwd=tmp_path)
 
     assert ran.status == 1, ran.stdout + ran.stderr
@@ -243,7 +237,7 @@ async def test_check_during_a_discord_outage_says_what_discord_answered(
 async def test_check_when_the_flux_endpoint_cannot_be_reached_names_flux_api_base(
     fluxbot: FluxbotHarness, tmp_path: Path
 ) -> None:
-    base = f"http://127.0.0.1:{closed_port()}"
+    base = f"http://127.0.0.1:{free_port()}"
     ran = await run_fluxbot("check", env=env_for(fluxbot, FLUX_API_BASE=base), cwd=tmp_path)
 
     assert ran.status == 1, ran.stdout + ran.stderr

@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import gzip
 import logging
-import socket
 import sqlite3
 
 import aiohttp
 import pytest
 
+from tests.conftest import free_port
 from tests.fluxbot_harness import FluxbotHarness, is_result, results_in, status_line
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def callback_settings() -> tuple[str, dict[str, str]]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+from tests.conftest import free_port
 from tests.fakediscord import DiscordEmulator
 from tests.fluxbot_harness import FluxbotHarness, fluxbot_environment
 from tests.fluxbot_process import FluxbotProcess, fluxbot_process
@@ -20,13 +20,6 @@ from tests.fluxbot_process import FluxbotProcess, fluxbot_process
 #: Short retry timings for the tests (the bot's own: 1 s doubling to 60 s, and 30 s for a login).
 FAST = {"FLUXBOT_RETRY_MAX_DELAY": "1", "FLUXBOT_LOGIN_TIMEOUT": "1"}
 EXIT_WITHIN = 5.0
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (connecting to it is refused) until the test opens it."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
