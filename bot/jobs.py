@@ -18,8 +18,9 @@ The runner is the only writer of a job's lifecycle after :func:`bot.db.create_jo
 After a restart, :meth:`JobRunner.start` marks jobs caught submitting as lost, and the loops pick up
 the rest: queued jobs are dispatched, submitted ones polled, succeeded ones posted.
 
-A pending job costs the runner no Python object between ticks: the database holds its state, and each
-tick reads only the rows it acts on (light rows for polling, whole jobs only for those that changed).
+A job at the provider costs the runner no Python object between ticks, and a queued one only the place
+last reported to its member: the database holds their state, and each tick reads only the rows it acts
+on (light rows for polling, whole jobs only for those that changed).
 Finished jobs older than the retention period are pruned in the background, in small batches.
 """
 

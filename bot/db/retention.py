@@ -25,9 +25,9 @@ async def prune_finished_jobs(store: Store, *, before: float, batch: int = 500) 
     bot stopped during one leaves every job of it in place, and the next call picks them up. Jobs made
     from a deleted one (re-rolls, edits) keep their rows; their ``parent_job_id`` becomes NULL.
     """
-    # INDEXED BY: left to itself, SQLite reads every ended job through jobs_status and sorts them all.
     if batch <= 0:
         raise ValueError(f"a prune batch must delete at least one job, not {batch}")
+    # INDEXED BY: left to itself, SQLite reads every ended job through jobs_status and sorts them all.
     async with store.transaction() as tx:
         rows = await tx.fetch_all(
             """
@@ -39,6 +39,5 @@ async def prune_finished_jobs(store: Store, *, before: float, batch: int = 500) 
             """,
             {"before": before, "batch": batch},
         )
-    if rows:
-        log.info("pruned %d finished job(s) older than %.0f", len(rows), before)
+    log.debug("pruned %d finished job(s) older than %.0f", len(rows), before)  # the caller sums the batches up
     return len(rows)
