@@ -134,7 +134,7 @@ class FluxBot(commands.Bot):
             self.user.id,
             len(self.guilds),
             self.settings.flux_provider.value,
-            self.settings.database_path,
+            self.settings.database_shown,
         )
 
     def dispatch(self, event_name: str, /, *args: Any, **kwargs: Any) -> None:

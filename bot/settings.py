@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.images import DEFAULT_MEDIA_HOSTS, MediaHosts
 
-__all__ = ["Provider", "Settings", "SettingsError", "listen_address", "load_settings"]
+__all__ = ["Provider", "Settings", "SettingsError", "listen_address", "load_settings", "parse_shard_ids", "redact_url"]
 
 
 class Provider(StrEnum):
@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     flux_api_key: SecretStr = Field(alias="FLUX_API_KEY")
     flux_provider: Provider = Field(Provider.ACEDATA, alias="FLUX_PROVIDER")
     flux_api_base: str | None = Field(None, alias="FLUX_API_BASE")
-    database_url: str = Field("sqlite:///data/fluxbot.db", alias="DATABASE_URL")
+    # sqlite:///path (one process) or postgresql://user:password@host:port/db (several); holds a password.
+    database_url: SecretStr = Field(SecretStr("sqlite:///data/fluxbot.db"), alias="DATABASE_URL")
     discord_api_base: str = Field("https://discord.com/api/v10", alias="DISCORD_API_BASE")
     discord_gateway_url: str = Field("wss://gateway.discord.gg/", alias="DISCORD_GATEWAY_URL")
     flux_poll_interval: float = Field(5.0, gt=0, alias="FLUX_POLL_INTERVAL")
@@ -75,6 +76,11 @@ class Settings(BaseSettings):
     default_max_concurrent: int = Field(3, ge=0, alias="DEFAULT_MAX_CONCURRENT")
     default_cooldown: float = Field(0.0, ge=0, alias="DEFAULT_COOLDOWN")
     allow_dms: bool = Field(False, alias="ALLOW_DMS")
+    # Discord shards: how many in all, and which of them this process runs ("0,1", "0-3"); unset: all of them.
+    shard_count: int | None = Field(None, ge=1, alias="SHARD_COUNT")
+    shard_ids: Annotated[tuple[int, ...] | None, NoDecode] = Field(None, alias="SHARD_IDS")
+    # Seconds a process's claims on jobs last unless renewed: how soon live processes take over a dead one's work.
+    work_lease: float = Field(15.0, ge=1, le=600, alias="WORK_LEASE_SECONDS")
     dm_user_daily: int = Field(10, ge=0, alias="DM_USER_DAILY")
 
     @field_validator("flux_provider", mode="before")
@@ -92,9 +98,30 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _usable_database_url(cls, value: str) -> str:
-        _sqlite_path(value)
-        return value
+    def _usable_database_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value().strip()
+        if not _is_postgresql(url):
+            _sqlite_path(url)
+        return SecretStr(url)
+
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _shard_list(cls, value: Any) -> Any:
+        return parse_shard_ids(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _shards_within_the_count(self) -> Self:
+        if self.shard_ids is None:
+            return self
+        if self.shard_count is None:
+            raise ValueError("SHARD_IDS is set but SHARD_COUNT is not; set how many shards the bot has in all")
+        beyond = [shard for shard in self.shard_ids if shard >= self.shard_count]
+        if beyond:
+            raise ValueError(
+                f"SHARD_IDS names shard {beyond[0]}, but SHARD_COUNT={self.shard_count} numbers them "
+                f"0 to {self.shard_count - 1}"
+            )
+        return self
 
     @field_validator("callback_listen")
     @classmethod
@@ -161,9 +188,23 @@ class Settings(BaseSettings):
         return self.job_retention_days * 86400 if self.job_retention_days > 0 else None
 
     @property
+    def uses_postgresql(self) -> bool:
+        """Whether ``DATABASE_URL`` names a PostgreSQL server rather than a SQLite file."""
+        return _is_postgresql(self.database_url.get_secret_value())
+
+    @property
     def database_path(self) -> Path:
-        """The SQLite file named by ``DATABASE_URL`` (``sqlite:///relative`` or ``sqlite:////absolute``)."""
-        return _sqlite_path(self.database_url)
+        """The SQLite file named by ``DATABASE_URL`` (``sqlite:///relative`` or ``sqlite:////absolute``).
+
+        ValueError when ``DATABASE_URL`` names a PostgreSQL server (see :attr:`uses_postgresql`).
+        """
+        return _sqlite_path(self.database_url.get_secret_value())
+
+    @property
+    def database_shown(self) -> str:
+        """``DATABASE_URL`` fit for a log line: the SQLite file, or the server's URL with its password hidden."""
+        url = self.database_url.get_secret_value()
+        return redact_url(url) if _is_postgresql(url) else str(self.database_path)
 
 
 def listen_address(value: str) -> tuple[str, int]:
@@ -173,6 +214,39 @@ def listen_address(value: str) -> tuple[str, int]:
     if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"must be host:port with a port from 0 to 65535 (like 127.0.0.1:9100), not {value!r}")
     return host, int(port)
+
+
+def parse_shard_ids(value: str) -> tuple[int, ...] | None:
+    """``"0,1"``, ``"0-3"`` or ``"0-1, 4"`` as sorted, distinct shard ids; ``None`` for an empty value."""
+    shards: set[int] = set()
+    for part in value.replace(" ", "").split(","):
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"must be shard numbers and ranges like 0,1 or 0-3, not {value!r}")
+        low, high = int(first), int(last) if dash else int(first)
+        if high < low:
+            raise ValueError(f"the range {part!r} runs backwards")
+        shards.update(range(low, high + 1))
+    return tuple(sorted(shards)) or None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password (if any) replaced by ``***``: for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+_POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _is_postgresql(url: str) -> bool:
+    return url.lower().startswith(_POSTGRESQL_SCHEMES)
 
 
 #: The level names LOG_LEVEL accepts, in any case.
@@ -185,7 +259,10 @@ def _sqlite_path(url: str) -> Path:
     """The database file of a ``sqlite:///`` URL, if the bot can create or open it there (nothing is created)."""
     if not url.startswith(_SQLITE_PREFIX):
         scheme = url.partition("://")[0] if "://" in url else url
-        raise ValueError(f"only sqlite:///path is supported (sqlite:///relative, sqlite:////absolute), not {scheme!r}")
+        raise ValueError(
+            "must be sqlite:///path (sqlite:///relative, sqlite:////absolute) or "
+            f"postgresql://user:password@host:port/database, not {scheme!r}"
+        )
     path = Path(url.removeprefix(_SQLITE_PREFIX))
     if not path.name:
         raise ValueError("names no file (expected sqlite:///path/to/fluxbot.db)")

@@ -94,3 +94,33 @@ def test_secrets_never_appear_in_reprs_or_logs() -> None:
     formatter = RedactingFormatter("%(message)s", [settings.discord_token, settings.flux_api_key])
     record = logging.LogRecord("t", logging.INFO, __file__, 1, "sent %s to %s", ("flux-secret-value", "x"), None)
     assert formatter.format(record) == "sent [redacted] to x"
+
+
+def test_postgresql_url_is_accepted_and_its_password_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://fluxbot:hunter2-secret@db.internal:5432/fluxbot")
+    settings = load_settings(discord_token="t", flux_api_key="k")
+    assert settings.uses_postgresql
+    assert settings.database_shown == "postgresql://fluxbot:***@db.internal:5432/fluxbot"
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+    with pytest.raises(ValueError, match="sqlite"):
+        _ = settings.database_path
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0,1", (0, 1)), ("0-3", (0, 1, 2, 3)), ("3, 0-1", (0, 1, 3)), ("2-2", (2,)), ("", None)],
+)
+def test_shard_ids_take_lists_and_ranges(monkeypatch: pytest.MonkeyPatch, value: str, expected: object) -> None:
+    monkeypatch.setenv("SHARD_COUNT", "4")
+    monkeypatch.setenv("SHARD_IDS", value)
+    settings = load_settings(discord_token="t", flux_api_key="k")
+    assert settings.shard_count == 4
+    assert settings.shard_ids == expected
+
+
+@pytest.mark.parametrize(("value", "why"), [("4", "numbers them 0 to 3"), ("3-1", "backwards"), ("a", "ranges")])
+def test_bad_shard_ids_are_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch, value: str, why: str) -> None:
+    monkeypatch.setenv("SHARD_COUNT", "4")
+    monkeypatch.setenv("SHARD_IDS", value)
+    with pytest.raises(SettingsError, match=why):
+        load_settings(discord_token="t", flux_api_key="k")

@@ -43,7 +43,8 @@ def start_fluxbot(cwd: Path, **variables: str) -> subprocess.CompletedProcess[st
     ("variable", "value", "why"),
     [
         ("LOG_LEVEL", "verbose", "logging level"),
-        ("DATABASE_URL", "postgres://db.example/fluxbot", "sqlite:///"),
+        ("DATABASE_URL", "mysql://db.example/fluxbot", "postgresql://"),
+        ("SHARD_IDS", "0-2", "SHARD_COUNT is not"),
         ("DATABASE_URL", "sqlite:///{tmp}", "is a directory"),
         ("DATABASE_URL", "sqlite:///{tmp}/a-file/fluxbot.db", "not a directory"),
         ("CALLBACK_LISTEN", "abc", "host:port"),
