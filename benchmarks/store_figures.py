@@ -3,8 +3,8 @@ processes on one file do, and how big the file gets after many edits with inline
 
     python -m benchmarks --only store [--quick]
 
-Uses only the store's long-standing functions (``Store.open``, ``create_job``, ``mark_*``), so the same module
-measures older revisions of the code too. Nothing is asserted: these are figures.
+Uses only the store's long-standing functions (``SqliteStore.open``, called ``Store.open`` before, ``create_job``,
+``mark_*``), so the same module measures older revisions of the code too. Nothing is asserted: these are figures.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ from bot.db import (
     mark_submitting,
     mark_succeeded,
 )
+
+try:
+    from bot.db import SqliteStore
+except ImportError:  # revisions from before the PostgreSQL store named the SQLite one Store
+    from bot.db import Store as SqliteStore  # type: ignore[assignment]
 
 __all__ = ["BENCHMARKS"]
 
@@ -101,7 +106,7 @@ def _history(path: Path, finished: int) -> None:
 
 async def _prepared(folder: Path, finished: int) -> Path:
     path = folder / "store.db"
-    store = await Store.open(path)
+    store = await SqliteStore.open(path)
     await store.close()
     _history(path, finished)
     return path
@@ -138,7 +143,7 @@ async def reservation_rate(finished: int, total: int) -> float:
     """
     with tempfile.TemporaryDirectory() as folder:
         path = await _prepared(Path(folder), finished)
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         try:
             await _reserve(store, 2, [MEMBER])  # warm up the connection and the page cache
             made, elapsed = 0, 0.0
@@ -189,7 +194,7 @@ def _process_main(share: _Share) -> None:
     async def main() -> tuple[int, int, float, float]:
         errors = 0
         try:
-            store = await Store.open(Path(path))
+            store = await SqliteStore.open(Path(path))
         except Exception:
             ready.set()
             return 0, 1, 0.0, 0.0
@@ -244,7 +249,7 @@ async def size_after_edits(jobs: int) -> tuple[float, float]:
     source = "data:image/png;base64," + "A" * (SOURCE_BYTES - len("data:image/png;base64,"))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "store.db"
-        store = await Store.open(path)
+        store = await SqliteStore.open(path)
         try:
 
             async def one_task(task: int) -> None:

@@ -23,7 +23,7 @@ from discord.ext import commands
 
 from bot import db
 from bot.callbacks import CallbackReceiver
-from bot.db import Store
+from bot.db import Store, open_store
 from bot.endpoints import point_discord_at
 from bot.flux import FluxClient, create_flux_client
 from bot.health import HealthServer
@@ -212,7 +212,7 @@ async def open_bot(settings: Settings, *, guild_ready_timeout: float = 2.0) -> A
     Everything is closed when the block ends.
     """
     point_discord_at(settings.discord_api_base, settings.discord_gateway_url)
-    async with aiohttp.ClientSession() as session, await Store.open(settings.database_path) as store:
+    async with aiohttp.ClientSession() as session, await open_store(settings.database_url.get_secret_value()) as store:
         flux = create_flux_client(settings, session)
         metrics = Metrics(settings.flux_provider.value)
         metrics_token = using(metrics)  # the runner and the provider client record into this bot's metrics

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from bot.db import Store
+from bot.db import SqliteStore
 from bot.db.schema import MigrationError
 from bot.db.store import StoreBusyError
 from bot.flux import (
@@ -189,7 +189,7 @@ async def check_database(settings: Settings) -> Outcome:
         return Outcome("database", False, f"DATABASE_URL: {exc}")
     existed = path.exists()
     try:
-        store = await Store.open(path, busy_window=DATABASE_BUSY_WINDOW)
+        store = await SqliteStore.open(path, busy_window=DATABASE_BUSY_WINDOW)
     except (MigrationError, sqlite3.Error, OSError, ValueError) as exc:
         return Outcome("database", False, f"DATABASE_URL: cannot open {path}: {exc}")
     try:

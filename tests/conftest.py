@@ -11,11 +11,11 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from bot.db import Store
+from bot.db import SqliteStore, Store
 from bot.flux import RetryPolicy
 from bot.settings import Settings, load_settings
 
-pytest_plugins = ["tests.fluxemu.fixtures", "tests.fakediscord.fixtures", "tests.fluxbot_harness"]
+pytest_plugins = ["tests.fluxemu.fixtures", "tests.fakediscord.fixtures", "tests.fluxbot_harness", "tests.pgfixtures"]
 
 #: The API key the Flux emulator expects by default.
 KEY = "test-key"
@@ -41,7 +41,7 @@ def sleeps() -> SleepRecorder:
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     """A fresh SQLite store in the test's own folder, migrated like the bot's."""
-    async with await Store.open(tmp_path / "fluxbot.db") as opened:
+    async with await SqliteStore.open(tmp_path / "fluxbot.db") as opened:
         yield opened
 
 

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from bot.db import Store
+from bot.db import SqliteStore
 from bot.db.state import set_state
 from tests.conftest import free_port
 from tests.fakediscord.faults import RestFault
@@ -376,7 +376,7 @@ async def test_backup_copies_the_database_of_a_running_bot_with_what_it_just_wro
     fluxbot: FluxbotHarness, tmp_path: Path
 ) -> None:
     # The bot's own store is open, in WAL mode, its last write not yet checkpointed into the main file.
-    store = await Store.open(fluxbot.database)
+    store = await SqliteStore.open(fluxbot.database)
     try:
         await set_state(store, "written-just-now", "by the running bot")
         assert Path(f"{fluxbot.database}-wal").stat().st_size > 0

@@ -16,7 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 from bot import db
-from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, Store
+from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, SqliteStore, Store
 from bot.flux import AceDataClient, FluxClient, GenerateRequest, OpenAIRelayClient, RetryPolicy, Timeouts
 from bot.flux.models import Submission, TaskStatus
 from bot.images import DownloadedImage, MediaHosts
@@ -536,7 +536,7 @@ async def test_a_finished_job_is_delivered_once_a_long_database_lock_is_gone(
     flux_emulator: FluxEmulator,
 ) -> None:
     path = tmp_path / "busy.db"
-    async with await Store.open(path, busy_timeout_ms=20, busy_window=0.1) as store:
+    async with await SqliteStore.open(path, busy_timeout_ms=20, busy_window=0.1) as store:
         runner = JobRunner(
             store=store,
             flux=acedata,

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from bot import db
-from bot.db import JobKind, JobStatus, NewJob, Provider, QuotaLimits, QuotaRefusal, Store
+from bot.db import JobKind, JobStatus, NewJob, Provider, QuotaLimits, QuotaRefusal, SqliteStore, Store
 
 GUILD = 71
 USER = 72
@@ -223,10 +223,10 @@ async def hot_paths(recorder: Recorder, clock: Clock) -> None:
 
 async def recorded(path: Path, *, member_jobs: int, others: int) -> Capture:
     clock = Clock()
-    async with await Store.open(path, clock=clock):
+    async with await SqliteStore.open(path, clock=clock):
         pass
     write_history(path, member_jobs, others)
-    async with await Store.open(path, clock=clock) as store:
+    async with await SqliteStore.open(path, clock=clock) as store:
         recorder = Recorder(store)
         async with recorder.recording():
             await hot_paths(recorder, clock)

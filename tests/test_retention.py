@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bot import db
-from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, Store
+from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, SqliteStore, Store
 
 GUILD = 5
 CHANNEL = 6
@@ -43,7 +43,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def store(db_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    async with await Store.open(db_path, clock=clock) as opened:
+    async with await SqliteStore.open(db_path, clock=clock) as opened:
         yield opened
 
 
@@ -177,11 +177,11 @@ async def test_jobs_made_from_a_pruned_job_keep_their_rows_without_the_link(stor
 
 
 async def test_a_stop_between_batches_loses_nothing_and_the_next_start_carries_on(db_path: Path, clock: Clock) -> None:
-    async with await Store.open(db_path, clock=clock) as store:
+    async with await SqliteStore.open(db_path, clock=clock) as store:
         groups = await history(store, clock)
         assert await db.prune_finished_jobs(store, before=CUTOFF, batch=10) == 10
         left = await all_ids(store)
-    async with await Store.open(db_path, clock=clock) as store:
+    async with await SqliteStore.open(db_path, clock=clock) as store:
         assert await all_ids(store) == left
         assert await db.prune_finished_jobs(store, before=CUTOFF, batch=10) == 10
         assert await db.prune_finished_jobs(store, before=CUTOFF, batch=10) == 5
@@ -189,7 +189,7 @@ async def test_a_stop_between_batches_loses_nothing_and_the_next_start_carries_o
 
 
 async def test_a_batch_stopped_in_the_middle_is_all_or_nothing(db_path: Path, clock: Clock) -> None:
-    async with await Store.open(db_path, clock=clock) as store:
+    async with await SqliteStore.open(db_path, clock=clock) as store:
         groups = await history(store, clock)
         before = await all_ids(store)
         task = asyncio.create_task(db.prune_finished_jobs(store, before=CUTOFF, batch=20))
@@ -207,7 +207,7 @@ async def test_a_batch_stopped_in_the_middle_is_all_or_nothing(db_path: Path, cl
     with sqlite3.connect(db_path) as conn:  # and nothing of it is waiting in the file
         assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == len(before)
     conn.close()
-    async with await Store.open(db_path, clock=clock) as store:
+    async with await SqliteStore.open(db_path, clock=clock) as store:
         assert await db.prune_finished_jobs(store, before=CUTOFF, batch=20) == 20
         assert await db.prune_finished_jobs(store, before=CUTOFF, batch=20) == 5
         assert await all_ids(store) == groups["owed"] | groups["running"] | groups["recent"]

@@ -28,6 +28,7 @@ from bot.db import (
     QuotaLimits,
     QuotaRefusal,
     SchemaTooNewError,
+    SqliteStore,
     Store,
     StoreBusyError,
     active_jobs,
@@ -96,7 +97,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def store(db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    async with await Store.open(db_path, clock=clock) as opened:
+    async with await SqliteStore.open(db_path, clock=clock) as opened:
         yield opened
 
 
@@ -159,7 +160,7 @@ def user_version(path: Path) -> int:
 
 async def test_open_creates_the_folder_and_migrates_to_the_latest_version(db_path: Path) -> None:
     latest = load_migrations()[-1].version
-    async with await Store.open(db_path) as store:
+    async with await SqliteStore.open(db_path) as store:
         assert db_path.parent.is_dir()
         assert store.schema_version == latest
         tables = {row[0] for row in await store.fetch_all("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -177,11 +178,11 @@ async def test_connection_uses_wal_foreign_keys_and_a_busy_timeout(store: Store,
 
 
 async def test_jobs_survive_a_restart_and_migrations_run_only_once(db_path: Path, clock: FakeClock) -> None:
-    async with await Store.open(db_path, clock=clock) as store:
+    async with await SqliteStore.open(db_path, clock=clock) as store:
         job = await accepted(store)
         assert await mark_submitting(store, job.id)
         assert await mark_submitted(store, job.id, "https://api.bfl.ai/v1/get_result?id=abc")
-    async with await Store.open(db_path, clock=clock) as store:  # would fail on "table jobs already exists"
+    async with await SqliteStore.open(db_path, clock=clock) as store:  # would fail on "table jobs already exists"
         assert store.schema_version == load_migrations()[-1].version
         (resumed,) = await jobs_in(store, JobStatus.SUBMITTED)
         assert resumed == replace(
@@ -192,13 +193,13 @@ async def test_jobs_survive_a_restart_and_migrations_run_only_once(db_path: Path
 
 
 async def test_a_database_from_a_newer_version_is_refused(db_path: Path) -> None:
-    async with await Store.open(db_path):
+    async with await SqliteStore.open(db_path):
         pass
     known = load_migrations()[-1].version
     with sqlite3.connect(db_path) as conn:
         conn.execute(f"PRAGMA user_version = {known + 1}")
     with pytest.raises(SchemaTooNewError, match=f"schema version {known + 1}.*up to {known}"):
-        await Store.open(db_path)
+        await SqliteStore.open(db_path)
     assert user_version(db_path) == known + 1  # untouched
 
 
@@ -206,18 +207,18 @@ async def test_pending_migrations_apply_in_order_in_one_transaction(db_path: Pat
     shipped = load_migrations()
     broken = Migration(len(shipped) + 1, "broken", "CREATE TABLE extra (x INTEGER);\nINSERT INTO nowhere VALUES (1);")
     with pytest.raises(MigrationError, match=rf"{broken.version:04d}_broken\.sql failed"):
-        await Store.open(db_path, migrations=[*shipped, broken])
+        await SqliteStore.open(db_path, migrations=[*shipped, broken])
     # Nothing at all was applied: not the good migrations before it, nor half of the broken one.
     assert user_version(db_path) == 0
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] == 0
 
     fixed = Migration(len(shipped) + 1, "extra", "CREATE TABLE extra (x INTEGER);\nINSERT INTO extra VALUES (1);")
-    async with await Store.open(db_path, migrations=[*shipped, fixed]) as store:
+    async with await SqliteStore.open(db_path, migrations=[*shipped, fixed]) as store:
         assert store.schema_version == fixed.version
         assert (await store.fetch_one("SELECT x FROM extra"))[0] == 1  # type: ignore[index]
     with pytest.raises(MigrationError, match="out of sequence"):
-        await Store.open(db_path, migrations=[shipped[0], replace(fixed, version=fixed.version + 1)])
+        await SqliteStore.open(db_path, migrations=[shipped[0], replace(fixed, version=fixed.version + 1)])
 
 
 def test_statements_are_split_without_breaking_strings_comments_or_triggers() -> None:
@@ -508,7 +509,10 @@ async def test_fifty_concurrent_requests_across_two_stores_accept_exactly_the_da
     db_path: Path, clock: FakeClock
 ) -> None:
     limits = QuotaLimits(user_daily=5)
-    async with await Store.open(db_path, clock=clock) as first, await Store.open(db_path, clock=clock) as second:
+    async with (
+        await SqliteStore.open(db_path, clock=clock) as first,
+        await SqliteStore.open(db_path, clock=clock) as second,
+    ):
         results = await asyncio.gather(*(create_job(first if n % 2 else second, request(), limits) for n in range(50)))
         assert sum(isinstance(result, Job) for result in results) == 5
         assert (await user_usage(first, GUILD, USER)).today == 5
@@ -799,9 +803,9 @@ async def test_resetting_settings_restores_defaults_and_audits_each_cleared_fiel
 
 
 async def test_settings_survive_a_restart(db_path: Path) -> None:
-    async with await Store.open(db_path) as store:
+    async with await SqliteStore.open(db_path) as store:
         await update_guild_settings(store, GUILD, ADMIN, allowed_channels=[CHANNEL, CHANNEL + 1], max_concurrent=3)
-    async with await Store.open(db_path) as store:
+    async with await SqliteStore.open(db_path) as store:
         settings = await get_guild_settings(store, GUILD)
     assert (settings.allowed_channels, settings.max_concurrent) == ((CHANNEL, CHANNEL + 1), 3)
     assert settings.allows_channel(CHANNEL) and not settings.allows_channel(CHANNEL + 2)
@@ -825,10 +829,10 @@ async def test_the_blocklist_is_trimmed_case_insensitive_unique_and_per_server(s
 async def test_upgrading_keeps_server_settings_and_then_accepts_no_concurrency_limit(tmp_path: Path) -> None:
     path = tmp_path / "upgrade.db"
     before_rebuild = [m for m in load_migrations() if m.version < 3]
-    async with await Store.open(path, migrations=before_rebuild) as old:
+    async with await SqliteStore.open(path, migrations=before_rebuild) as old:
         await update_guild_settings(old, GUILD, ADMIN, user_daily=7, max_concurrent=2, allowed_models=["flux-dev"])
 
-    async with await Store.open(path) as upgraded:
+    async with await SqliteStore.open(path) as upgraded:
         kept = await get_guild_settings(upgraded, GUILD)
         changed = await update_guild_settings(upgraded, GUILD, ADMIN, max_concurrent=0)
         assert upgraded.schema_version == load_migrations()[-1].version
@@ -850,7 +854,7 @@ def hold_write_lock(db_path: Path) -> sqlite3.Connection:
 async def test_a_write_that_meets_another_connections_lock_waits_and_then_succeeds(
     db_path: Path, clock: FakeClock
 ) -> None:
-    async with await Store.open(db_path, clock=clock, busy_timeout_ms=50, busy_window=10.0) as store:
+    async with await SqliteStore.open(db_path, clock=clock, busy_timeout_ms=50, busy_window=10.0) as store:
         job = await accepted(store)
         holder = hold_write_lock(db_path)
         loop = asyncio.get_running_loop()
@@ -865,7 +869,7 @@ async def test_a_write_that_meets_another_connections_lock_waits_and_then_succee
 async def test_a_lock_held_past_the_busy_window_is_a_typed_error_and_the_write_can_be_done_later(
     db_path: Path, clock: FakeClock
 ) -> None:
-    async with await Store.open(db_path, clock=clock, busy_timeout_ms=20, busy_window=0.2) as store:
+    async with await SqliteStore.open(db_path, clock=clock, busy_timeout_ms=20, busy_window=0.2) as store:
         job = await accepted(store)
         holder = hold_write_lock(db_path)
         try:
@@ -880,7 +884,7 @@ async def test_a_lock_held_past_the_busy_window_is_a_typed_error_and_the_write_c
 async def test_a_reservation_meeting_another_connections_lock_waits_or_is_a_typed_error_and_writes_nothing(
     db_path: Path, clock: FakeClock
 ) -> None:
-    async with await Store.open(db_path, clock=clock, busy_timeout_ms=20, busy_window=0.2) as store:
+    async with await SqliteStore.open(db_path, clock=clock, busy_timeout_ms=20, busy_window=0.2) as store:
         holder = hold_write_lock(db_path)
         try:
             with pytest.raises(StoreBusyError):
@@ -889,7 +893,7 @@ async def test_a_reservation_meeting_another_connections_lock_waits_or_is_a_type
             holder.close()
         assert await jobs_in(store, JobStatus.QUEUED) == []
         assert (await user_usage(store, GUILD, USER)).today == 0
-    async with await Store.open(db_path, clock=clock, busy_timeout_ms=50, busy_window=10.0) as store:
+    async with await SqliteStore.open(db_path, clock=clock, busy_timeout_ms=50, busy_window=10.0) as store:
         holder = hold_write_lock(db_path)
         asyncio.get_running_loop().call_later(0.5, holder.rollback)  # longer than one busy_timeout
         try:
@@ -966,7 +970,7 @@ def _table(conn: sqlite3.Connection, sql: str) -> list[dict[str, object]]:
 
 
 async def test_migration_6_rebuilds_jobs_keeping_every_row_link_and_index(db_path: Path, clock: FakeClock) -> None:
-    async with await Store.open(db_path, clock=clock, migrations=load_migrations()[:5]):
+    async with await SqliteStore.open(db_path, clock=clock, migrations=load_migrations()[:5]):
         pass
     with sqlite3.connect(db_path) as conn:
         _v5_rows(conn)
@@ -976,7 +980,7 @@ async def test_migration_6_rebuilds_jobs_keeping_every_row_link_and_index(db_pat
         usage_before = _table(conn, "SELECT * FROM usage")
     conn.close()
 
-    async with await Store.open(db_path, clock=clock) as store:
+    async with await SqliteStore.open(db_path, clock=clock, migrations=load_migrations()[:6]) as store:
         assert store.schema_version == 6
         after = [dict(row) for row in await store.fetch_all("SELECT * FROM jobs ORDER BY id")]
         assert [dict(row) for row in await store.fetch_all("SELECT * FROM usage")] == usage_before  # no trigger ran

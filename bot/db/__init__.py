@@ -1,12 +1,17 @@
-"""The bot's SQLite store: jobs that survive restarts, per-member usage, and per-server settings.
+"""The bot's store: jobs that survive restarts, per-member usage, and per-server settings.
 
-Open it once with ``store = await Store.open(path)``; every repository function takes the store first::
+The store is a SQLite file (one bot process) or a PostgreSQL database (one or several processes). Open it
+once with ``store = await open_store(url)``; every repository function takes the store first::
 
     job_or_refusal = await create_job(store, new_job, limits)
     await mark_submitting(store, job.id)
 
 Finished jobs are kept until :func:`prune_finished_jobs` deletes old ones; daily usage is kept regardless.
 """
+
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from bot.db.guilds import (
     BLOCKLIST_FIELD,
@@ -60,8 +65,9 @@ from bot.db.models import (
 )
 from bot.db.retention import prune_finished_jobs
 from bot.db.schema import Migration, MigrationError, SchemaTooNewError, load_migrations
+from bot.db.sqlite import SqliteStore
 from bot.db.state import get_state, set_state
-from bot.db.store import Store, StoreBusyError, Transaction
+from bot.db.store import Params, Reader, Row, Store, StoreBusyError, Transaction
 from bot.db.usage import guild_usage_today, user_usage
 
 __all__ = [
@@ -78,12 +84,16 @@ __all__ = [
     "Migration",
     "MigrationError",
     "NewJob",
+    "Params",
     "PollHandle",
     "Provider",
     "QuotaLimits",
     "QuotaRefusal",
+    "Reader",
+    "Row",
     "SchemaTooNewError",
     "SettingsChanges",
+    "SqliteStore",
     "Store",
     "StoreBusyError",
     "Transaction",
@@ -109,6 +119,7 @@ __all__ = [
     "mark_succeeded",
     "mark_told",
     "normalize_term",
+    "open_store",
     "polling_handles",
     "prune_finished_jobs",
     "queue_position",
@@ -122,3 +133,20 @@ __all__ = [
     "update_guild_settings",
     "user_usage",
 ]
+
+
+_SQLITE_PREFIX = "sqlite:///"
+_POSTGRESQL_PREFIXES = ("postgresql://", "postgres://")
+
+
+async def open_store(url: str, *, clock: Callable[[], float] = time.time) -> Store:
+    """Open (and migrate) the database that ``url`` names: ``sqlite:///path`` or ``postgresql://...``.
+
+    ``url`` is ``DATABASE_URL`` as the settings checked it. Errors never repeat a password it holds.
+    """
+    if url.startswith(_SQLITE_PREFIX):
+        return await SqliteStore.open(Path(url.removeprefix(_SQLITE_PREFIX)), clock=clock)
+    if url.lower().startswith(_POSTGRESQL_PREFIXES):
+        raise ValueError("this fluxbot cannot open a PostgreSQL database yet")
+    scheme = url.partition("://")[0] if "://" in url else "(none)"
+    raise ValueError(f"DATABASE_URL must start with sqlite:/// or postgresql://, not with the scheme {scheme!r}")

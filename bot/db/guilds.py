@@ -11,13 +11,12 @@ import dataclasses
 import functools
 import json
 import math
-import sqlite3
 import unicodedata
 from collections.abc import Sequence
 from typing import Any, TypedDict, TypeGuard, Unpack, cast
 
 from bot.db.models import GuildSettings, LimitChange
-from bot.db.store import Reader, Store, Transaction
+from bot.db.store import Reader, Row, Store, Transaction
 
 __all__ = [
     "BLOCKLIST_FIELD",
@@ -245,7 +244,7 @@ async def _read_settings(db: Reader, guild_id: int) -> GuildSettings:
     return GuildSettings(guild_id=guild_id) if row is None else _settings(row)
 
 
-def _settings(row: sqlite3.Row) -> GuildSettings:
+def _settings(row: Row) -> GuildSettings:
     models = _json_list(row["allowed_models"])
     channels = _json_list(row["allowed_channels"])
     return GuildSettings(

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from collections.abc import Sequence
 
 from bot.db.days import utc_day
 from bot.db.models import Job, JobKind, JobStatus, NewJob, PollHandle, Provider, QuotaLimits, QuotaRefusal
-from bot.db.store import Store
+from bot.db.store import Row, Store
 from bot.db.usage import evaluate_quota
 
 __all__ = [
@@ -384,7 +383,7 @@ async def active_jobs(store: Store, guild_id: int, user_id: int) -> list[Job]:
     return [_job(row) for row in rows]
 
 
-async def _done(store: Store, job_id: int, rows: Sequence[sqlite3.Row], target: JobStatus) -> bool:
+async def _done(store: Store, job_id: int, rows: Sequence[Row], target: JobStatus) -> bool:
     """Report whether the guarded UPDATE matched; log why not if it did not."""
     if rows:
         log.debug("job %d is now %s", job_id, target)
@@ -408,7 +407,7 @@ def _interaction_time(new: NewJob, now: float) -> float | None:
     return now if new.interaction_token is not None else None
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: Row) -> Job:
     result = json.loads(row["result"]) if row["result"] is not None else {}
     return Job(
         id=row["id"],

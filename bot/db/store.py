@@ -1,150 +1,134 @@
-"""The SQLite connection: opening, migrating, and serialising write transactions.
+"""The store every repository function takes: one interface over SQLite and PostgreSQL.
 
-One :class:`Store` holds one aiosqlite connection shared by every coroutine of the bot. SQLite has one
-transaction per connection, so two coroutines must never interleave statements of their transactions:
-:meth:`Store.transaction` holds an :class:`asyncio.Lock` from ``BEGIN IMMEDIATE`` to ``COMMIT``, and the
-read helpers take the same lock so they never see another coroutine's uncommitted work. Between
-processes (or several Store instances on one file) ``BEGIN IMMEDIATE`` plus ``busy_timeout`` make
-writers queue up inside SQLite instead of failing; a write that still meets the lock (another connection
-held it for longer than ``busy_timeout``) is tried again for up to ``busy_window`` seconds, and only then
-raises :class:`StoreBusyError` — a normal condition that callers retry later, not a crash.
+:class:`Store` is what ``bot.db.jobs``, ``usage``, ``guilds`` and ``retention`` are written against, so the
+bot runs unchanged on a SQLite file (one process: :class:`~bot.db.sqlite.SqliteStore`) or on a PostgreSQL
+server shared by several processes (:class:`~bot.db.postgres.PostgresStore`). Repository SQL uses ``?`` or
+``:name`` parameters on both; where the dialects differ it asks :meth:`Store.pick` for its own text.
 
-The repository functions live next to this module (``jobs``, ``usage``, ``guilds``, ``retention``) and take
-the store as their first argument.
+Rows are ``sqlite3.Row`` or ``asyncpg.Record``: both answer ``row[0]`` and ``row["column"]``, which is all
+the repository code uses (:class:`Row`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
-import logging
-import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from pathlib import Path
+import abc
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Protocol, Self, TypeVar
-
-import aiosqlite
+from typing import Any, ClassVar, Literal, Protocol, Self
 
 from bot.db.days import utc_day
-from bot.db.schema import Migration, MigrationError, load_migrations, pending
 
-__all__ = ["BUSY_TIMEOUT_MS", "BUSY_WINDOW", "Params", "Reader", "Store", "StoreBusyError", "Transaction"]
+__all__ = ["Dialect", "Params", "Reader", "Row", "Store", "StoreBusyError", "Transaction", "lock_key"]
 
-log = logging.getLogger(__name__)
-
-#: How long one attempt to start a write transaction waits inside SQLite for another connection's.
-BUSY_TIMEOUT_MS = 5000
-#: How long, in all, a write keeps trying to start before :class:`StoreBusyError`.
-BUSY_WINDOW = 30.0
-_BUSY_RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0)
-_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
-_T = TypeVar("_T")
-
-
-class StoreBusyError(Exception):
-    """Another connection held the database's write lock for longer than the store's busy window.
-
-    Nothing was written; the same write can be tried again later.
-    """
-
+#: The SQL dialects a store speaks.
+Dialect = Literal["sqlite", "postgresql"]
 
 #: Positional (``?``) or named (``:name``) SQL parameters.
 Params = Sequence[object] | Mapping[str, object]
 
 
+class Row(Protocol):
+    """One result row: by position (``row[0]``) or by column name (``row["status"]``)."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+
+class StoreBusyError(Exception):
+    """The database could not take the write now (locked, connection lost, serialisation failure...).
+
+    Nothing was written; the same write can be tried again later — the job runner does, on its next tick.
+    """
+
+
 class Reader(Protocol):
     """Anything that runs queries: the :class:`Store` itself, or a :class:`Transaction` inside it."""
 
-    async def fetch_one(self, sql: str, params: Params = ...) -> sqlite3.Row | None: ...
+    async def fetch_one(self, sql: str, params: Params = ...) -> Row | None: ...
 
-    async def fetch_all(self, sql: str, params: Params = ...) -> list[sqlite3.Row]: ...
+    async def fetch_all(self, sql: str, params: Params = ...) -> list[Row]: ...
 
 
-class Transaction:
+class Transaction(abc.ABC):
     """The statements of one write transaction; only valid inside ``async with store.transaction()``."""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-
-    async def fetch_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
         """Run one statement (a SELECT or a ``... RETURNING``) and return its first row."""
         rows = await self.fetch_all(sql, params)
         return rows[0] if rows else None
 
-    async def fetch_all(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
+    @abc.abstractmethod
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
         """Run one statement (a SELECT or a ``... RETURNING``) and return all its rows."""
-        return list(await self._conn.execute_fetchall(sql, params))
 
+    @abc.abstractmethod
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement and return how many rows it changed."""
-        cursor = await self._conn.execute(sql, params)
-        try:
-            return cursor.rowcount
-        finally:
-            await cursor.close()
+
+    @abc.abstractmethod
+    async def lock(self, name: str) -> None:
+        """Serialise this transaction, until it ends, with every other one that locks the same ``name``.
+
+        For read-then-write decisions that must hold across processes (a quota): on PostgreSQL an advisory
+        transaction lock; on SQLite nothing, since its write transactions already exclude each other.
+        """
 
 
-class Store:
-    """The bot's database. Create it with ``await Store.open(path)``; close it with :meth:`close`."""
+class Store(abc.ABC):
+    """The bot's database. Open one with :func:`bot.db.open_store` (or a subclass's ``open``); close it."""
 
-    def __init__(
-        self,
-        conn: aiosqlite.Connection,
-        clock: Callable[[], float],
-        schema_version: int,
-        busy_window: float = BUSY_WINDOW,
-    ) -> None:
-        """Wrap an open, migrated connection; use :meth:`open` rather than calling this directly."""
-        self._conn = conn
+    #: Which SQL dialect this store speaks (for :meth:`pick`).
+    dialect: ClassVar[Dialect]
+
+    def __init__(self, clock: Callable[[], float], schema_version: int) -> None:
         self._clock = clock
         self._schema_version = schema_version
-        self._busy_window = busy_window
-        self._lock = asyncio.Lock()
-        self._owner: asyncio.Task[object] | None = None
 
-    @classmethod
-    async def open(
-        cls,
-        path: Path,
-        *,
-        clock: Callable[[], float] = time.time,
-        migrations: Sequence[Migration] | None = None,
-        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
-        busy_window: float = BUSY_WINDOW,
-    ) -> Self:
-        """Open (creating if needed) the database at ``path`` and apply pending migrations.
+    @property
+    def schema_version(self) -> int:
+        """The schema version the database is at (each dialect numbers its own migrations)."""
+        return self._schema_version
 
-        ``clock`` returns unix seconds and is the only source of time for timestamps and usage days.
-        ``migrations`` defaults to the files shipped in ``bot/db/migrations``. ``busy_timeout_ms`` is how long one
-        attempt waits inside SQLite for another connection's write transaction, ``busy_window`` how long a
-        write keeps trying in all before :class:`StoreBusyError`.
-        Raises :class:`~bot.db.schema.SchemaTooNewError` if the file is newer than this code.
-        """
-        path.parent.mkdir(parents=True, exist_ok=True)
-        known = list(migrations) if migrations is not None else load_migrations()
-        conn = await aiosqlite.connect(path, isolation_level=None)
-        try:
-            conn.row_factory = sqlite3.Row
-            await conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms:d}")
-            rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
-            if str(rows[0][0]).lower() != "wal":
-                raise MigrationError(f"could not switch {path} to WAL journal mode (got {rows[0][0]!r})")
-            await conn.execute("PRAGMA foreign_keys = ON")
-            await conn.execute("PRAGMA synchronous = NORMAL")
-            version = await _migrate(conn, known, path, busy_window)
-        except BaseException:
-            await conn.close()
-            raise
-        return cls(conn, clock, version, busy_window)
+    def now(self) -> float:
+        """The current time in unix seconds, from the store's clock."""
+        return self._clock()
 
+    def today(self) -> str:
+        """Today's UTC date (``YYYY-MM-DD``), from the store's clock: the key of daily usage."""
+        return utc_day(self._clock())
+
+    def pick(self, *, sqlite: str, postgresql: str) -> str:
+        """The SQL text written for this store's dialect, where the two cannot share one text."""
+        return sqlite if self.dialect == "sqlite" else postgresql
+
+    @abc.abstractmethod
+    async def fetch_one(self, sql: str, params: Params = ()) -> Row | None:
+        """Run one read-only statement outside a transaction and return its first row."""
+
+    @abc.abstractmethod
+    async def fetch_all(self, sql: str, params: Params = ()) -> list[Row]:
+        """Run one read-only statement and return all its rows (only committed data is visible)."""
+
+    @abc.abstractmethod
+    async def write_alone(self, sql: str, params: Params = ()) -> list[Row]:
+        """Run one writing statement as a transaction of its own and return its rows (``... RETURNING``)."""
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """``async with store.transaction() as tx:`` — commit at the end, roll back on any exception."""
+
+    @abc.abstractmethod
+    async def notify(self, channel: str, payload: str = "") -> None:
+        """Tell every listener of ``channel`` (in every process sharing the database, where it can)."""
+
+    @abc.abstractmethod
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` for each :meth:`notify` on ``channel`` from now until :meth:`close`."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
-        """Wait for the running transaction, if any, then close the connection."""
-        async with self._lock:
-            await self._conn.close()
+        """Wait for running work, then release the connection(s)."""
 
     async def __aenter__(self) -> Self:
         return self
@@ -157,123 +141,8 @@ class Store:
     ) -> None:
         await self.close()
 
-    @property
-    def schema_version(self) -> int:
-        """The schema version (``PRAGMA user_version``) the database is at."""
-        return self._schema_version
 
-    def now(self) -> float:
-        """The current time in unix seconds, from the store's clock."""
-        return self._clock()
-
-    def today(self) -> str:
-        """Today's UTC date (``YYYY-MM-DD``), from the store's clock: the key of daily usage."""
-        return utc_day(self._clock())
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        """``async with store.transaction() as tx:`` - one ``BEGIN IMMEDIATE`` ... ``COMMIT``.
-
-        Any exception (or cancellation) inside the block rolls the transaction back. Transactions do not
-        nest; inside one, use ``tx`` for every statement (the store's read helpers also work). Raises
-        :class:`StoreBusyError`, before the block runs, when another connection keeps the write lock.
-        """
-        if self._owns_lock():
-            raise RuntimeError("store transactions do not nest; use the Transaction you already have")
-        async with self._lock:
-            self._owner = asyncio.current_task()
-            try:
-                try:
-                    await _begin_immediate(self._conn, self._busy_window)
-                    yield Transaction(self._conn)
-                    await self._conn.execute("COMMIT")
-                except BaseException:
-                    await self._rollback()
-                    raise
-            finally:
-                self._owner = None
-
-    async def fetch_one(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
-        """Run one read-only statement outside a transaction and return its first row."""
-        rows = await self.fetch_all(sql, params)
-        return rows[0] if rows else None
-
-    async def fetch_all(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        """Run one read-only statement and return all its rows (only committed data is visible)."""
-        if self._owns_lock():
-            return list(await self._conn.execute_fetchall(sql, params))
-        async with self._lock:
-            return list(await self._conn.execute_fetchall(sql, params))
-
-    async def write_alone(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
-        """Run one writing statement as a transaction of its own and return its rows (``... RETURNING``).
-
-        Outside ``BEGIN`` ... ``COMMIT`` SQLite makes each statement atomic, and a writing statement takes the
-        write lock before it reads anything, so an ``INSERT ... SELECT ... WHERE`` decides and writes as one,
-        like a :meth:`transaction` would, in one trip to the connection's thread instead of four, and holds the
-        write lock only while it runs. Waits for another connection's lock like :meth:`transaction`, and raises
-        :class:`StoreBusyError` (nothing written) if it stays locked; not for use inside a transaction.
-        """
-        if self._owns_lock():
-            raise RuntimeError("write_alone is a transaction of its own; inside one, use the Transaction")
-        async with self._lock:
-            rows = await _while_locked(lambda: self._conn.execute_fetchall(sql, params), self._busy_window)
-        return list(rows)
-
-    def _owns_lock(self) -> bool:
-        return self._owner is not None and self._owner is asyncio.current_task()
-
-    async def _rollback(self) -> None:
-        # SQLite may already have rolled back by itself (SQLITE_FULL, SQLITE_BUSY on BEGIN, ...).
-        with contextlib.suppress(sqlite3.Error, ValueError):
-            await self._conn.execute("ROLLBACK")
-
-
-async def _begin_immediate(conn: aiosqlite.Connection, busy_window: float) -> None:
-    """``BEGIN IMMEDIATE``, tried again while another connection holds the write lock, for up to
-    ``busy_window`` seconds in all; then :class:`StoreBusyError`."""
-    await _while_locked(lambda: conn.execute("BEGIN IMMEDIATE"), busy_window)
-
-
-async def _while_locked(start: Callable[[], Awaitable[_T]], busy_window: float) -> _T:
-    """``start()``, tried again while it meets another connection's write lock (each try already waits
-    ``busy_timeout`` inside SQLite), for up to ``busy_window`` seconds in all; then :class:`StoreBusyError`.
-    Only for statements that write nothing when they meet the lock: ``BEGIN``, or one statement alone."""
-    deadline = time.monotonic() + busy_window
-    for attempt in itertools.count():
-        try:
-            return await start()
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF not in _BUSY_CODES:
-                raise
-            if time.monotonic() >= deadline:
-                raise StoreBusyError(f"the database stayed locked by another connection for {busy_window:g} s") from exc
-            log.warning("the database is locked by another connection; trying again (attempt %d)", attempt + 1)
-        await asyncio.sleep(_BUSY_RETRY_DELAYS[min(attempt, len(_BUSY_RETRY_DELAYS) - 1)])
-    raise AssertionError("itertools.count() never ends")
-
-
-async def _migrate(conn: aiosqlite.Connection, migrations: Sequence[Migration], path: Path, busy_window: float) -> int:
-    """Apply the pending migrations and set ``user_version`` in one transaction; return the version."""
-    await _begin_immediate(conn, busy_window)  # taken before reading the version: two processes can't both migrate
-    try:
-        rows = list(await conn.execute_fetchall("PRAGMA user_version"))
-        current = int(rows[0][0])
-        todo = pending(migrations, current)
-        for migration in todo:
-            log.info("applying migration %04d_%s to %s", migration.version, migration.name, path)
-            for statement in migration.statements():
-                try:
-                    await conn.execute(statement)
-                except sqlite3.Error as exc:
-                    raise MigrationError(
-                        f"migration {migration.version:04d}_{migration.name}.sql failed: {exc}"
-                    ) from exc
-        if todo:
-            await conn.execute(f"PRAGMA user_version = {todo[-1].version:d}")
-        await conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            await conn.execute("ROLLBACK")
-        raise
-    return todo[-1].version if todo else current
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit number for ``name``: the same in every process and Python version (unlike
+    ``hash()``), as PostgreSQL's advisory locks need."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
