@@ -30,7 +30,7 @@ from .constants import (
     Perm,
 )
 from .faults import RestFaults
-from .gateway import GatewayMixin, Session
+from .gateway import GatewayMixin, Session, shard_of
 from .mediaproxy import MediaProxy
 from .model import (
     Attachment,
@@ -213,12 +213,19 @@ class DiscordEmulator(GatewayMixin, RestMixin):
         everyone_permissions: int = DEFAULT_EVERYONE,
         bot_permissions: int = DEFAULT_BOT,
         owner: User | None = None,
+        shard: int | None = None,
     ) -> Guild:
-        """A server with the bot in it (a member with a managed role holding ``bot_permissions``)."""
+        """A server with the bot in it (a member with a managed role holding ``bot_permissions``).
+
+        ``shard``: its id is chosen so that its events go to that shard of :attr:`shard_count`
+        (``(id >> 22) % shard_count == shard``); by default the next id, whatever shard that is.
+        """
         owner = owner or self.owner
+        if shard is not None and not 0 <= shard < self.shard_count:
+            raise ValueError(f"shard {shard} is not one of the {self.shard_count} shards (emu.shard_count)")
         guild = Guild(
             self,
-            self.snowflakes.next(),
+            self.snowflakes.next() if shard is None else self.snowflakes.next_on_shard(shard, self.shard_count),
             name,
             owner,
             premium_tier=premium_tier,
@@ -269,6 +276,10 @@ class DiscordEmulator(GatewayMixin, RestMixin):
         return held
 
     # -- queries ----------------------------------------------------------------------------------
+    def shard_of(self, guild: Guild | int) -> int:
+        """The shard of :attr:`shard_count` that gets this guild's events."""
+        return shard_of(guild.id if isinstance(guild, Guild) else guild, self.shard_count)
+
     def find_message(self, message_id: int) -> Message | None:
         return self.messages.get(message_id)
 
@@ -390,6 +401,16 @@ class DiscordEmulator(GatewayMixin, RestMixin):
             timeout,
             "a bot to connect to the gateway",
         )
+
+    async def wait_shards(self, shard_ids: Iterable[int], timeout: float = 5.0) -> dict[int, Session]:
+        """Until every shard in ``shard_ids`` has a live session (READY sent); their sessions by shard id."""
+        wanted = set(shard_ids)
+
+        def ready() -> dict[int, Session] | None:
+            live = self.live_shards()
+            return {i: live[i] for i in wanted} if wanted <= live.keys() else None
+
+        return await self.wait_until(ready, timeout, f"shards {sorted(wanted)} to be READY")
 
     async def wait_commands_synced(self, expected: Iterable[tuple[int | None, str, int]], timeout: float = 5.0) -> None:
         """Until every ``(guild id or None, name, type)`` in ``expected`` is synced."""
@@ -529,7 +550,8 @@ class DiscordEmulator(GatewayMixin, RestMixin):
             data: dict[str, Any] = {"id": str(msg.id), "channel_id": str(msg.channel.id)}
             if msg.guild is not None:
                 data["guild_id"] = str(msg.guild.id)
-            self._dispatch("MESSAGE_DELETE", data, intent=self._message_intent(msg))
+            guild_id = msg.guild.id if msg.guild is not None else None
+            self._dispatch("MESSAGE_DELETE", data, guild_id=guild_id, intent=self._message_intent(msg))
         self._bump()
 
     def add_reaction(self, msg: Message, user: User, emoji: str) -> None:
@@ -565,7 +587,7 @@ class DiscordEmulator(GatewayMixin, RestMixin):
                 if (member := msg.guild.members.get(user.id)) is not None:
                     data["member"] = member.payload()
         intent = Intent.GUILD_MESSAGE_REACTIONS if msg.guild else Intent.DIRECT_MESSAGE_REACTIONS
-        self._dispatch(event, data, intent=intent)
+        self._dispatch(event, data, guild_id=msg.guild.id if msg.guild else None, intent=intent)
 
     def _compute_mentions(self, msg: Message, allowed: dict[str, Any] | None, *, reply_ping_default: bool) -> None:
         """``mentions`` from the content; ``pinged_*`` after ``allowed_mentions`` — Discord's rules."""
@@ -629,13 +651,14 @@ class DiscordEmulator(GatewayMixin, RestMixin):
         self._dispatch(
             event,
             lambda session: msg.payload(redact=lambda m: self.content_hidden(session.intents, m)),
+            guild_id=msg.guild.id if msg.guild is not None else None,
             intent=self._message_intent(msg),
         )
 
     def _guild_changed(self, guild: Guild, event: str, data: dict[str, Any]) -> None:
         if guild.id in self.guilds:
             intent = Intent.GUILD_MEMBERS if event.startswith("GUILD_MEMBER") else Intent.GUILDS
-            self._dispatch(event, {**data, "guild_id": str(guild.id)}, intent=intent)
+            self._dispatch(event, {**data, "guild_id": str(guild.id)}, guild_id=guild.id, intent=intent)
 
     # -- interactions -----------------------------------------------------------------------------
     def new_interaction(self, **kwargs: Any) -> Interaction:
@@ -643,13 +666,15 @@ class DiscordEmulator(GatewayMixin, RestMixin):
         return Interaction(self, id=self.snowflakes.next(), token=token, **kwargs)
 
     def deliver(self, inter: Interaction) -> Interaction:
-        """Send INTERACTION_CREATE to the bot. The 3-second clock starts now."""
+        """Send INTERACTION_CREATE to the bot: to the session of the guild's shard (shard 0 in a DM). The
+        3-second clock starts now, also when that shard is not connected (nobody will answer then)."""
         if not any(s.ready for s in self.sessions.values()):
             raise BotNotConnected("no bot is connected to the emulator's gateway; start one with run_bot()")
         inter.created_at = self.clock.time()
         self.interactions[inter.id] = inter
         self._tokens[inter.token] = inter
-        self._dispatch("INTERACTION_CREATE", self.interaction_payload(inter))
+        guild_id = inter.guild.id if inter.guild is not None else None
+        self._dispatch("INTERACTION_CREATE", self.interaction_payload(inter), guild_id=guild_id)
         self._bump()
         return inter
 

@@ -3,7 +3,8 @@
 - ``error_guard``: fails the test on ERROR logs and dead tasks (see :class:`ErrorGuard`).
 - ``discord_emulator``: a started emulator, with discord.py pointed at it for the test and restored after.
 - ``discord_env``: the emulator's ``DISCORD_*`` variables set in the environment, for the real bot's settings.
-- ``discord_world``: a server with ``#general``, an admin (Manage Server) and a plain member.
+- ``discord_world``: a server with ``#general``, an admin (Manage Server) and a plain member
+  (:func:`add_world` makes more of them, on a chosen shard if wanted).
 """
 
 from __future__ import annotations
@@ -63,10 +64,17 @@ class World:
     member: Member
 
 
-@pytest.fixture
-def discord_world(discord_emulator: DiscordEmulator) -> World:
-    guild = discord_emulator.add_guild("Flux Test Server")
+def add_world(emu: DiscordEmulator, name: str = "Flux Test Server", *, shard: int | None = None) -> World:
+    """A server with ``#general``, an admin (Manage Server) and a plain member; ``shard``: on that shard of
+    ``emu.shard_count`` (see :meth:`DiscordEmulator.add_guild`). Member names carry no server name, as in
+    :func:`discord_world`; each server has its own users."""
+    guild = emu.add_guild(name, shard=shard)
     channel = guild.add_text_channel("general")
     admin = guild.add_member("alice-admin", manage_guild=True)
     member = guild.add_member("bob")
-    return World(discord_emulator, guild, channel, admin, member)
+    return World(emu, guild, channel, admin, member)
+
+
+@pytest.fixture
+def discord_world(discord_emulator: DiscordEmulator) -> World:
+    return add_world(discord_emulator)

@@ -2,6 +2,14 @@
 
 Frames are queued synchronously and written by one task per connection, so events keep the order in
 which the emulator produced them, and a REST handler or a test actor can dispatch without awaiting.
+
+Shards, as Discord has them: an IDENTIFY may carry ``shard: [i, n]``; that session then gets READY with only
+the guilds of shard ``i`` (``(guild_id >> 22) % n == i``) and only their events; direct messages go to shard 0.
+A session without ``shard`` is shard ``[0, 1]`` (every guild). :attr:`GatewayMixin.shard_count` is what
+``GET /gateway/bot`` recommends; with :attr:`GatewayMixin.require_shard_count` an IDENTIFY with another count
+is closed (4011 "Sharding required." when it has fewer shards, 4010 "Invalid shard." otherwise). A shard
+that is already connected cannot be identified a second time (4010), and a new IDENTIFY of a shard replaces
+its earlier, disconnected sessions (they can no longer RESUME).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -23,11 +31,16 @@ if TYPE_CHECKING:
     from .emulator import DiscordEmulator
     from .model import Guild
 
-__all__ = ["Connection", "Dispatch", "GatewayMixin", "Session"]
+__all__ = ["Connection", "Dispatch", "GatewayMixin", "Session", "shard_of"]
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_MS = 41250
+
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard that receives a guild's events: Discord's ``(guild_id >> 22) % shard_count``."""
+    return (guild_id >> 22) % shard_count
 
 
 @dataclass
@@ -78,6 +91,7 @@ class Dispatch:
     seq: int
     event: str
     data: dict[str, Any]
+    shard: tuple[int, int] | None = None  # the receiving session's shard (None: it identified without one)
 
 
 @dataclass(eq=False)
@@ -90,12 +104,28 @@ class Session:
     conn: Connection | None = None
     ready: bool = False
     buffer: list[dict[str, Any]] = field(default_factory=list)
+    #: ``(shard id, shard count)`` from IDENTIFY; None when it sent none (it then gets everything, like [0, 1]).
+    shard: tuple[int, int] | None = None
+    #: A later IDENTIFY of the same shard replaced this session: it gets no more events and cannot RESUME.
+    superseded: bool = False
+
+    def handles(self, guild_id: int | None) -> bool:
+        """Whether this session gets the events of ``guild_id`` (None: direct messages, which go to shard 0)."""
+        if self.shard is None:
+            return True
+        shard_id, shard_count = self.shard
+        return shard_id == (0 if guild_id is None else shard_of(guild_id, shard_count))
+
+    @property
+    def live(self) -> bool:
+        """Identified, READY sent, and connected now."""
+        return self.ready and self.conn is not None and not self.superseded
 
     def dispatch(self, event: str, data: dict[str, Any]) -> None:
         self.seq += 1
         frame = {"op": 0, "t": event, "s": self.seq, "d": data}
         self.buffer.append(frame)
-        self.emu.gateway_log.append(Dispatch(self.id, self.seq, event, data))
+        self.emu.gateway_log.append(Dispatch(self.id, self.seq, event, data, self.shard))
         if self.conn is not None:
             self.conn.send(frame)
 
@@ -113,12 +143,28 @@ class GatewayMixin:
         self.resumes = 0
         #: Where READY tells the bot to RESUME (None: this emulator's own gateway URL).
         self.resume_gateway_url: str | None = None
+        #: The shard count ``GET /gateway/bot`` recommends (discord.py's AutoShardedClient runs that many
+        #: when it is not given one), and the count :meth:`add_guild` spreads ``shard=`` guilds over.
+        self.shard_count = 1
+        #: When True, IDENTIFY must carry ``shard: [i, shard_count]``: fewer shards are closed with 4011,
+        #: another count with 4010 (as Discord does once a bot is too big for fewer shards).
+        self.require_shard_count = False
+        #: ``session_start_limit.max_concurrency`` of ``GET /gateway/bot``: how many shards may identify at once.
+        self.max_concurrency = 1
         self._connections: set[Connection] = set()
 
     @property
     def intents(self) -> int | None:
         """The intents of the last IDENTIFY (None before any)."""
         return self.identifies[-1].get("intents") if self.identifies else None
+
+    def live_shards(self) -> dict[int, Session]:
+        """The connected, READY sessions by shard id (a session without ``shard`` counts as shard 0)."""
+        return {(s.shard or (0, 1))[0]: s for s in self.sessions.values() if s.live}
+
+    def sessions_for(self, guild_id: int | None) -> list[Session]:
+        """The live sessions that get the events of ``guild_id`` (None: direct messages)."""
+        return [s for s in self.sessions.values() if s.live and s.handles(guild_id)]
 
     # -- test controls ----------------------------------------------------------------------------
     def request_reconnect(self) -> None:
@@ -138,16 +184,21 @@ class GatewayMixin:
         event: str,
         data: dict[str, Any] | Callable[[Session], dict[str, Any]],
         *,
+        guild_id: int | None,
         intent: int | None = None,
     ) -> None:
+        """Send an event to the sessions of the shard of ``guild_id`` (None: a DM, shard 0) that asked for
+        ``intent``."""
         for session in self.sessions.values():
-            if not session.ready or (intent is not None and not session.intents & intent):
+            if not session.ready or session.superseded or not session.handles(guild_id):
+                continue
+            if intent is not None and not session.intents & intent:
                 continue
             session.dispatch(event, data(session) if callable(data) else data)
 
     def _dispatch_guild_create(self, guild: Guild) -> None:
         for session in self.sessions.values():
-            if session.ready:
+            if session.ready and not session.superseded and session.handles(guild.id):
                 payload = self._guild_create_payload(session, guild)
                 del payload["unavailable"]  # a guild joined after READY: discord.py calls on_guild_join
                 session.dispatch("GUILD_CREATE", payload)
@@ -219,14 +270,20 @@ class GatewayMixin:
         if self.reject_privileged_intents and intents & PRIVILEGED_INTENTS:
             conn.close(4014, "Disallowed intent(s).")
             return
-        session = Session(self, secrets.token_hex(16), intents, data)
+        shard = self._identified_shard(conn, data.get("shard"))
+        if shard is False:
+            return
+        for earlier in self.sessions.values():
+            if earlier.shard == shard and shard is not None:
+                earlier.superseded = True
+        session = Session(self, secrets.token_hex(16), intents, data, shard=shard)
         self.sessions[session.id] = session
         session.conn = conn
         conn.session = session
         ready: dict[str, Any] = {
             "v": API_VERSION,
             "user": {**self.bot_user.payload(), "verified": True, "mfa_enabled": False, "email": None, "flags": 0},
-            "guilds": [{"id": str(g.id), "unavailable": True} for g in self.guilds.values()],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in self.guilds.values() if session.handles(g.id)],
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": self.resume_gateway_url or self.gateway_url,
@@ -244,13 +301,42 @@ class GatewayMixin:
             ready["shard"] = data["shard"]
         session.dispatch("READY", ready)
         for guild in self.guilds.values():
-            session.dispatch("GUILD_CREATE", self._guild_create_payload(session, guild))
+            if session.handles(guild.id):
+                session.dispatch("GUILD_CREATE", self._guild_create_payload(session, guild))
         session.ready = True
         self._bump()
 
+    def _identified_shard(self, conn: Connection, shard: Any) -> tuple[int, int] | Literal[False] | None:
+        """IDENTIFY's ``shard`` checked as Discord does; False when the connection was closed for it."""
+        if shard is None:
+            if self.require_shard_count and self.shard_count > 1:
+                conn.close(4011, "Sharding required.")
+                return False
+            return None
+        valid = (
+            isinstance(shard, list)
+            and len(shard) == 2
+            and all(type(n) is int for n in shard)
+            and 0 <= shard[0] < shard[1]
+        )
+        if not valid:
+            conn.close(4010, "Invalid shard.")
+            return False
+        shard_id, shard_count = shard
+        if self.require_shard_count and shard_count != self.shard_count:
+            if shard_count < self.shard_count:
+                conn.close(4011, "Sharding required.")
+            else:
+                conn.close(4010, "Invalid shard.")
+            return False
+        if any(s.live and s.shard == (shard_id, shard_count) for s in self.sessions.values()):
+            conn.close(4010, "Invalid shard.")  # this shard is connected already, in another session
+            return False
+        return (shard_id, shard_count)
+
     def _resume(self, conn: Connection, data: dict[str, Any]) -> None:
         session = self.sessions.get(str(data.get("session_id")))
-        if session is None or data.get("token") != self.token:
+        if session is None or session.superseded or data.get("token") != self.token:
             conn.send({"op": 9, "d": False, "s": None, "t": None})
             return
         if session.conn is not None and session.conn is not conn:

@@ -95,6 +95,15 @@ class Snowflakes:
         self._last = max(candidate, self._last + 1)
         return self._last
 
+    def next_on_shard(self, shard_id: int, shard_count: int) -> int:
+        """The next id whose events go to shard ``shard_id`` of ``shard_count`` (``(id >> 22) % count``):
+        its timestamp is moved forward by less than ``shard_count`` milliseconds to land on that shard."""
+        candidate = self.next()
+        ms = candidate >> 22
+        ms += (shard_id - ms) % shard_count
+        self._last = max(self._last, (ms << 22) | (1 << 17) | (1 << 12))
+        return self._last
+
     @staticmethod
     def time_of(snowflake: int) -> float:
         return ((snowflake >> 22) + DISCORD_EPOCH_MS) / 1000

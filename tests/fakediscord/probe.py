@@ -12,7 +12,7 @@ from typing import Any
 import discord
 from discord.ext import commands
 
-__all__ = ["GUILD_READY_TIMEOUT", "ProbeBot", "probe"]
+__all__ = ["GUILD_READY_TIMEOUT", "ProbeBot", "ShardedProbeBot", "probe", "sharded_probe"]
 
 #: discord.py waits this long after the last GUILD_CREATE before on_ready (default 2 s). The emulator sends
 #: READY and every GUILD_CREATE back to back, so a tenth of a second is plenty on loopback.
@@ -80,3 +80,19 @@ def probe(setup: Callable[[ProbeBot], Any] | None = None, **options: Any) -> Cal
         return bot
 
     return factory
+
+
+class ShardedProbeBot(ProbeBot, commands.AutoShardedBot):
+    """A :class:`ProbeBot` that runs shards (``shard_count``/``shard_ids`` as discord.py takes them).
+
+    It identifies its shards one after the other without discord.py's default 5 s pause between them: the
+    emulator has no identify rate limit.
+    """
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        return None
+
+
+def sharded_probe(**options: Any) -> Callable[[], ShardedProbeBot]:
+    """A factory for ``run_bot``: a fresh :class:`ShardedProbeBot` (``shard_count=``, ``shard_ids=``...)."""
+    return lambda: ShardedProbeBot(**options)

@@ -393,8 +393,13 @@ class RestMixin:
     async def h_get_gateway_bot(self, req: Request) -> Answer:
         return 200, {
             "url": self.gateway_url,
-            "shards": 1,
-            "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1},
+            "shards": self.shard_count,
+            "session_start_limit": {
+                "total": 1000,
+                "remaining": 999,
+                "reset_after": 0,
+                "max_concurrency": self.max_concurrency,
+            },
         }
 
     async def h_get_me(self, req: Request) -> Answer:
