@@ -9,11 +9,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 RUN useradd --create-home --uid 10001 fluxbot
 
-# Pinned dependency versions (constraints.txt) make every build install the same packages.
+# Pinned dependency versions (constraints.txt) make every build install the same packages. The postgres extra
+# (asyncpg) lets the same image run on SQLite or, with DATABASE_URL=postgresql://..., as one of several processes.
 COPY pyproject.toml README.md constraints.txt ./
 COPY bot ./bot
 COPY cogs ./cogs
-RUN pip install --no-cache-dir -c constraints.txt . \
+RUN pip install --no-cache-dir -c constraints.txt '.[postgres]' \
     && mkdir -p /app/data \
     && chown fluxbot:fluxbot /app/data
 
