@@ -2,6 +2,11 @@
 
 ``fluxbot`` (``bot.__main__``) and the end-to-end tests both go through :func:`open_bot`, so the tests run
 exactly the bot that operators run.
+
+The bot is sharded (discord.py's ``AutoShardedBot``): ``SHARD_COUNT`` shards in all, of which this process runs
+``SHARD_IDS``; unset, it asks Discord how many to run and runs all of them. Discord sends each shard the events
+of its own servers (``(guild_id >> 22) % SHARD_COUNT``), so a process answers the interactions of its shards'
+servers only; everything sent to Discord (REST posts, webhook follow-ups) works from any process.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from typing import Any
 
 import aiohttp
 import discord
+import yarl
 from discord import app_commands
 from discord.ext import commands
+from discord.gateway import DiscordWebSocket, ReconnectWebSocket
+from discord.shard import Shard
 
 from bot import db
 from bot.callbacks import CallbackReceiver
@@ -30,11 +38,12 @@ from bot.health import HealthServer
 from bot.jobs import JobRunner
 from bot.metrics import Metrics, stop_using, using
 from bot.settings import Settings
+from bot.startup import describe_failure, is_transient, retry_backoff
 from cogs import EXTENSIONS
 from cogs.feedback import reply_with_error
 from cogs.results import DiscordCourier, JobButton
 
-__all__ = ["FluxBot", "FluxCommandTree", "open_bot"]
+__all__ = ["FluxBot", "FluxCommandTree", "IdentifyPacing", "ResumingShard", "open_bot"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,8 @@ COMMANDS_FINGERPRINT = "commands_fingerprint"
 ACKNOWLEDGEMENTS_QUIET = 0.005
 #: ...but never longer than this, however many keep arriving.
 ACKNOWLEDGEMENTS_FIRST_AT_MOST = 0.25
+#: Discord lets ``max_concurrency`` shards identify per this many seconds (one per rate-limit bucket).
+IDENTIFY_INTERVAL = 5.0
 
 
 class FluxCommandTree(app_commands.CommandTree["FluxBot"]):
@@ -52,7 +63,40 @@ class FluxCommandTree(app_commands.CommandTree["FluxBot"]):
         await reply_with_error(interaction, error)
 
 
-class FluxBot(commands.Bot):
+class IdentifyPacing:
+    """Discord's identify rate limit: ``max_concurrency`` buckets (a shard's is its id modulo that), each
+    allowing one identify per :data:`IDENTIFY_INTERVAL` seconds."""
+
+    def __init__(self, max_concurrency: int = 1, interval: float = IDENTIFY_INTERVAL) -> None:
+        self.max_concurrency = max(1, max_concurrency)
+        self._interval = interval
+        self._next: dict[int, float] = {}  # bucket -> the time its next identify may go
+
+    def wait_for(self, shard_id: int, now: float) -> float:
+        """Seconds shard ``shard_id`` must wait, from ``now``, before it identifies; its turn is taken."""
+        bucket = shard_id % self.max_concurrency
+        slot = max(now, self._next.get(bucket, now))
+        self._next[bucket] = slot + self._interval
+        return slot - now
+
+
+class ResumingShard(Shard):
+    """A shard that RESUMEs after a lost connection, as discord.py's unsharded client does.
+
+    discord.py's ``Shard`` identifies anew after a network failure, which drops the session: the events sent
+    while it was away (members' interactions among them) would be lost, and each identify counts against the
+    daily session limit. With a session to resume, this one resumes; Discord answers "invalid session" when it
+    cannot be resumed, and discord.py then identifies.
+    """
+
+    async def reconnect(self) -> None:
+        if self.ws.session_id is None:
+            await super().reconnect()
+            return
+        await self.reidentify(ReconnectWebSocket(self.id, resume=True))
+
+
+class FluxBot(commands.AutoShardedBot):
     """The bot: holds the engine's shared parts so cogs use them instead of opening their own."""
 
     def __init__(
@@ -82,7 +126,10 @@ class FluxBot(commands.Bot):
             guild_ready_timeout=guild_ready_timeout,
             help_command=None,
             http_trace=self.metrics.discord_trace(),  # counts discord.py's requests by status
+            shard_count=settings.shard_count,
         )
+        if settings.shard_ids is not None:  # the settings checked that SHARD_COUNT is set with it
+            self.shard_ids = list(settings.shard_ids)
         self.settings = settings
         self.session = session
         self.store = store
@@ -107,6 +154,8 @@ class FluxBot(commands.Bot):
         self._announced = False
         #: Serves /healthz and /metrics when METRICS_LISTEN is set (its ``port`` is the bound one).
         self.health_server: HealthServer | None = None
+        self._identify_pacing = IdentifyPacing()  # its max_concurrency is read from Discord before connecting
+        self._stopping = asyncio.Event()  # set when close() begins: ends the waits between connection attempts
 
     async def setup_hook(self) -> None:
         """Runs at the end of each login; a login retried after a network failure runs it again, so each
@@ -122,16 +171,95 @@ class FluxBot(commands.Bot):
             self._runner_started = True
             await self.runner.start()
 
+    @property
+    def running_shards(self) -> list[int]:
+        """The shards this process runs (empty until the shard count is known, at connection)."""
+        if self.shard_ids is not None:
+            return sorted(self.shard_ids)
+        return list(range(self.shard_count)) if self.shard_count is not None else []
+
+    async def connect(self, *, reconnect: bool = True) -> None:
+        """Learn the shard count (when not set) and Discord's identify concurrency, then run the shards.
+
+        discord.py's own way (``launch_shards``) would take the gateway address from ``GET /gateway/bot`` and
+        ignore ``DISCORD_GATEWAY_URL``; asking here first keeps the configured gateway. A failure to ask
+        raises (transient ones are retried by :func:`bot.startup.connect_with_retries`).
+        """
+        known: int | None = self.shard_count  # discord.py annotates it as int, but it is None until known
+        if known is None or len(self.running_shards) > 1:
+            count, _, limits = await self.http.get_bot_gateway()
+            if known is None:
+                self.shard_count = count
+            self._identify_pacing.max_concurrency = max(1, int(limits["max_concurrency"]))
+        log.info(
+            "running shard%s %s of %d",
+            "s" if len(self.running_shards) > 1 else "",
+            ", ".join(map(str, self.running_shards)),
+            self.shard_count,
+        )
+        await super().connect(reconnect=reconnect)
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Keep to Discord's identify rate limit: one identify per :data:`IDENTIFY_INTERVAL` seconds in each of
+        ``max_concurrency`` buckets (bucket = shard id modulo it), instead of discord.py's fixed 5 s pause
+        before every identify but the first. Processes do not coordinate: each keeps the limit for its shards.
+        """
+        wait = self._identify_pacing.wait_for(shard_id or 0, asyncio.get_running_loop().time())
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def launch_shard(self, gateway: yarl.URL, shard_id: int, *, initial: bool = False) -> None:
+        """Open one shard's first connection, retrying transient failures with the bot's backoff and one
+        warning line each (discord.py retries every 5 s with a traceback at ERROR, and never stops even when
+        the bot is closed meanwhile); the shard then RESUMEs after later failures (:class:`ResumingShard`)."""
+        backoff = retry_backoff()
+        while not self.is_closed() and not self._stopping.is_set():
+            try:
+                connecting = DiscordWebSocket.from_client(self, initial=initial, gateway=gateway, shard_id=shard_id)
+                ws = await asyncio.wait_for(connecting, timeout=self.shard_connect_timeout)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                delay = backoff.next()
+                log.warning(
+                    "connecting to the Discord gateway failed (shard %d, attempt %d: %s); retrying in %.1f s",
+                    shard_id,
+                    backoff.attempts,
+                    describe_failure(exc),
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                continue
+            # discord.py keeps its shards and their event queue in private attributes; launch_shard is the
+            # documented place that fills them, so this override does what discord.py's own does.
+            shards: dict[int, Shard] = vars(self)["_AutoShardedClient__shards"]
+            queue: asyncio.PriorityQueue[Any] = vars(self)["_AutoShardedClient__queue"]
+            shards[shard_id] = shard = ResumingShard(ws, self, queue.put_nowait)
+            shard.launch()
+            return
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        log.info(
+            "shard %d of %s ready; in %d servers",
+            shard_id,
+            self.shard_count,
+            sum(1 for guild in self.guilds if guild.shard_id == shard_id),
+        )
+
     async def on_ready(self) -> None:
-        """Once, at the first READY: who the bot is, where, and with what (never a secret)."""
+        """Once, when every shard of this process is first ready: who the bot is, where, with what shards and
+        what (never a secret)."""
         if self._announced or self.user is None:
             return
         self._announced = True
         freeze_startup_objects()
         log.info(
-            "logged in as %s (id %s); in %d servers; provider %s; database %s",
+            "logged in as %s (id %s); shards %s of %s; in %d servers; provider %s; database %s",
             self.user,
             self.user.id,
+            ", ".join(map(str, self.running_shards)),
+            self.shard_count,
             len(self.guilds),
             self.settings.flux_provider.value,
             self.settings.database_shown,
@@ -174,8 +302,12 @@ class FluxBot(commands.Bot):
         so messages are not parsed as commands."""
 
     async def close(self) -> None:
+        self._stopping.set()
         await self.runner.stop()
         await self.courier.close()
+        # discord.py's AutoShardedClient.close() posts to an event queue that only login creates: a bot closed
+        # before it logged in (a start-up that failed) would raise AttributeError instead of closing.
+        vars(self).setdefault("_AutoShardedClient__queue", asyncio.PriorityQueue())
         await super().close()
 
     async def sync_commands_if_changed(self) -> None:

@@ -29,39 +29,59 @@ _JOB_COUNTS = "SELECT status, count(*) FROM jobs WHERE status IN (?, ?, ?, ?) GR
 
 
 class GatewayWatch:
-    """Follows the client's gateway connection through discord.py's connect, resumed and disconnect events."""
+    """Follows each shard's gateway connection through discord.py's shard connect, resumed and disconnect
+    events. The bot is as connected as its least connected shard: a shard down is an outage for its servers."""
 
-    def __init__(self, client: commands.Bot, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, client: commands.AutoShardedBot, clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
         self._clock = clock
-        self._connected = False
-        self._since = clock()  # not connected yet: start-up counts as a disconnection
-        client.add_listener(self._on_connected, "on_connect")
-        client.add_listener(self._on_connected, "on_resumed")
-        client.add_listener(self._on_disconnect, "on_disconnect")
+        self._started = clock()  # not connected yet: start-up counts as a disconnection
+        self._connected: set[int] = set()
+        self._down_since: dict[int, float] = {}
+        client.add_listener(self._on_connected, "on_shard_connect")
+        client.add_listener(self._on_connected, "on_shard_resumed")
+        client.add_listener(self._on_disconnect, "on_shard_disconnect")
 
-    async def _on_connected(self) -> None:
-        self._connected = True
+    async def _on_connected(self, shard_id: int) -> None:
+        self._connected.add(shard_id)
 
-    async def _on_disconnect(self) -> None:
-        if self._connected:
-            self._connected = False
-            self._since = self._clock()
+    async def _on_disconnect(self, shard_id: int) -> None:
+        if shard_id in self._connected:
+            self._connected.discard(shard_id)
+            self._down_since[shard_id] = self._clock()
+
+    def _shard_ids(self) -> list[int]:
+        """The shards the client runs; none before it knows its shard count (at connection)."""
+        if self._client.shard_ids is not None:
+            return sorted(self._client.shard_ids)
+        count: int | None = self._client.shard_count  # discord.py annotates it as int; None until known
+        return list(range(count)) if count is not None else []
+
+    def _shard_state(self, shard_id: int) -> str:
+        if shard_id in self._connected:
+            return "connected"
+        since = self._down_since.get(shard_id, self._started)
+        return "reconnecting" if self._clock() - since < GATEWAY_GRACE else "disconnected"
+
+    def shards(self) -> dict[int, str]:
+        """Each shard's state (see :meth:`state`)."""
+        return {shard_id: self._shard_state(shard_id) for shard_id in self._shard_ids()}
 
     def state(self) -> str:
-        """``connected``; ``reconnecting`` while disconnected for less than :data:`GATEWAY_GRACE`;
-        ``disconnected`` after that, or once the client is closed."""
+        """``connected`` when every shard is; ``reconnecting`` while a shard has been disconnected for less
+        than :data:`GATEWAY_GRACE`; ``disconnected`` once one has been for longer, or the client is closed."""
         if self._client.is_closed():
             return "disconnected"
-        if self._connected:
-            return "connected"
-        return "reconnecting" if self._clock() - self._since < GATEWAY_GRACE else "disconnected"
+        states = set(self.shards().values())
+        if not states:  # the shard count is not known yet: still starting
+            return "reconnecting" if self._clock() - self._started < GATEWAY_GRACE else "disconnected"
+        return next((worst for worst in ("disconnected", "reconnecting") if worst in states), "connected")
 
 
 class HealthServer:
     """The HTTP server on ``METRICS_LISTEN``; :attr:`port` is the bound port once started (for port 0)."""
 
-    def __init__(self, *, client: commands.Bot, store: Store, metrics: Metrics, listen: str) -> None:
+    def __init__(self, *, client: commands.AutoShardedBot, store: Store, metrics: Metrics, listen: str) -> None:
         self._gateway = GatewayWatch(client)
         self._store = store
         self._metrics = metrics
@@ -92,7 +112,9 @@ class HealthServer:
         gateway = self._gateway.state()
         database = "ok" if await self._database_answers() else "unusable"
         healthy = gateway != "disconnected" and database == "ok"
-        body = {"status": "ok" if healthy else "down", "gateway": gateway, "database": database}
+        body: dict[str, object] = {"status": "ok" if healthy else "down", "gateway": gateway, "database": database}
+        if len(shards := self._gateway.shards()) > 1:  # which shard is down; with one, "gateway" says it all
+            body["shards"] = {str(shard_id): state for shard_id, state in shards.items()}
         return web.json_response(body, status=200 if healthy else 503)
 
     async def _database_answers(self) -> bool:

@@ -37,9 +37,12 @@ __all__ = [
     "Backoff",
     "ReconnectLogFilter",
     "connect_with_retries",
+    "describe_failure",
     "hold_database",
+    "is_transient",
     "log_in_with_retries",
     "quiet_reconnects",
+    "retry_backoff",
 ]
 
 log = logging.getLogger("bot.startup")
@@ -80,7 +83,13 @@ class Backoff:
         return delay
 
 
-def _is_transient(exc: BaseException) -> bool:
+def retry_backoff() -> Backoff:
+    """The backoff of the retries of logging in and connecting (capped at ``FLUXBOT_RETRY_MAX_DELAY`` in tests)."""
+    return Backoff(cap=_seconds_from_env("FLUXBOT_RETRY_MAX_DELAY", RETRY_MAX_DELAY))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether waiting can fix this failure to log in or connect (network, timeouts, 5xx)."""
     if isinstance(exc, discord.LoginFailure | discord.PrivilegedIntentsRequired):
         return False
     if isinstance(exc, discord.HTTPException):
@@ -88,7 +97,8 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError | aiohttp.ClientError | TimeoutError | discord.GatewayNotFound)
 
 
-def _describe(exc: BaseException, timeout: float | None = None) -> str:
+def describe_failure(exc: BaseException, timeout: float | None = None) -> str:
+    """What failed, in a few words for a log line (never a traceback)."""
     if isinstance(exc, TimeoutError) and timeout is not None:
         return f"no answer within {timeout:g} s"
     if isinstance(exc, discord.HTTPException):
@@ -127,19 +137,19 @@ async def log_in_with_retries(
 ) -> bool:
     """Log in (which runs ``setup_hook``), retrying transient failures; False when asked to stop meanwhile."""
     timeout = login_timeout if login_timeout is not None else _seconds_from_env("FLUXBOT_LOGIN_TIMEOUT", LOGIN_TIMEOUT)
-    backoff = backoff or Backoff(cap=_seconds_from_env("FLUXBOT_RETRY_MAX_DELAY", RETRY_MAX_DELAY))
+    backoff = backoff or retry_backoff()
     while not stopping.is_set():
         try:
             await asyncio.wait_for(bot.login(token), timeout)
             return True
         except Exception as exc:
-            if not _is_transient(exc):
+            if not is_transient(exc):
                 raise
             delay = backoff.next()
             log.warning(
                 "logging in to Discord failed (attempt %d: %s); retrying in %.1f s",
                 backoff.attempts,
-                _describe(exc, timeout),
+                describe_failure(exc, timeout),
                 delay,
             )
         await _forget_http_session(bot)
@@ -150,7 +160,7 @@ async def log_in_with_retries(
 
 async def connect_with_retries(bot: discord.Client, stopping: asyncio.Event, *, backoff: Backoff | None = None) -> None:
     """Run the gateway connection until the bot is closed, retrying a first connection that fails."""
-    backoff = backoff or Backoff(cap=_seconds_from_env("FLUXBOT_RETRY_MAX_DELAY", RETRY_MAX_DELAY))
+    backoff = backoff or retry_backoff()
     while not bot.is_closed() and not stopping.is_set():
         try:
             await bot.connect(reconnect=True)
@@ -158,11 +168,11 @@ async def connect_with_retries(bot: discord.Client, stopping: asyncio.Event, *, 
         except AttributeError as exc:
             # discord.py's retry of a connection that never opened (see the module's docstring)
             cause = exc.__context__
-            if _has_websocket(bot) or cause is None or not _is_transient(cause):
+            if _has_websocket(bot) or cause is None or not is_transient(cause):
                 raise
             failure = cause
         except Exception as exc:
-            if _has_websocket(bot) or not _is_transient(exc):
+            if _has_websocket(bot) or not is_transient(exc):
                 raise
             failure = exc
         if bot.is_closed() or stopping.is_set():
@@ -171,7 +181,7 @@ async def connect_with_retries(bot: discord.Client, stopping: asyncio.Event, *, 
         log.warning(
             "connecting to the Discord gateway failed (attempt %d: %s); retrying in %.1f s",
             backoff.attempts,
-            _describe(failure),
+            describe_failure(failure),
             delay,
         )
         if await _pause(delay, stopping):
@@ -183,6 +193,8 @@ class ReconnectLogFilter(logging.Filter):
 
     Once the bot has had a websocket, such a record becomes one WARNING line naming what failed. Before that
     (the first connection), :func:`connect_with_retries` logs the attempt itself, so the record is dropped.
+    A sharded client's shards (logger ``discord.shard``) reconnect only after a first connection (the bot's
+    ``launch_shard`` retries that one itself): their records always become a WARNING naming the shard.
     """
 
     def __init__(self, bot: discord.Client) -> None:
@@ -190,14 +202,21 @@ class ReconnectLogFilter(logging.Filter):
         self.bot = bot
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not (isinstance(record.msg, str) and record.msg.startswith("Attempting a reconnect in")):
+        message = record.msg if isinstance(record.msg, str) else ""
+        args = record.args if isinstance(record.args, tuple) else ()
+        of_shard = message.startswith("Attempting a reconnect for shard ID") and len(args) == 2
+        if not (of_shard or message.startswith("Attempting a reconnect in")):
             return True
-        if not _has_websocket(self.bot):
+        if not of_shard and not _has_websocket(self.bot):
             return False
         failure = record.exc_info[1] if record.exc_info else None
-        what = _describe(failure) if failure is not None else "connection lost"
-        record.msg = "the Discord gateway connection failed (%s); reconnecting in %.1f s"
-        record.args = (what, *(record.args if isinstance(record.args, tuple) else ()))
+        what = describe_failure(failure) if failure is not None else "connection lost"
+        if of_shard:
+            record.msg = "the Discord gateway connection failed (shard %s, %s); reconnecting in %.1f s"
+            record.args = (args[0], what, args[1])
+        else:
+            record.msg = "the Discord gateway connection failed (%s); reconnecting in %.1f s"
+            record.args = (what, *args)
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info, record.exc_text = None, None
         return True
@@ -205,14 +224,16 @@ class ReconnectLogFilter(logging.Filter):
 
 @contextlib.contextmanager
 def quiet_reconnects(bot: discord.Client) -> Iterator[None]:
-    """Install :class:`ReconnectLogFilter` on discord.py's client logger for the block."""
-    logger = logging.getLogger("discord.client")
+    """Install :class:`ReconnectLogFilter` on discord.py's client and shard loggers for the block."""
+    loggers = [logging.getLogger("discord.client"), logging.getLogger("discord.shard")]
     log_filter = ReconnectLogFilter(bot)
-    logger.addFilter(log_filter)
+    for logger in loggers:
+        logger.addFilter(log_filter)
     try:
         yield
     finally:
-        logger.removeFilter(log_filter)
+        for logger in loggers:
+            logger.removeFilter(log_filter)
 
 
 @contextlib.contextmanager
