@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -53,6 +53,10 @@ class FluxbotHarness:
 
     def settings(self, **overrides: str) -> Settings:
         return load_settings(**fluxbot_environment(self.discord, self.flux, self.database, **overrides))
+
+    def with_database(self, database: Path) -> FluxbotHarness:
+        """The same Discord and Flux vendor with another database: a second bot process of its own."""
+        return replace(self, database=database)
 
     def running(self, **overrides: str) -> AbstractAsyncContextManager[FluxBot]:
         """``async with harness.running() as bot:`` — the bot online, its commands synced."""

@@ -173,10 +173,13 @@ class GatewayMixin:
             if conn.session is not None:
                 conn.send({"op": 7, "d": None, "s": None, "t": None})
 
-    def drop_connections(self, code: int = 4000) -> None:
-        """Close every gateway connection with ``code`` (4000 is resumable; 4004/4014 are fatal)."""
+    def drop_connections(self, code: int = 4000, *, shard: int | None = None) -> None:
+        """Close every gateway connection (``shard``: only those of that shard id) with ``code`` (4000 is
+        resumable; 4004/4014 are fatal)."""
         for conn in list(self._connections):
-            conn.close(code, "closed by the emulator")
+            session = conn.session
+            if shard is None or (session is not None and (session.shard or (0, 1))[0] == shard):
+                conn.close(code, "closed by the emulator")
 
     # -- dispatch ---------------------------------------------------------------------------------
     def _dispatch(
