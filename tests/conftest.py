@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -38,10 +40,32 @@ def sleeps() -> SleepRecorder:
     return SleepRecorder()
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    """A fresh SQLite store in the test's own folder, migrated like the bot's."""
-    async with await SqliteStore.open(tmp_path / "fluxbot.db") as opened:
+#: The databases every store-backed test runs on.
+STORE_BACKENDS = ("sqlite", "postgresql")
+
+
+@asynccontextmanager
+async def open_backend(
+    request: pytest.FixtureRequest, backend: str, path: Path, clock: Callable[[], float] = time.time
+) -> AsyncIterator[Store]:
+    """A fresh store of ``backend``, migrated like the bot's: a SQLite file at ``path``, or an empty PostgreSQL
+    database of the test's own (fixture ``postgresql_url``; skipped, or failed in CI, without a server)."""
+    if backend == "sqlite":
+        async with await SqliteStore.open(path, clock=clock) as opened:
+            yield opened
+        return
+    from bot.db.postgres import PostgresStore
+
+    url = request.getfixturevalue("postgresql_url")
+    async with await PostgresStore.open(url, clock=clock) as opened:
+        yield opened
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh store, migrated like the bot's: once a SQLite file in the test's own folder, once a PostgreSQL
+    database of its own."""
+    async with open_backend(request, request.param, tmp_path / "fluxbot.db") as opened:
         yield opened
 
 

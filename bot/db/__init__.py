@@ -67,7 +67,16 @@ from bot.db.retention import prune_finished_jobs
 from bot.db.schema import Migration, MigrationError, SchemaTooNewError, load_migrations
 from bot.db.sqlite import SqliteStore
 from bot.db.state import get_state, set_state
-from bot.db.store import Params, Reader, Row, Store, StoreBusyError, Transaction
+from bot.db.store import (
+    Params,
+    Reader,
+    Row,
+    Store,
+    StoreBusyError,
+    StoreConnectError,
+    StoreUnavailableError,
+    Transaction,
+)
 from bot.db.usage import guild_usage_today, user_usage
 
 __all__ = [
@@ -96,6 +105,8 @@ __all__ = [
     "SqliteStore",
     "Store",
     "StoreBusyError",
+    "StoreConnectError",
+    "StoreUnavailableError",
     "Transaction",
     "UsageSummary",
     "active_jobs",
@@ -147,6 +158,8 @@ async def open_store(url: str, *, clock: Callable[[], float] = time.time) -> Sto
     if url.startswith(_SQLITE_PREFIX):
         return await SqliteStore.open(Path(url.removeprefix(_SQLITE_PREFIX)), clock=clock)
     if url.lower().startswith(_POSTGRESQL_PREFIXES):
-        raise ValueError("this fluxbot cannot open a PostgreSQL database yet")
+        from bot.db.postgres import PostgresStore  # noqa: PLC0415 - asyncpg is optional: fluxbot[postgres]
+
+        return await PostgresStore.open(url, clock=clock)
     scheme = url.partition("://")[0] if "://" in url else "(none)"
     raise ValueError(f"DATABASE_URL must start with sqlite:/// or postgresql://, not with the scheme {scheme!r}")

@@ -115,13 +115,20 @@ def normalize_term(term: str) -> str:
     """How blocklist terms are stored and shown: the admin's words without the tricks that hide them.
 
     Unicode NFKC (fullwidth and other compatibility forms become plain letters), invisible format
-    characters (zero-width spaces and joiners, soft hyphens, ...) removed, case-folded, and every run of
+    characters (zero-width spaces and joiners, soft hyphens, ...) and control characters other than
+    whitespace (NUL, which PostgreSQL text cannot even hold, ...) removed, case-folded, and every run of
     whitespace made one space, trimmed. Idempotent.
     """
     text = unicodedata.normalize("NFKC", term)
-    text = "".join(char for char in text if unicodedata.category(char) != "Cf").casefold()
+    text = "".join(char for char in text if not _invisible(char)).casefold()
     # Casefolding can leave a string NFKC would change again (a letter and a combining mark).
     return " ".join(unicodedata.normalize("NFKC", text).split())
+
+
+def _invisible(char: str) -> bool:
+    """A format character, or a control character that is not whitespace: nothing a reader sees."""
+    category = unicodedata.category(char)
+    return category == "Cf" or (category == "Cc" and not char.isspace())
 
 
 def comparable_text(text: str) -> str:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 from bot.db.days import utc_day
 from bot.db.models import Job, JobKind, JobStatus, NewJob, PollHandle, Provider, QuotaLimits, QuotaRefusal
-from bot.db.store import Row, Store
+from bot.db.store import Row, Store, lock_key
 from bot.db.usage import evaluate_quota
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "queue_position",
     "queued_ids",
     "queued_jobs",
+    "quota_lock",
     "submitted_job",
 ]
 
@@ -64,6 +65,49 @@ LOST_ERROR_CODE = "lost"
 _QUOTA_ATTEMPTS = 3
 
 
+#: create_job's statement on SQLite: a writing statement takes the file's write lock before it reads, so the
+#: limits it checks cannot change before it inserts.
+_CREATE_JOB = """
+    INSERT INTO jobs (
+        guild_id, channel_id, user_id, kind, prompt, model, size, count, seed,
+        source_image_url, parent_job_id, interaction_application_id, interaction_token,
+        interaction_created_at, provider, status, created_at, reserved_images, usage_day)
+    SELECT
+        :guild_id, :channel_id, :user_id, :kind, :prompt, :model, :size, :count, :seed,
+        :source_image_url, :parent_job_id, :interaction_application_id, :interaction_token,
+        :interaction_created_at, :provider, 'queued', :now, :count, :day
+    WHERE (:user_daily IS NULL OR :count + (
+               SELECT coalesce(sum(used + reserved), 0) FROM usage
+               WHERE guild_id = :guild_id AND user_id = :user_id AND day = :day) <= :user_daily)
+      AND (:guild_daily IS NULL OR :count + (
+               SELECT coalesce(sum(used + reserved), 0) FROM usage
+               WHERE guild_id = :guild_id AND day = :day) <= :guild_daily)
+      AND (:max_concurrent IS NULL OR (
+               SELECT count(*) FROM jobs
+               WHERE guild_id = :guild_id AND user_id = :user_id
+                 AND status IN ('queued', 'submitting', 'submitted', 'succeeded')) < :max_concurrent)
+      AND (:cooldown <= 0 OR coalesce(:now - (
+               SELECT created_at FROM jobs WHERE guild_id = :guild_id AND user_id = :user_id
+               ORDER BY created_at DESC LIMIT 1) >= :cooldown, 1))
+    RETURNING *
+"""
+
+#: create_job's statement on PostgreSQL: the same conditions, in the function reserve_job, which first takes
+#: the server's quota lock (several processes insert at once there, and a statement's reads do not lock).
+_CREATE_JOB_POSTGRESQL = """
+    SELECT * FROM reserve_job(
+        :lock, :guild_id, :channel_id, :user_id, :kind, :prompt, :model, :size, :count, :seed,
+        :source_image_url, :parent_job_id, :interaction_application_id, :interaction_token,
+        :interaction_created_at, :provider, :now, :day, :user_daily, :guild_daily, :max_concurrent, :cooldown)
+"""
+
+
+def quota_lock(guild_id: int) -> str:
+    """The name of the lock (:meth:`~bot.db.store.Transaction.lock`) held while a server's quota is decided:
+    code that reserves images in that server some other way takes it too."""
+    return f"quota:{guild_id}"
+
+
 async def create_job(store: Store, new: NewJob, limits: QuotaLimits) -> Job | QuotaRefusal:
     """Check every limit and, if all pass, record the job as queued and reserve its images.
 
@@ -72,7 +116,9 @@ async def create_job(store: Store, new: NewJob, limits: QuotaLimits) -> Job | Qu
 
     An accepted job costs one statement, a transaction of its own (:meth:`Store.write_alone`): an
     ``INSERT ... SELECT`` that inserts only if every limit passes, each figure read through an index, and
-    whose trigger ``jobs_reserve`` reserves the images. Only a refusal reads the figures again, to say which
+    whose trigger ``jobs_reserve`` reserves the images. On PostgreSQL the statement calls ``reserve_job``,
+    which takes the server's quota lock (:func:`quota_lock`) first, so that processes cannot both see the
+    same remaining quota. Only a refusal reads the figures again, to say which
     limit (:func:`~bot.db.usage.evaluate_quota`, which the SQL below mirrors).
     """
     now = store.now()
@@ -100,32 +146,14 @@ async def create_job(store: Store, new: NewJob, limits: QuotaLimits) -> Job | Qu
         "max_concurrent": limits.max_concurrent,
         "cooldown": limits.cooldown,
     }
+    sql = store.pick(sqlite=_CREATE_JOB, postgresql=_CREATE_JOB_POSTGRESQL)
+    if store.dialect == "postgresql":
+        # Under READ COMMITTED two processes could both read the same remaining quota: reserve_job takes the
+        # server's quota lock before it reads, in the same round trip (PostgreSQL migration 0001).
+        params["lock"] = lock_key(quota_lock(new.guild_id))
     for _ in range(_QUOTA_ATTEMPTS):
         rows = await store.write_alone(
-            """
-            INSERT INTO jobs (
-                guild_id, channel_id, user_id, kind, prompt, model, size, count, seed,
-                source_image_url, parent_job_id, interaction_application_id, interaction_token,
-                interaction_created_at, provider, status, created_at, reserved_images, usage_day)
-            SELECT
-                :guild_id, :channel_id, :user_id, :kind, :prompt, :model, :size, :count, :seed,
-                :source_image_url, :parent_job_id, :interaction_application_id, :interaction_token,
-                :interaction_created_at, :provider, 'queued', :now, :count, :day
-            WHERE (:user_daily IS NULL OR :count + (
-                       SELECT coalesce(sum(used + reserved), 0) FROM usage
-                       WHERE guild_id = :guild_id AND user_id = :user_id AND day = :day) <= :user_daily)
-              AND (:guild_daily IS NULL OR :count + (
-                       SELECT coalesce(sum(used + reserved), 0) FROM usage
-                       WHERE guild_id = :guild_id AND day = :day) <= :guild_daily)
-              AND (:max_concurrent IS NULL OR (
-                       SELECT count(*) FROM jobs
-                       WHERE guild_id = :guild_id AND user_id = :user_id
-                         AND status IN ('queued', 'submitting', 'submitted', 'succeeded')) < :max_concurrent)
-              AND (:cooldown <= 0 OR coalesce(:now - (
-                       SELECT created_at FROM jobs WHERE guild_id = :guild_id AND user_id = :user_id
-                       ORDER BY created_at DESC LIMIT 1) >= :cooldown, 1))
-            RETURNING *
-            """,
+            sql,
             params,
         )
         if rows:
@@ -214,12 +242,20 @@ async def mark_posted(store: Store, job_id: int, message_id: int, delivered: int
     if delivered < 0:
         raise ValueError(f"delivered cannot be negative ({delivered})")
     rows = await store.write_alone(
-        """
-        UPDATE jobs SET status = 'posted', posted_message_id = :message, posted_at = :now,
-                        charged_images = min(:delivered, reserved_images), final_word_owed = 1
-        WHERE id = :job AND status = 'succeeded'
-        RETURNING reserved_images, charged_images
-        """,
+        store.pick(  # the smaller of two values: min() on SQLite, least() on PostgreSQL (its min() aggregates)
+            sqlite="""
+            UPDATE jobs SET status = 'posted', posted_message_id = :message, posted_at = :now,
+                            charged_images = min(:delivered, reserved_images), final_word_owed = 1
+            WHERE id = :job AND status = 'succeeded'
+            RETURNING reserved_images, charged_images
+            """,
+            postgresql="""
+            UPDATE jobs SET status = 'posted', posted_message_id = :message, posted_at = :now,
+                            charged_images = least(:delivered, reserved_images), final_word_owed = 1
+            WHERE id = :job AND status = 'succeeded'
+            RETURNING reserved_images, charged_images
+            """,
+        ),
         {"message": message_id, "now": store.now(), "delivered": delivered, "job": job_id},
     )
     if rows and rows[0]["charged_images"] < delivered:
@@ -300,8 +336,11 @@ async def jobs_in(store: Store, *statuses: JobStatus) -> list[Job]:
     if not statuses:
         return []
     rows = await store.fetch_all(
-        "SELECT * FROM jobs WHERE status IN (SELECT value FROM json_each(?)) ORDER BY id",
-        (_statuses(statuses),),
+        store.pick(
+            sqlite="SELECT * FROM jobs WHERE status IN (SELECT value FROM json_each(?)) ORDER BY id",
+            postgresql="SELECT * FROM jobs WHERE status = ANY(?::text[]) ORDER BY id",
+        ),
+        _statuses(store, statuses),
     )
     return [_job(row) for row in rows]
 
@@ -310,9 +349,10 @@ async def queued_jobs(store: Store, *, limit: int | None = None) -> list[Job]:
     """Queued jobs in queue order (oldest first), at most ``limit`` of them (all if ``None``)."""
     if limit is not None and limit <= 0:
         return []
-    rows = await store.fetch_all(
-        "SELECT * FROM jobs WHERE status = 'queued' ORDER BY id LIMIT ?", (-1 if limit is None else limit,)
-    )
+    if limit is None:
+        rows = await store.fetch_all("SELECT * FROM jobs WHERE status = 'queued' ORDER BY id")
+    else:
+        rows = await store.fetch_all("SELECT * FROM jobs WHERE status = 'queued' ORDER BY id LIMIT ?", (limit,))
     return [_job(row) for row in rows]
 
 
@@ -327,7 +367,11 @@ async def count_in(store: Store, *statuses: JobStatus) -> int:
     if not statuses:
         return 0
     row = await store.fetch_one(
-        "SELECT count(*) FROM jobs WHERE status IN (SELECT value FROM json_each(?))", (_statuses(statuses),)
+        store.pick(
+            sqlite="SELECT count(*) FROM jobs WHERE status IN (SELECT value FROM json_each(?))",
+            postgresql="SELECT count(*) FROM jobs WHERE status = ANY(?::text[])",
+        ),
+        _statuses(store, statuses),
     )
     assert row is not None
     return int(row[0])
@@ -351,9 +395,13 @@ async def jobs_by_ids(store: Store, ids: Sequence[int]) -> list[Job]:
     """The jobs with these ids, in id order; ids of no job (pruned, say) are skipped."""
     if not ids:
         return []
+    wanted = [int(job_id) for job_id in ids]
     rows = await store.fetch_all(
-        "SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
-        (json.dumps([int(job_id) for job_id in ids]),),
+        store.pick(
+            sqlite="SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            postgresql="SELECT * FROM jobs WHERE id = ANY(?::bigint[]) ORDER BY id",
+        ),
+        (json.dumps(wanted) if store.dialect == "sqlite" else wanted,),
     )
     return [_job(row) for row in rows]
 
@@ -396,9 +444,11 @@ async def _done(store: Store, job_id: int, rows: Sequence[Row], target: JobStatu
     return False
 
 
-def _statuses(statuses: Sequence[JobStatus]) -> str:
-    """``statuses`` as the JSON list the ``IN (SELECT value FROM json_each(?))`` queries take."""
-    return json.dumps([JobStatus(status).value for status in statuses])
+def _statuses(store: Store, statuses: Sequence[JobStatus]) -> tuple[object]:
+    """``statuses`` as the one parameter of a status list: a JSON list for SQLite's ``json_each``, an array
+    for PostgreSQL's ``= ANY``."""
+    values = [JobStatus(status).value for status in statuses]
+    return (json.dumps(values) if store.dialect == "sqlite" else values,)
 
 
 def _interaction_time(new: NewJob, now: float) -> float | None:

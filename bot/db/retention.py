@@ -28,15 +28,25 @@ async def prune_finished_jobs(store: Store, *, before: float, batch: int = 500) 
     if batch <= 0:
         raise ValueError(f"a prune batch must delete at least one job, not {batch}")
     # INDEXED BY: left to itself, SQLite reads every ended job through jobs_status and sorts them all.
+    # PostgreSQL has no such hint and needs none: it picks jobs_ended (tests/test_query_plans.py checks).
     async with store.transaction() as tx:
         rows = await tx.fetch_all(
-            """
-            DELETE FROM jobs WHERE id IN (
-                SELECT id FROM jobs INDEXED BY jobs_ended
-                WHERE status IN ('posted', 'failed', 'lost') AND finished_at < :before AND final_word_owed = 0
-                ORDER BY finished_at LIMIT :batch)
-            RETURNING id
-            """,
+            store.pick(
+                sqlite="""
+                DELETE FROM jobs WHERE id IN (
+                    SELECT id FROM jobs INDEXED BY jobs_ended
+                    WHERE status IN ('posted', 'failed', 'lost') AND finished_at < :before AND final_word_owed = 0
+                    ORDER BY finished_at LIMIT :batch)
+                RETURNING id
+                """,
+                postgresql="""
+                DELETE FROM jobs WHERE id IN (
+                    SELECT id FROM jobs
+                    WHERE status IN ('posted', 'failed', 'lost') AND finished_at < :before AND final_word_owed = 0
+                    ORDER BY finished_at LIMIT :batch)
+                RETURNING id
+                """,
+            ),
             {"before": before, "batch": batch},
         )
     log.debug("pruned %d finished job(s) older than %.0f", len(rows), before)  # the caller sums the batches up

@@ -20,7 +20,18 @@ from typing import Any, ClassVar, Literal, Protocol, Self
 
 from bot.db.days import utc_day
 
-__all__ = ["Dialect", "Params", "Reader", "Row", "Store", "StoreBusyError", "Transaction", "lock_key"]
+__all__ = [
+    "Dialect",
+    "Params",
+    "Reader",
+    "Row",
+    "Store",
+    "StoreBusyError",
+    "StoreConnectError",
+    "StoreUnavailableError",
+    "Transaction",
+    "lock_key",
+]
 
 #: The SQL dialects a store speaks.
 Dialect = Literal["sqlite", "postgresql"]
@@ -40,6 +51,20 @@ class StoreBusyError(Exception):
 
     Nothing was written; the same write can be tried again later — the job runner does, on its next tick.
     """
+
+
+class StoreUnavailableError(StoreBusyError):
+    """The database server cannot serve the statement now: unreachable or restarting, out of connections, the
+    connection lost, a serialisation failure or deadlock, a statement past its timeout.
+
+    Like any :class:`StoreBusyError` it means "try again later". One case differs in what it promises: when the
+    connection was lost while a statement of its own ran, the statement may have committed.
+    """
+
+
+class StoreConnectError(Exception):
+    """The database refused the connection for a reason that waiting will not fix: a wrong password, an
+    unknown database or user, a malformed URL. The message never holds the password."""
 
 
 class Reader(Protocol):
