@@ -18,6 +18,12 @@ The runner is the only writer of a job's lifecycle after :func:`bot.db.create_jo
 After a restart, :meth:`JobRunner.start` marks jobs caught submitting as lost, and the loops pick up
 the rest: queued jobs are dispatched, submitted ones polled, succeeded ones posted.
 
+Several processes may share one database (PostgreSQL). Each holds a lease it renews, and claims the work it
+does (:mod:`bot.db.work`): any of them dispatches (the concurrency counts the jobs at the provider across all
+of them, in a fair order), one of them, holding the poller role, polls the provider for the whole bot and
+reports places in the queue, and each delivers what it claimed. When a process goes, its lease expires and
+the others take its work over with the rules of a restart.
+
 A job at the provider costs the runner no Python object between ticks, and a queued one only the place
 last reported to its member: the database holds their state, and each tick reads only the rows it acts
 on (light rows for polling, whole jobs only for those that changed).
@@ -32,6 +38,9 @@ import contextlib
 import itertools
 import logging
 import math
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
@@ -41,7 +50,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from bot import db, metrics
-from bot.db import Job, JobKind, JobStatus, NewJob, QuotaLimits, QuotaRefusal, Store, StoreBusyError
+from bot.db import Job, JobKind, JobStatus, NewJob, QuotaLimits, QuotaRefusal, Store, StoreBusyError, work
 from bot.flux import (
     EditRequest,
     FluxClient,
@@ -85,6 +94,12 @@ PRUNE_EVERY = 3600.0
 PRUNE_BATCH = 500
 #: The pause between two batches of a prune, so the bot's own work gets the database in between.
 PRUNE_PAUSE = 0.05
+#: Seconds a process's lease lasts unless renewed (``WORK_LEASE_SECONDS``); it is renewed three times as often.
+WORK_LEASE = 15.0
+#: How long before its lease expires a process stops counting on it (for a renewal late by a slow database).
+LEASE_MARGIN = 1 / 3
+#: Turns older than this are forgotten: a member last served a day ago ranks like one never served.
+TURNS_KEPT = 86400.0
 #: Seconds a stopping bot waits for submits under way (see :meth:`JobRunner.stop`).
 STOP_GRACE = 10.0
 #: Deliveries (download, fit, post) at once: each holds its images in memory, up to 4 x 25 MiB.
@@ -208,9 +223,17 @@ class JobRunner:
         delivery_backoff: RetryPolicy = DELIVERY_BACKOFF,
         media_hosts: MediaHosts | None = None,
         retention: float | None = None,
+        owner: str | None = None,
+        lease: float = WORK_LEASE,
+        sole: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``retention``: seconds a finished job is kept before it is pruned; ``None`` keeps every job."""
+        """``retention``: seconds a finished job is kept before it is pruned; ``None`` keeps every job.
+
+        ``owner`` names this process in the database (default: host, process id and a random part);
+        ``lease`` is how long its claims last unless renewed. ``sole``: no other process uses the database
+        (SQLite), so the work of any other owner is a previous run's, taken over at once.
+        """
         self._store = store
         self._flux = flux
         self._courier = courier
@@ -223,6 +246,11 @@ class JobRunner:
         self._media_hosts = media_hosts
         self._retention = retention
         self._clock = clock
+        self._owner = owner if owner is not None else new_owner_name()
+        self._lease = lease
+        self._sole = sole
+        self._lease_until = -math.inf  # loop time until which this process's own lease is known to hold
+        self._polls_until = -math.inf  # loop time until which it holds the poller role
         self._tasks = TaskSet("jobs")
         self._submits = TaskSet("submits")
         self._dispatch_needed = asyncio.Event()
@@ -231,8 +259,7 @@ class JobRunner:
         self._delivering: set[int] = set()
         self._strikes: dict[int, int] = {}
         self._shown: dict[int, _Shown] = {}  # queued jobs' last progress report
-        self._recovered: set[int] | None = None
-        self._orphans_possible = True  # jobs may be caught submitting by no submit of ours (see _dispatch)
+        self._own_orphans_possible = False  # recording a submit of ours failed (see _dispatch)
         self._next_sweep = 0.0
         self._reported: set[str] = set()
         self._telling: set[int] = set()
@@ -241,9 +268,20 @@ class JobRunner:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
+    @property
+    def owner(self) -> str:
+        """This process's name in the database (``jobs.owner``, ``workers``)."""
+        return self._owner
+
+    @property
+    def polling(self) -> bool:
+        """Whether this process holds the poller role now (it polls the provider for the whole bot)."""
+        return self._polls_until > asyncio.get_running_loop().time()
+
     async def start(self) -> None:
         """Start the dispatcher and the poller; their first ticks recover what a previous run left behind."""
         self._running = True
+        self._tasks.spawn(self._lease_loop(), name="lease")
         self._tasks.spawn(self._dispatch_loop(), name="dispatcher")
         self._tasks.spawn(self._poll_loop(), name="poller")
         if self._retention is not None:
@@ -263,6 +301,10 @@ class JobRunner:
                 async with asyncio.timeout(grace):
                     await self._submits.wait()
         await self._submits.close()
+        try:  # the work left is free for the other processes at once, not when the lease expires
+            await work.retire_worker(self._store, self._owner)
+        except Exception as error:
+            log.warning("could not end this process's lease; it expires within %.0f s: %s", self._lease, error)
 
     # -- the front door -------------------------------------------------------------------------
 
@@ -303,6 +345,36 @@ class JobRunner:
         """Ask the provider at once instead of at the next tick (a callback arrived, or a test wants it)."""
         self._poll_needed.set()
 
+    # -- the lease ------------------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        """Renew this process's lease, and take or keep the poller role, three times per lease period."""
+        while self._running:
+            renewed = await self._tick("renewing this process's lease", self._renew)
+            await asyncio.sleep(self._lease / 3 if renewed else min(1.0, self._lease / 3))
+
+    async def _renew(self) -> None:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        if self._sole:  # the database's only process: any other lease is a previous run's
+            self._sole = False
+            if gone := await work.forget_other_workers(self._store, self._owner):
+                log.info("took over the work of %d earlier run(s) of the bot", gone)
+        await work.renew_worker(self._store, self._owner, self._lease)
+        had_lease = self._lease_until > began
+        self._lease_until = began + self._lease * (1 - LEASE_MARGIN)
+        polled = self.polling
+        if await work.hold_role(self._store, work.POLLER, self._owner, self._lease):
+            self._polls_until = began + self._lease * (1 - LEASE_MARGIN)
+            if not polled:
+                log.info("this process polls the image service for the whole bot")
+                self.poll_now()
+        elif polled:
+            self._polls_until = -math.inf
+            log.info("another process polls the image service now")
+        if not had_lease:
+            self._dispatch_needed.set()
+
     # -- dispatching ----------------------------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
@@ -314,29 +386,35 @@ class JobRunner:
             self._dispatch_needed.clear()
 
     async def _dispatch(self) -> None:
-        # A job caught submitting by no submit of ours was cut off (the bot stopped, or recording the
-        # outcome failed): whether the provider received it is unknown, so it is never sent again. Looked
-        # for at the first dispatch and after a failure to record, until none is left.
-        if self._orphans_possible:
-            submitting = await db.jobs_in(self._store, JobStatus.SUBMITTING)
-            self._orphans_possible = False
-            for job in submitting:
-                if job.id not in self._submitting:
-                    self._orphans_possible = True  # until a later dispatch finds it lost
-                    await self._guarded(job, "giving up an interrupted submit", self._lose(job))
-        free = max(self._concurrency - await self.in_flight(), 0)
-        for job in await db.queued_jobs(self._store, limit=free) if free else ():
-            if await db.mark_submitting(self._store, job.id):
-                self._submitting.add(job.id)
-                self._submits.spawn(self._start_job(job), name=f"submit-{job.id}")
-        await self._report_queue()
+        # A job of ours caught submitting by no submit under way had its outcome go unrecorded: whether the
+        # provider received it is unknown, so it is never sent again. (Those of processes that are gone are
+        # found by the sweep.) Looked for here, in the task that starts submits, so a submit just claimed is
+        # never mistaken for one.
+        if self._own_orphans_possible:
+            self._own_orphans_possible = False
+            await self._lose_orphans(own=True)
+        if asyncio.get_running_loop().time() >= self._lease_until:
+            return  # claiming work needs a live lease: the lease loop dispatches again once it has one
+        for job in await work.claim_queued(self._store, self._owner, concurrency=self._concurrency):
+            self._submitting.add(job.id)
+            self._submits.spawn(self._start_job(job), name=f"submit-{job.id}")
+        if self.polling:  # places in the queue are reported by one process, the poller
+            await self._report_queue()
+
+    async def _lose_orphans(self, *, own: bool) -> None:
+        """Give up the jobs caught submitting by a process that is gone (or, with ``own``, by this one)."""
+        for job in await work.orphaned_submits(self._store, self._owner, own=own):
+            if job.id not in self._submitting:
+                if job.provider_task_id is None and own:
+                    self._own_orphans_possible = True  # until a later dispatch finds it lost
+                await self._guarded(job, "giving up an interrupted submit", self._lose(job))
 
     async def _report_queue(self) -> None:
         """Tell waiting members their place in the queue, reading whole jobs only for the reports due."""
         now = self._clock()
         due = {
             job_id: JobQueued(position)
-            for position, job_id in enumerate(await db.queued_ids(self._store), start=1)
+            for position, job_id in enumerate(await work.queue_order(self._store), start=1)
             if self._progress_due(job_id, JobQueued(position), now)
         }
         if due:
@@ -344,6 +422,7 @@ class JobRunner:
             await asyncio.gather(*(self._progress(job, due[job.id]) for job in jobs))
 
     async def _lose(self, job: Job) -> None:
+        self._dispatch_needed.set()  # a provider slot is free again
         if await db.mark_lost(self._store, job.id, LOST_MESSAGE):
             metrics.current().job_ended(job.kind, "lost")
             log.warning("job %d was cut off while being submitted; marked lost", job.id)
@@ -380,7 +459,7 @@ class JobRunner:
         except Exception:
             # Recording the outcome failed: the next dispatch gives the job up as lost, never re-sent.
             log.exception("job %d: recording the submit's outcome failed", job.id)
-            self._orphans_possible = True
+            self._own_orphans_possible = True
         finally:
             self._submitting.discard(job.id)
             self._dispatch_needed.set()
@@ -429,8 +508,15 @@ class JobRunner:
             self._poll_needed.clear()
 
     async def _poll(self) -> None:
-        if self._recovered is None:  # the first tick: results a previous run may have posted already
-            self._recovered = {job.id for job in await db.jobs_in(self._store, JobStatus.SUCCEEDED)}
+        """One tick: ask the provider about every submitted job (the poller only), then sweep now and then."""
+        if self.polling:
+            await self._poll_provider()
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._next_sweep:
+            self._next_sweep = loop.time() + SWEEP_EVERY
+            await self._sweep()
+
+    async def _poll_provider(self) -> None:
         pending = await db.polling_handles(self._store)
         statuses = await self._statuses([handle.task_id for handle in pending])
         now = self._clock()
@@ -452,16 +538,16 @@ class JobRunner:
                 for job in changed
             )
         )
-        loop = asyncio.get_running_loop()
-        if loop.time() >= self._next_sweep:
-            self._next_sweep = loop.time() + SWEEP_EVERY
-            await self._sweep()
 
     async def _sweep(self) -> None:
-        """Pick up what a tick or a delivery left behind: results not being posted (after a restart, or a
-        delivery that met a busy database) and last words still owed."""
-        for job in await db.jobs_in(self._store, JobStatus.SUCCEEDED):
-            self._deliver_soon(job)
+        """Pick up what a tick, a delivery or a process that is gone left behind: submits cut off, results not
+        being posted (after a restart, or a delivery that met a busy database) and last words still owed.
+
+        A result picked up here may have reached the channel already, so it is looked for there first.
+        """
+        await self._lose_orphans(own=False)
+        for job in await work.claim_results(self._store, self._owner):
+            self._deliver_soon(job, look_first=True)
         await self._tell_owed()
 
     async def _look_up(self, job: Job) -> None:
@@ -506,18 +592,18 @@ class JobRunner:
 
     # -- delivering -----------------------------------------------------------------------------
 
-    def _deliver_soon(self, job: Job) -> None:
+    def _deliver_soon(self, job: Job, *, look_first: bool = False) -> None:
         if job.id not in self._delivering:
             self._delivering.add(job.id)
-            self._tasks.spawn(self._deliver(job), name=f"deliver-{job.id}")
+            self._tasks.spawn(self._deliver(job, look_first=look_first), name=f"deliver-{job.id}")
 
-    async def _deliver(self, job: Job) -> None:
+    async def _deliver(self, job: Job, *, look_first: bool) -> None:
         try:
-            await self._guarded(job, "delivering it", self._deliver_patiently(job))
+            await self._guarded(job, "delivering it", self._deliver_patiently(job, look_first=look_first))
         finally:
             self._delivering.discard(job.id)
 
-    async def _deliver_patiently(self, job: Job) -> None:
+    async def _deliver_patiently(self, job: Job, *, look_first: bool) -> None:
         """Post the job's result, riding out transient failures (Discord 5xx, 429, dropped connections,
         the result's host) with capped exponential backoff for up to the delivery window.
 
@@ -526,7 +612,6 @@ class JobRunner:
         the post may have reached Discord after all.
         """
         images: list[DownloadedImage] | None = None  # fetched once: result URLs expire
-        look_first = self._recovered is not None and job.id in self._recovered
         first_failure: float | None = None
         for attempt in itertools.count():
             try:
@@ -555,8 +640,6 @@ class JobRunner:
                 )
                 await asyncio.sleep(delay)
             else:
-                if self._recovered is not None:
-                    self._recovered.discard(job.id)
                 await self._persist(job, partial(self._posted, job, posted))
                 return
 
@@ -603,7 +686,7 @@ class JobRunner:
     async def _tell_owed(self) -> None:
         """Say the last words still owed, e.g. because the previous run stopped right after a job ended."""
         underway = set(self._telling)  # taken before the read: these are being told right now
-        for job in await db.jobs_owing_final_word(self._store):
+        for job in await work.claim_final_words(self._store, self._owner):
             if job.id in underway or job.id in self._telling:
                 continue
             if job.status is JobStatus.POSTED and job.posted_message_id is not None:
@@ -625,6 +708,7 @@ class JobRunner:
     async def _prune(self, retention: float) -> None:
         """Delete finished jobs older than ``retention`` seconds, a small batch per transaction, so the
         database does not grow without bound. Daily usage totals are kept (they live in ``usage``)."""
+        await work.prune_turns(self._store, before=self._clock() - TURNS_KEPT)
         before = self._clock() - retention
         pruned = 0
         while self._running:
@@ -636,10 +720,10 @@ class JobRunner:
         if pruned:
             log.info("pruned %d finished jobs older than %.0f days", pruned, retention / 86400)
 
-    async def _tick(self, what: str, work: Callable[[], Awaitable[None]]) -> bool:
+    async def _tick(self, what: str, step: Callable[[], Awaitable[None]]) -> bool:
         """One round of a loop; whatever goes wrong, the loop goes on at its next tick. True if it went well."""
         try:
-            await work()
+            await step()
         except StoreBusyError as error:
             log.warning("%s: %s; trying again next tick", what, error)
         except Exception:
@@ -721,6 +805,11 @@ class _Shown:
     update: JobQueued
     at: float
     reports: int
+
+
+def new_owner_name() -> str:
+    """A name for this process in the database, unique among the processes sharing it: host, pid, random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def _data_uri(data: bytes) -> str:
