@@ -1,4 +1,4 @@
-"""The rules a request must pass (bot/limits.py), with a real SQLite store."""
+"""The rules a request must pass (bot/limits.py), with a real store: a SQLite file and a PostgreSQL database."""
 
 from __future__ import annotations
 

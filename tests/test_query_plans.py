@@ -14,23 +14,32 @@ real on a SQLite file that holds a long history, captures every statement SQLite
   run on a file with a short one, counting the virtual machine steps of each statement (SQLite's
   progress handler). A statement may not do markedly more work because finished jobs and old usage piled
   up: see :data:`SLACK`. Steps are counted, not timed.
+
+The same hot paths run on PostgreSQL too, with ``auto_explain`` reporting the plan of every statement the server
+runs (those inside ``reserve_job`` and the triggers included) and ``enable_seqscan = off``, so that even on a
+small table the planner only reads a whole table where no index can serve the query: no hot-path plan may read all of
+``jobs`` or ``usage`` (a ``Seq Scan``, or a whole index but the live partial ones).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 
 from bot import db
 from bot.db import JobKind, JobStatus, NewJob, Provider, QuotaLimits, QuotaRefusal, SqliteStore, Store
+from bot.db.postgres import PostgresStore, server_log
 
 GUILD = 71
 USER = 72
@@ -317,3 +326,146 @@ def test_the_capture_sees_every_statement_and_counts_its_work(captures: tuple[Ca
     assert [statement.sql.split(None, 1)[0] for statement in accepted] == ["INSERT"]  # its own transaction
     assert [statement.sql.split(None, 1)[0] for statement in refused] == ["INSERT", "SELECT"]
     assert all(statement.steps > 0 for statement in [*accepted, *refused])
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------------------
+
+#: Session settings of the PostgreSQL test database: every statement's plan sent to the client (as a NOTICE, which
+#: the store logs at DEBUG), nested ones included, and a sequential scan chosen only where no index can serve.
+AUTO_EXPLAIN = {
+    "session_preload_libraries": "auto_explain",
+    "auto_explain.log_min_duration": "0",
+    "auto_explain.log_nested_statements": "on",
+    "auto_explain.log_format": "json",
+    "auto_explain.log_level": "notice",
+    "enable_seqscan": "off",
+}
+#: The tables a hot path must never read whole.
+HOT_TABLES = frozenset({"jobs", "usage"})
+
+
+class ServerPlans(logging.Handler):
+    """Collects the plans ``auto_explain`` sends, through the store's log of what the server says."""
+
+    def __init__(self, capture: Capture) -> None:
+        super().__init__(logging.DEBUG)
+        self.capture = capture
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "plan:" in text:
+            self.capture.trace(text.split("plan:", 1)[1])
+
+
+class PostgresRecorder(Recorder):
+    """Runs operations on a PostgreSQL store and records the plan of every statement the server ran for each."""
+
+    @asynccontextmanager
+    async def recording(self) -> AsyncIterator[None]:
+        handler = ServerPlans(self.capture)
+        level = server_log.level
+        server_log.addHandler(handler)
+        server_log.setLevel(logging.DEBUG)
+        try:
+            yield
+        finally:
+            server_log.removeHandler(handler)
+            server_log.setLevel(level)
+
+
+async def write_history_postgresql(url: str, member_jobs: int, others: int) -> None:
+    """The history of :func:`write_history`, in a PostgreSQL database, and the plan settings of :data:`AUTO_EXPLAIN`."""
+    statuses = ("posted", "failed", "lost")
+    rows = []
+    for n in range(member_jobs + others):
+        at = NOW - 400 * DAY + n * 600.0
+        status = statuses[n % 3]
+        rows.append(
+            (
+                USER if n < member_jobs else 1_000 + n % 97,
+                f"old prompt {n}",
+                at,
+                status,
+                None if status == "posted" else "provider_error",
+                json.dumps({"images": [f"https://cdn.example/{n}.png"], "seed": n}) if status == "posted" else None,
+                at + 30.0 if status == "posted" else None,
+                5_000_000 + n if status == "posted" else None,
+                1 if status == "posted" else 0,
+                datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d"),
+                f"old-task-{n}",
+                at + 20.0,
+            )
+        )
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.executemany(
+            f"""
+            INSERT INTO jobs (guild_id, channel_id, user_id, kind, prompt, model, size, count, provider, status,
+                              error_code, result, posted_at, posted_message_id, reserved_images, charged_images,
+                              usage_day, provider_task_id, finished_at, created_at)
+            VALUES ({GUILD}, {CHANNEL}, $1, 'generate', $2, 'flux-dev', '1:1', 1, 'bfl', $4, $5, $6, $7, $8, 1, $9,
+                    $10, $11, $12, $3)
+            """,
+            rows,
+        )
+        await conn.execute("UPDATE usage SET used = used + reserved, reserved = 0")
+        await conn.execute("ANALYZE")
+        database = await conn.fetchval("SELECT quote_ident(current_database())")
+        for name, value in AUTO_EXPLAIN.items():
+            await conn.execute(f"ALTER DATABASE {database} SET {name} = '{value}'")
+    finally:
+        await conn.close()
+
+
+#: Partial indexes of live jobs only, which a hot path may read whole (see :data:`LIVE_INDEXES`): the queue and
+#: the results waiting to be posted.
+LIVE_INDEXES_POSTGRESQL = LIVE_INDEXES | {"jobs_queue", "jobs_succeeded"}
+
+
+def whole_reads(plan: dict[str, Any]) -> list[str]:
+    """The nodes of a JSON plan, at any depth, that read all of ``jobs`` or ``usage``: a ``Seq Scan``, or an index
+    scan with no condition on the index (the whole index, in its order) unless of a live partial index."""
+    found = []
+    table = plan.get("Relation Name")
+    if table in HOT_TABLES:
+        if plan.get("Node Type") == "Seq Scan":
+            found.append(f"Seq Scan on {table}")
+        elif (
+            plan.get("Node Type") in {"Index Scan", "Index Only Scan"}
+            and "Index Cond" not in plan
+            and plan.get("Index Name") not in LIVE_INDEXES_POSTGRESQL
+        ):
+            found.append(f"{plan['Node Type']} of all of {plan.get('Index Name')} on {table}")
+    for child in plan.get("Plans", ()):
+        found.extend(whole_reads(child))
+    return found
+
+
+async def test_every_hot_path_statement_on_postgresql_reads_jobs_and_usage_through_an_index(
+    postgresql_url: str,
+) -> None:
+    clock = Clock()
+    async with await PostgresStore.open(postgresql_url, clock=clock):
+        pass
+    await write_history_postgresql(postgresql_url, member_jobs=3_000, others=2_000)
+    async with await PostgresStore.open(postgresql_url, clock=clock, max_size=2) as store:
+        recorder = PostgresRecorder(store)
+        async with recorder.recording():
+            await hot_paths(recorder, clock)
+
+    checked, failures, texts = 0, [], []
+    for name, statements in recorder.capture.operations.items():
+        for statement in statements:
+            explained = json.loads(statement.sql)
+            text = " ".join(str(explained["Query Text"]).split())
+            texts.append(text)
+            checked += 1
+            bad = whole_reads(explained["Plan"])
+            if bad:
+                failures.append(f"{name}: {text[:160]} -> {bad}")
+    assert checked >= 30, f"only {checked} plans were reported: is auto_explain loaded?"
+    # The statements inside reserve_job and the triggers are reported (and checked) too.
+    assert any(text.startswith("INSERT INTO jobs") for text in texts)
+    assert any(text.startswith("UPDATE usage SET reserved = reserved - OLD.reserved_images") for text in texts)
+    assert any("parent_job_id" in text and text.startswith("UPDATE ONLY") for text in texts), "ON DELETE SET NULL"
+    assert not failures, "\n".join(failures)

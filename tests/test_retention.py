@@ -1,5 +1,5 @@
-"""Pruning old finished jobs, specified against a real SQLite file: what goes, what stays, and what a
-stop in the middle of it does."""
+"""Pruning old finished jobs, specified against a real SQLite file and a real PostgreSQL database: what goes,
+what stays, and what a stop in the middle of it does."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from bot import db
 from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, SqliteStore, Store
+from tests.conftest import STORE_BACKENDS, open_backend
 
 GUILD = 5
 CHANNEL = 6
@@ -41,9 +42,9 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "fluxbot.db"
 
 
-@pytest.fixture
-async def store(db_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    async with await SqliteStore.open(db_path, clock=clock) as opened:
+@pytest.fixture(params=STORE_BACKENDS)
+async def store(request: pytest.FixtureRequest, db_path: Path, clock: Clock) -> AsyncIterator[Store]:
+    async with open_backend(request, request.param, db_path, clock) as opened:
         yield opened
 
 

@@ -69,6 +69,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: What the server says besides results: notices at DEBUG, warnings at WARNING.
+server_log = logging.getLogger(f"{__name__}.server")
 
 #: Seconds one statement may run (or wait for a lock) before it is cancelled and StoreUnavailableError raised.
 QUERY_TIMEOUT = 30.0
@@ -392,6 +394,7 @@ class PostgresStore(Store):
                     timeout=connect_timeout,
                     command_timeout=query_timeout,
                     server_settings={"application_name": "fluxbot"},
+                    setup=_hear_the_server,
                 )
                 break
             except Exception as exc:
@@ -568,6 +571,7 @@ class PostgresStore(Store):
 
     async def _release(self, conn: PoolConnectionProxy[Any]) -> None:
         try:
+            conn.remove_log_listener(_server_said)  # added by _hear_the_server; the pool wants none left
             await self._pool.release(conn, timeout=self.query_timeout)
         except Exception as exc:  # a broken connection: the pool drops it and opens another when needed
             log.warning("could not return a PostgreSQL connection to the pool: %s", self._secret.hide(_describe(exc)))
@@ -618,6 +622,18 @@ class PostgresStore(Store):
         return exc
 
 
+async def _hear_the_server(conn: PoolConnectionProxy[Any]) -> None:
+    """Log what the server says besides results (a ``RAISE NOTICE``, a warning, ``auto_explain``'s plans) on
+    every connection taken from the pool: the pool forgets listeners when a connection comes back."""
+    conn.add_log_listener(_server_said)
+
+
+def _server_said(conn: object, message: asyncpg.PostgresLogMessage) -> None:
+    severity = str(getattr(message, "severity", "") or "NOTICE")
+    level = logging.WARNING if severity == "WARNING" else logging.DEBUG
+    server_log.log(level, "PostgreSQL %s: %s", severity, message.message)
+
+
 def _opening_error(exc: BaseException, secret: _Secret) -> Exception:
     """An error for a failed connection attempt that names what went wrong but never the password."""
     text = secret.hide(_describe(exc))
@@ -644,37 +660,42 @@ async def _migrate(
     the others then find the schema current. Each file runs as one script (its ``$$`` bodies whole).
     """
     try:
-        async with pool.acquire(timeout=seconds) as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(MIGRATION_LOCK), timeout=seconds)
-            await conn.execute(
-                """
-                CREATE TABLE IF NOT EXISTS schema_migrations (
-                    version    integer PRIMARY KEY,
-                    name       text NOT NULL,
-                    applied_at double precision NOT NULL
-                )
-                """,
-                timeout=seconds,
-            )
-            current = int(
-                await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations", timeout=seconds)
-            )
-            todo = pending(migrations, current)
-            for migration in todo:
-                log.info("applying PostgreSQL migration %04d_%s", migration.version, migration.name)
-                try:
-                    await conn.execute(migration.sql, timeout=seconds)
-                except asyncpg.PostgresError as exc:
-                    raise MigrationError(
-                        f"migration postgresql/{migration.version:04d}_{migration.name}.sql failed: {exc}"
-                    ) from None
+        conn = await pool.acquire(timeout=seconds)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(MIGRATION_LOCK), timeout=seconds)
                 await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    clock(),
+                    """
+                    CREATE TABLE IF NOT EXISTS schema_migrations (
+                        version    integer PRIMARY KEY,
+                        name       text NOT NULL,
+                        applied_at double precision NOT NULL
+                    )
+                    """,
                     timeout=seconds,
                 )
+                current = int(
+                    await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations", timeout=seconds)
+                )
+                todo = pending(migrations, current)
+                for migration in todo:
+                    log.info("applying PostgreSQL migration %04d_%s", migration.version, migration.name)
+                    try:
+                        await conn.execute(migration.sql, timeout=seconds)
+                    except asyncpg.PostgresError as exc:
+                        raise MigrationError(
+                            f"migration postgresql/{migration.version:04d}_{migration.name}.sql failed: {exc}"
+                        ) from None
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.name,
+                        clock(),
+                        timeout=seconds,
+                    )
+        finally:
+            conn.remove_log_listener(_server_said)
+            await pool.release(conn, timeout=seconds)
     except (MigrationError, asyncio.CancelledError):
         raise
     except Exception as exc:
