@@ -25,6 +25,11 @@ log = logging.getLogger("bot")
 
 #: Exit status for a configuration the bot cannot start with (like a missing required variable).
 EXIT_CONFIG = 2
+#: What a gateway close code means for the operator (discord.py keeps no reason for the codes it gives up on).
+GATEWAY_CLOSE_REASONS = {
+    4010: "Invalid shard (another process runs this shard already, or SHARD_IDS is not below SHARD_COUNT)",
+    4011: "Sharding required (the bot is in too many servers for SHARD_COUNT; raise it, or unset it)",
+}
 
 
 async def main(settings: Settings) -> None:
@@ -119,7 +124,7 @@ def run() -> None:
         )
         raise SystemExit(EXIT_CONFIG) from None
     except discord.ConnectionClosed as exc:  # a gateway close that retrying cannot fix (4004, 4013, ...)
-        reason = exc.reason or "no reason given"
+        reason = exc.reason or GATEWAY_CLOSE_REASONS.get(exc.code or 0, "no reason given")
         print(f"fluxbot: Discord closed the gateway connection with code {exc.code}: {reason}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
     except discord.HTTPException as exc:  # a refusal that retrying cannot fix (403, 404, ...)

@@ -24,7 +24,7 @@ from tests.fakediscord import DiscordEmulator, Interaction
 from tests.fakediscord.fixtures import World, add_world
 from tests.fakediscord.runner import ErrorGuard
 from tests.fluxbot_harness import FluxbotHarness, fluxbot_environment, is_result
-from tests.fluxbot_process import fluxbot_processes, logs_of, wait_all_online
+from tests.fluxbot_process import fluxbot_process, fluxbot_processes, logs_of, wait_all_online
 from tests.test_health import healthz, until
 
 
@@ -207,3 +207,45 @@ def test_shards_identify_as_fast_as_discords_max_concurrency_allows_and_no_faste
     assert pacing.wait_for(0, now=200.0) == 0.0  # long after: at once again
     one_bucket = IdentifyPacing()
     assert [one_bucket.wait_for(shard, now=0.0) for shard in range(3)] == [0.0, 5.0, 10.0]
+
+
+async def test_a_process_with_too_few_shards_for_discord_exits_2_naming_the_close_code(
+    fluxbot: FluxbotHarness, tmp_path: Path
+) -> None:
+    emu = fluxbot.discord
+    sharded(emu, 2)
+    emu.require_shard_count = True  # Discord: this bot is in too many servers for one shard
+    env = fluxbot_environment(emu, fluxbot.flux, fluxbot.database, SHARD_COUNT="1")
+    async with fluxbot_process(env, tmp_path) as bot:
+        status = await bot.wait_exit(20)
+
+    assert status == 2, bot.stderr()
+    assert bot.stderr().splitlines()[-1] == (
+        "fluxbot: Discord closed the gateway connection with code 4011: "
+        "Sharding required (the bot is in too many servers for SHARD_COUNT; raise it, or unset it)"
+    ), bot.stderr()
+    assert emu.live_shards() == {}
+
+
+async def test_a_second_process_given_a_shard_that_is_running_exits_2_and_the_first_keeps_it(
+    fluxbot: FluxbotHarness, tmp_path: Path
+) -> None:
+    emu = fluxbot.discord
+    worlds = sharded(emu, 2)
+    envs = [
+        fluxbot_environment(emu, fluxbot.flux, tmp_path / f"process{n}.db", SHARD_COUNT="2", SHARD_IDS="0")
+        for n in (1, 2)
+    ]
+    async with fluxbot_process(envs[0], tmp_path, name="first") as first:
+        await first.wait_online(emu)
+        first_session = emu.live_shards()[0].id
+        async with fluxbot_process(envs[1], tmp_path, name="second") as second:
+            status = await second.wait_exit(20)
+        await imagine_in(worlds[0], "still answered by the first")
+        assert first.returncode is None and emu.live_shards()[0].id == first_session
+
+    assert status == 2, second.stderr()
+    assert second.stderr().splitlines()[-1] == (
+        "fluxbot: Discord closed the gateway connection with code 4010: "
+        "Invalid shard (another process runs this shard already, or SHARD_IDS is not below SHARD_COUNT)"
+    ), second.stderr()
