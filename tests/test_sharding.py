@@ -1,8 +1,9 @@
 """Shards across processes: the real bot against a loopback Discord that serves several shards.
 
 Discord sends each shard the events of its own servers (``(guild_id >> 22) % SHARD_COUNT``), so a bot process
-running ``SHARD_IDS`` sees, acknowledges and answers the interactions of those servers only. Two bots run here
-in one test, each with a database of its own (as two processes would with their own files).
+running ``SHARD_IDS`` sees, acknowledges and answers the interactions of those servers only. Bots run in the
+test's process (two at once, each with a database of its own) or as ``fluxbot`` processes (started together,
+one SIGKILLed); the emulator enforces Discord's shard rules (4010 for a shard running twice, 4011 for too few).
 """
 
 from __future__ import annotations

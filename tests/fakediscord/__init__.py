@@ -1,7 +1,9 @@
 """A Discord of our own on loopback, to test the unmodified bot with the real discord.py.
 
 See ``emulator.DiscordEmulator`` (state, waits, clock), ``actors.MemberActions`` (what test users do),
-``runner.run_bot`` / ``runner.ErrorGuard`` and the fixtures in ``fixtures``.
+``runner.run_bot`` / ``runner.ErrorGuard`` and the fixtures in ``fixtures``. Shards: ``emu.shard_count``,
+``emu.add_guild(shard=)`` / ``fixtures.add_world(emu, shard=)``, ``emu.live_shards()``, ``emu.wait_shards()``
+(the rules are in ``gateway``'s docstring).
 """
 
 from .constants import Code, Intent, MessageFlag, Perm
