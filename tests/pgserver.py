@@ -20,6 +20,7 @@ import concurrent.futures
 import os
 import pwd
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -112,6 +113,7 @@ class PostgresServer:
         self.folder: Path | None = None
         self._run_as: list[str] = []
         self._owner: tuple[int, int] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     # --- life -----------------------------------------------------------------------------------------------
 
@@ -131,6 +133,7 @@ class PostgresServer:
         try:
             if self._owner is not None:
                 os.chown(self.folder, *self._owner)
+            self._start_watchdog()
             self._initdb()
             self._start_on_a_free_port()
             _run_coroutine(self._check_connection)
@@ -149,6 +152,10 @@ class PostgresServer:
         if self.bin_dir is not None and (folder / "data" / "postmaster.pid").exists():
             self._command(["pg_ctl", "-D", str(folder / "data"), "-m", "immediate", "-w", "stop"], folder, check=False)
         shutil.rmtree(folder, ignore_errors=True)
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
 
     def __enter__(self) -> Self:
         self.start()
@@ -229,6 +236,29 @@ class PostgresServer:
                 f"{argv[0]} failed (exit {result.returncode}): {(result.stderr or result.stdout).strip()[-2000:]}"
             )
         return result
+
+    def _start_watchdog(self) -> None:
+        """A shell that stops the server and removes its folder if this process dies without calling :meth:`stop`.
+
+        ``pg_ctl`` detaches the server, so a test run killed from outside (a CI timeout, Ctrl-C twice, SIGKILL)
+        would otherwise leave it running with its folder for good. The watchdog is a session of its own so that
+        the signal that ends the run does not end it too; it checks once a second and ends with the folder.
+        """
+        assert self.folder is not None and self.bin_dir is not None
+        folder = shlex.quote(str(self.folder))
+        stop = shlex.join([*self._run_as, str(self.bin_dir / "pg_ctl"), "-D", str(self.folder / "data"), "-m",
+                           "immediate", "-w", "stop"])  # fmt: skip
+        script = (
+            f"while kill -0 {os.getpid()} 2>/dev/null && [ -d {folder} ]; do sleep 1; done; "
+            f"if [ -d {folder} ]; then {stop} >/dev/null 2>&1; rm -rf {folder}; fi"
+        )
+        self._watchdog = subprocess.Popen(
+            ["/bin/sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def _initdb(self) -> None:
         assert self.folder is not None

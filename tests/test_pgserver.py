@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import asyncpg
@@ -106,6 +108,42 @@ async def test_stop_ends_the_server_and_removes_its_folder(postgresql_server: Po
         await asyncpg.connect(url, timeout=5)
     assert await user_tables(postgresql_server.url()) == []
     server.stop()  # a second stop is harmless
+
+
+KILLED_OWNER = """
+import time
+from tests.pgserver import PostgresServer
+
+server = PostgresServer()
+server.start()
+print(server.folder, server.port, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_run_killed_from_outside_leaves_no_server_behind() -> None:
+    # A CI timeout or a second Ctrl-C ends the test process without its teardown; the server must not outlive it.
+    owner = subprocess.Popen(
+        [sys.executable, "-c", KILLED_OWNER],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        folder_name, port = owner.stdout.readline().split()
+        folder = Path(folder_name)
+        socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()  # it is serving
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 30
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not folder.exists(), "the folder is removed once its owner is gone"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", int(port)), timeout=5).close()
 
 
 # --- CI cannot pass by skipping ------------------------------------------------------------------------------
