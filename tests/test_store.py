@@ -1,4 +1,5 @@
-"""The store, specified against real SQLite files: migrations, the job lifecycle, quotas, and settings."""
+"""The store, specified against a real SQLite file and a real PostgreSQL database: migrations, the job lifecycle,
+quotas, and settings."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from bot.db import (
     create_job,
     get_guild_settings,
     get_job,
+    get_state,
     guild_usage_today,
     jobs_by_ids,
     jobs_in,
@@ -683,6 +685,30 @@ async def test_direct_messages_are_server_zero(store: Store) -> None:
 
 
 # --- transactions --------------------------------------------------------------------------------------
+
+
+async def test_a_notification_reaches_the_stores_listeners_of_its_channel_only(store: Store) -> None:
+    heard: list[str] = []
+    elsewhere: list[str] = []
+    await store.listen("fluxbot_work", heard.append)
+    await store.listen("fluxbot_other", elsewhere.append)
+    await store.notify("fluxbot_work", "job:5")
+    await store.notify("fluxbot_work")
+    async with asyncio.timeout(10):  # PostgreSQL delivers it through the server
+        while len(heard) < 2:
+            await asyncio.sleep(0.01)
+    assert heard == ["job:5", ""]
+    assert elsewhere == []
+
+
+async def test_a_transaction_may_take_named_locks(store: Store) -> None:
+    async with store.transaction() as tx:
+        await tx.lock("quota:1")
+        await tx.lock("quota:1")  # taken again by its holder: no wait
+        await tx.lock("quota:2")
+        assert await tx.execute("INSERT INTO bot_state (key, value) VALUES ('k', 'v')") == 1
+    assert await get_state(store, "k") == "v"
+    assert store.pick(sqlite="a", postgresql="b") == ("a" if store.dialect == "sqlite" else "b")
 
 
 async def test_a_failing_transaction_rolls_back_and_transactions_do_not_nest(store: Store) -> None:

@@ -15,7 +15,8 @@ repository modules run on either. What differs, and why:
   a :class:`~bot.db.store.StoreBusyError`, which callers already treat as "try again later". Failures that are
   sure to have written nothing (connecting, a serialisation failure, a deadlock) are first tried again for up to
   ``busy_window`` seconds.
-- **Every statement has a timeout** (``query_timeout``; migrations ``migration_timeout``), and so does taking a
+- **Every statement has a timeout**: the server ends one running past ``query_timeout`` (``statement_timeout``;
+  migrations get ``migration_timeout``), and this side stops waiting a little later; so does taking a
   connection from the pool.
 - **Secrets.** The URL's password never appears in a log line, an exception or a ``repr``: errors from the
   driver are re-raised with it replaced by ``***`` and without the original chained.
@@ -76,6 +77,8 @@ server_log = logging.getLogger(f"{__name__}.server")
 QUERY_TIMEOUT = 30.0
 #: Seconds applying all pending migrations may take.
 MIGRATION_TIMEOUT = 600.0
+#: Seconds this side waits for a statement beyond the server's statement_timeout before giving up on it.
+_CLIENT_MARGIN = 2.0
 #: Seconds to open one connection.
 CONNECT_TIMEOUT = 10.0
 #: Seconds, in all, a statement sure to have written nothing is tried again before StoreUnavailableError.
@@ -303,20 +306,39 @@ class PostgresTransaction(Transaction):
         """Run one statement (a SELECT or a ``... RETURNING``) and return all its rows."""
         statement = rewrite_parameters(sql)
         args = statement.arguments(params)
-        return list(await self._store._guard(self._conn.fetch(statement.sql, *args, timeout=self._store.query_timeout)))
+        return list(await self._guard(self._conn.fetch(statement.sql, *args, timeout=self._store.wait_timeout)))
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         """Run one statement and return how many rows it changed."""
         statement = rewrite_parameters(sql)
         args = statement.arguments(params)
-        status = await self._store._guard(self._conn.execute(statement.sql, *args, timeout=self._store.query_timeout))
+        status = await self._guard(self._conn.execute(statement.sql, *args, timeout=self._store.wait_timeout))
         return _changed(status)
 
     async def lock(self, name: str) -> None:
         """Wait for, then hold until this transaction ends, the advisory lock of ``name`` (see :func:`lock_key`)."""
-        await self._store._guard(
-            self._conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(name), timeout=self._store.query_timeout)
+        await self._guard(
+            self._conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(name), timeout=self._store.wait_timeout)
         )
+
+    async def _guard(self, awaitable: Awaitable[_T]) -> _T:
+        """``await awaitable``; a failure on a connection that is gone is :class:`StoreUnavailableError`, whatever
+        state the driver was in when it noticed (its errors then vary with the moment)."""
+        try:
+            return await awaitable
+        except Exception as exc:
+            if not isinstance(exc, asyncpg.PostgresError) and _closed(self._conn):
+                raise StoreUnavailableError(
+                    f"the PostgreSQL database is unavailable: the connection was lost ({type(exc).__name__})"
+                ) from None
+            raise self._store._translated(exc) from None
+
+
+def _closed(conn: PoolConnectionProxy[Any]) -> bool:
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:  # already handed back to the pool, which does so with lost connections
+        return True
 
 
 def _changed(status: str) -> int:
@@ -348,7 +370,11 @@ class PostgresStore(Store):
         self._pool = pool
         self._url = url
         self._secret = _Secret(url)
+        #: Seconds the server lets one statement run (its ``statement_timeout``).
         self.query_timeout = query_timeout
+        #: Seconds this side waits for one statement (or a connection): a little longer than the server's own
+        #: timeout, which ends the statement cleanly, to also give up on a server that stopped answering.
+        self.wait_timeout = query_timeout + _CLIENT_MARGIN
         self._busy_window = busy_window
         self._transactions: dict[asyncio.Task[Any], PostgresTransaction] = {}
         self._listeners: dict[str, list[Callable[[str], None]]] = {}
@@ -392,8 +418,11 @@ class PostgresStore(Store):
                     min_size=min_size,
                     max_size=max_size,
                     timeout=connect_timeout,
-                    command_timeout=query_timeout,
-                    server_settings={"application_name": "fluxbot"},
+                    command_timeout=query_timeout + _CLIENT_MARGIN,
+                    server_settings={
+                        "application_name": "fluxbot",
+                        "statement_timeout": str(max(1, round(query_timeout * 1000))),
+                    },
                     setup=_hear_the_server,
                 )
                 break
@@ -421,10 +450,10 @@ class PostgresStore(Store):
                 await self._reconnect_task
         if self._listen_conn is not None:
             with contextlib.suppress(Exception):
-                await self._listen_conn.close(timeout=self.query_timeout)
+                await self._listen_conn.close(timeout=self.wait_timeout)
             self._listen_conn = None
         try:
-            await asyncio.wait_for(self._pool.close(), timeout=self.query_timeout)
+            await asyncio.wait_for(self._pool.close(), timeout=self.wait_timeout)
         except TimeoutError:
             log.warning("PostgreSQL connections still in use after %g s; closing them anyway", self.query_timeout)
             self._pool.terminate()
@@ -443,7 +472,7 @@ class PostgresStore(Store):
             return await own.fetch_all(sql, params)
         statement = rewrite_parameters(sql)
         args = statement.arguments(params)
-        return list(await self._alone(lambda conn: conn.fetch(statement.sql, *args, timeout=self.query_timeout)))
+        return list(await self._alone(lambda conn: conn.fetch(statement.sql, *args, timeout=self.wait_timeout)))
 
     async def write_alone(self, sql: str, params: Params = ()) -> list[Row]:
         """Run one writing statement as a transaction of its own (autocommit) and return its rows.
@@ -455,7 +484,7 @@ class PostgresStore(Store):
             raise RuntimeError("write_alone is a transaction of its own; inside one, use the Transaction")
         statement = rewrite_parameters(sql)
         args = statement.arguments(params)
-        return list(await self._alone(lambda conn: conn.fetch(statement.sql, *args, timeout=self.query_timeout)))
+        return list(await self._alone(lambda conn: conn.fetch(statement.sql, *args, timeout=self.wait_timeout)))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -471,17 +500,17 @@ class PostgresStore(Store):
         conn = await self._acquire()
         try:
             tx = PostgresTransaction(self, conn)
-            await self._guard(conn.execute("BEGIN", timeout=self.query_timeout))
+            await tx._guard(conn.execute("BEGIN", timeout=self.wait_timeout))
             self._transactions[task] = tx
             try:
                 yield tx
             except BaseException:
                 with contextlib.suppress(Exception):
-                    await conn.execute("ROLLBACK", timeout=self.query_timeout)
+                    await conn.execute("ROLLBACK", timeout=self.wait_timeout)
                 raise
             finally:
                 self._transactions.pop(task, None)
-            await self._guard(conn.execute("COMMIT", timeout=self.query_timeout))
+            await tx._guard(conn.execute("COMMIT", timeout=self.wait_timeout))
         finally:
             await self._release(conn)
 
@@ -490,7 +519,7 @@ class PostgresStore(Store):
     async def notify(self, channel: str, payload: str = "") -> None:
         """Send ``payload`` to every process listening on ``channel`` (this one included), at commit."""
         await self._alone(
-            lambda conn: conn.execute("SELECT pg_notify($1, $2)", channel, payload, timeout=self.query_timeout)
+            lambda conn: conn.execute("SELECT pg_notify($1, $2)", channel, payload, timeout=self.wait_timeout)
         )
 
     async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
@@ -565,23 +594,27 @@ class PostgresStore(Store):
         """A connection from the pool, tried again while the server refuses connections for now."""
 
         async def attempt() -> PoolConnectionProxy[Any]:
-            return await self._pool.acquire(timeout=self.query_timeout)
+            return await self._pool.acquire(timeout=self.wait_timeout)
 
         return await self._retrying(attempt)
 
     async def _release(self, conn: PoolConnectionProxy[Any]) -> None:
         try:
             conn.remove_log_listener(_server_said)  # added by _hear_the_server; the pool wants none left
-            await self._pool.release(conn, timeout=self.query_timeout)
+        except asyncpg.InterfaceError:
+            return  # the connection was lost, and the pool has taken it back already
+        try:
+            await self._pool.release(conn, timeout=self.wait_timeout)
         except Exception as exc:  # a broken connection: the pool drops it and opens another when needed
             log.warning("could not return a PostgreSQL connection to the pool: %s", self._secret.hide(_describe(exc)))
-            conn.terminate()
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
 
     async def _alone(self, run: Callable[[PoolConnectionProxy[Any]], Awaitable[_T]]) -> _T:
         """``run`` on a pooled connection, outside any transaction; tried again after failures that wrote nothing."""
 
         async def attempt() -> _T:
-            conn = await self._pool.acquire(timeout=self.query_timeout)
+            conn = await self._pool.acquire(timeout=self.wait_timeout)
             try:
                 return await run(conn)
             finally:
@@ -663,6 +696,7 @@ async def _migrate(
         conn = await pool.acquire(timeout=seconds)
         try:
             async with conn.transaction():
+                await conn.execute(f"SET LOCAL statement_timeout = {max(1, round(seconds * 1000)):d}")
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(MIGRATION_LOCK), timeout=seconds)
                 await conn.execute(
                     """
@@ -694,8 +728,9 @@ async def _migrate(
                         timeout=seconds,
                     )
         finally:
-            conn.remove_log_listener(_server_said)
-            await pool.release(conn, timeout=seconds)
+            with contextlib.suppress(asyncpg.InterfaceError):  # unless the pool took a lost connection back
+                conn.remove_log_listener(_server_said)
+                await pool.release(conn, timeout=seconds)
     except (MigrationError, asyncio.CancelledError):
         raise
     except Exception as exc:
