@@ -422,8 +422,9 @@ class JobRunner:
             await asyncio.gather(*(self._progress(job, due[job.id]) for job in jobs))
 
     async def _lose(self, job: Job) -> None:
-        self._dispatch_needed.set()  # a provider slot is free again
-        if await db.mark_lost(self._store, job.id, LOST_MESSAGE):
+        lost = await db.mark_lost(self._store, job.id, LOST_MESSAGE)
+        self._dispatch_needed.set()  # a provider slot is free again (set once the database says so)
+        if lost:
             metrics.current().job_ended(job.kind, "lost")
             log.warning("job %d was cut off while being submitted; marked lost", job.id)
             await self._tell_final(job, JobFailed(LOST_MESSAGE))
@@ -570,7 +571,6 @@ class JobRunner:
         return {}
 
     async def _finished(self, job: Job, status: TaskStatus) -> None:
-        self._dispatch_needed.set()  # a provider slot is free again
         if status.state is TaskState.FAILED:
             assert status.error is not None
             log.warning("job %d failed at the provider: %s", job.id, status.error)
@@ -586,9 +586,12 @@ class JobRunner:
                 job.count,
                 job.count,
             )
-        if await db.mark_succeeded(self._store, job.id, refs, status.seed):
-            succeeded = replace(job, status=JobStatus.SUCCEEDED, image_urls=tuple(refs), result_seed=status.seed)
-            self._deliver_soon(succeeded)
+        recorded = await db.mark_succeeded(self._store, job.id, refs, status.seed)
+        self._dispatch_needed.set()  # a provider slot is free again (set once the database says so)
+        if recorded:
+            self._deliver_soon(
+                replace(job, status=JobStatus.SUCCEEDED, image_urls=tuple(refs), result_seed=status.seed)
+            )
 
     # -- delivering -----------------------------------------------------------------------------
 
@@ -664,8 +667,9 @@ class JobRunner:
     # -- endings, guards and progress -----------------------------------------------------------
 
     async def _fail(self, job: Job, code: str, message: str) -> None:
-        self._dispatch_needed.set()
-        if await db.mark_failed(self._store, job.id, code, message):
+        failed = await db.mark_failed(self._store, job.id, code, message)
+        self._dispatch_needed.set()  # a provider slot (or a queue place) is free again
+        if failed:
             metrics.current().job_ended(job.kind, metrics.job_outcome(code))
             await self._tell_final(job, JobFailed(message))
         self._forget(job.id)

@@ -740,3 +740,25 @@ async def test_finished_jobs_past_the_retention_period_are_pruned_and_usage_is_k
 
     assert [await db.get_job(store, job.id) is not None for job in jobs] == [False, False, True]
     assert [await db.user_usage(store, 1, job.user_id) for job in jobs] == usage_before
+
+
+async def test_a_flood_from_one_member_does_not_hold_back_five_who_ask_once(
+    make_runner: RunnerFactory, flux_emulator: FluxEmulator
+) -> None:
+    """The issue's fairness test: one member queues 40 jobs, then 5 others ask once each; each of the 5 is
+    sent to the provider before the flooder's 10th job."""
+    flux_emulator.task_delay = 0.1  # two slots, each job there for a while: the queue is what decides
+    runner = make_runner(concurrency=2, poll_interval=0.02)
+    await runner.start()
+    flood = [await accepted(runner, request(0, prompt=f"flood {n}")) for n in range(40)]
+    others = [await accepted(runner, request(1 + n, prompt=f"other {n}")) for n in range(5)]
+
+    def sent() -> list[str]:
+        return [r.json["prompt"] for r in flux_emulator.requests_to("POST", "/flux/images") if r.json]
+
+    await flux_emulator.wait_until(lambda: len(sent()) == 45, timeout=60)
+    order = sent()
+    tenth_flood = order.index("flood 9")
+    assert all(order.index(f"other {n}") < tenth_flood for n in range(5)), order
+    assert [p for p in order if p.startswith("flood")] == [f"flood {n}" for n in range(40)]
+    assert len(flood) + len(others) == 45
