@@ -16,6 +16,7 @@ from benchmarks.framework import Benchmark, print_table, progress, run_benchmark
 #: The modules whose ``BENCHMARKS`` make up the table, in table order.
 MODULES = (
     "benchmarks.store_figures",
+    "benchmarks.pg_figures",
     "benchmarks.ack_figures",
     "benchmarks.bot_figures",
     "benchmarks.earlier_figures",
