@@ -422,7 +422,7 @@ class JobRunner:
             await asyncio.gather(*(self._progress(job, due[job.id]) for job in jobs))
 
     async def _lose(self, job: Job) -> None:
-        lost = await db.mark_lost(self._store, job.id, LOST_MESSAGE)
+        lost = await db.mark_lost(self._store, job.id, LOST_MESSAGE, owner=self._owner)
         self._dispatch_needed.set()  # a provider slot is free again (set once the database says so)
         if lost:
             metrics.current().job_ended(job.kind, "lost")
@@ -586,7 +586,7 @@ class JobRunner:
                 job.count,
                 job.count,
             )
-        recorded = await db.mark_succeeded(self._store, job.id, refs, status.seed)
+        recorded = await db.mark_succeeded(self._store, job.id, refs, status.seed, owner=self._owner)
         self._dispatch_needed.set()  # a provider slot is free again (set once the database says so)
         if recorded:
             self._deliver_soon(
@@ -667,7 +667,7 @@ class JobRunner:
     # -- endings, guards and progress -----------------------------------------------------------
 
     async def _fail(self, job: Job, code: str, message: str) -> None:
-        failed = await db.mark_failed(self._store, job.id, code, message)
+        failed = await db.mark_failed(self._store, job.id, code, message, owner=self._owner)
         self._dispatch_needed.set()  # a provider slot (or a queue place) is free again
         if failed:
             metrics.current().job_ended(job.kind, metrics.job_outcome(code))

@@ -1060,7 +1060,9 @@ async def test_migration_6_rebuilds_jobs_keeping_every_row_link_and_index(db_pat
         with pytest.raises(sqlite3.IntegrityError):
             async with store.transaction() as tx:
                 await tx.execute("UPDATE jobs SET parent_job_id = 999 WHERE id = 6")
-        # ... and the migrated jobs carry on: the owed word, the live ones to their end.
+
+    # ... and the migrated jobs carry on, on today's schema: the owed word, the live ones to their end.
+    async with await SqliteStore.open(db_path, clock=clock) as store:
         assert [job.id for job in await jobs_owing_final_word(store)] == [2]
         assert await mark_posted(store, 8, 503, 1)
         assert await mark_failed(store, 5, "cancelled", "no")

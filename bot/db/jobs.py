@@ -216,17 +216,22 @@ async def mark_submitted(store: Store, job_id: int, task_id: str) -> bool:
     return await _done(store, job_id, rows, JobStatus.SUBMITTED)
 
 
-async def mark_succeeded(store: Store, job_id: int, image_urls: Sequence[str], seed: int | None) -> bool:
-    """submitted (or submitting, for providers that answer at once) -> succeeded, storing the result."""
+async def mark_succeeded(
+    store: Store, job_id: int, image_urls: Sequence[str], seed: int | None, *, owner: str | None = None
+) -> bool:
+    """submitted (or submitting, for providers that answer at once) -> succeeded, storing the result.
+
+    ``owner``: the process that will post it (see :mod:`bot.db.work`); by default the job keeps its owner.
+    """
     if isinstance(image_urls, str) or not image_urls:
         raise ValueError("mark_succeeded needs a non-empty sequence of image URLs")
     result = json.dumps({"images": list(image_urls), "seed": seed})
     rows = await store.write_alone(
         """
-        UPDATE jobs SET status = 'succeeded', result = ?, finished_at = ?
-        WHERE id = ? AND status IN ('submitting', 'submitted') RETURNING id
+        UPDATE jobs SET status = 'succeeded', result = :result, finished_at = :now, owner = coalesce(:owner, owner)
+        WHERE id = :job AND status IN ('submitting', 'submitted') RETURNING id
         """,
-        (result, store.now(), job_id),
+        {"result": result, "now": store.now(), "owner": owner, "job": job_id},
     )
     return await _done(store, job_id, rows, JobStatus.SUCCEEDED)
 
@@ -269,36 +274,38 @@ async def mark_posted(store: Store, job_id: int, message_id: int, delivered: int
     return await _done(store, job_id, rows, JobStatus.POSTED)
 
 
-async def mark_failed(store: Store, job_id: int, code: str, message: str) -> bool:
+async def mark_failed(store: Store, job_id: int, code: str, message: str, *, owner: str | None = None) -> bool:
     """Any non-terminal status -> failed, releasing the reservation (nothing is charged).
 
-    An inline edit source and inline result images are dropped.
+    An inline edit source and inline result images are dropped. ``owner``: the process that will tell the
+    member (see :mod:`bot.db.work`); by default the job keeps its owner.
     """
     rows = await store.write_alone(
         """
         UPDATE jobs SET status = 'failed', error_code = :code, error_message = :message, finished_at = :now,
-                        final_word_owed = 1
+                        final_word_owed = 1, owner = coalesce(:owner, owner)
         WHERE id = :job AND status IN ('queued', 'submitting', 'submitted', 'succeeded')
         RETURNING id
         """,
-        {"code": code, "message": message, "now": store.now(), "job": job_id},
+        {"code": code, "message": message, "now": store.now(), "owner": owner, "job": job_id},
     )
     return await _done(store, job_id, rows, JobStatus.FAILED)
 
 
-async def mark_lost(store: Store, job_id: int, message: str) -> bool:
+async def mark_lost(store: Store, job_id: int, message: str, *, owner: str | None = None) -> bool:
     """submitting -> lost (the outcome of the submit is unknown after a restart); nothing is charged.
 
-    An inline edit source is dropped.
+    An inline edit source is dropped. ``owner``: the process that will tell the member (see
+    :mod:`bot.db.work`); by default the job keeps its owner.
     """
     rows = await store.write_alone(
         """
         UPDATE jobs SET status = 'lost', error_code = :code, error_message = :message, finished_at = :now,
-                        final_word_owed = 1
+                        final_word_owed = 1, owner = coalesce(:owner, owner)
         WHERE id = :job AND status = 'submitting'
         RETURNING id
         """,
-        {"code": LOST_ERROR_CODE, "message": message, "now": store.now(), "job": job_id},
+        {"code": LOST_ERROR_CODE, "message": message, "now": store.now(), "owner": owner, "job": job_id},
     )
     return await _done(store, job_id, rows, JobStatus.LOST)
 
