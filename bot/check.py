@@ -19,9 +19,9 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from bot.db import SqliteStore
+from bot.db import SqliteStore, Store
 from bot.db.schema import MigrationError
-from bot.db.store import StoreBusyError
+from bot.db.store import StoreBusyError, StoreConnectError
 from bot.flux import (
     AccountError,
     BadRequestError,
@@ -182,7 +182,13 @@ async def check_discord(session: aiohttp.ClientSession, settings: Settings) -> O
 
 
 async def check_database(settings: Settings) -> Outcome:
-    """The database opens, is migrated, and takes a write (undone in the same transaction)."""
+    """The database opens, is migrated, and takes a write (undone in the same transaction).
+
+    A SQLite file or a PostgreSQL database, whichever ``DATABASE_URL`` names; a PostgreSQL URL is shown with
+    its password hidden.
+    """
+    if settings.uses_postgresql:
+        return await _check_postgresql(settings)
     try:
         path = settings.database_path
     except ValueError as exc:
@@ -193,19 +199,45 @@ async def check_database(settings: Settings) -> Outcome:
     except (MigrationError, sqlite3.Error, OSError, ValueError) as exc:
         return Outcome("database", False, f"DATABASE_URL: cannot open {path}: {exc}")
     try:
-        async with store.transaction() as tx:
-            await tx.execute(
-                "INSERT INTO bot_state (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (CHECK_STATE_KEY, str(time.time())),
-            )
-            await tx.execute("DELETE FROM bot_state WHERE key = ?", (CHECK_STATE_KEY,))
+        await _write_and_undo(store)
     except (StoreBusyError, sqlite3.Error) as exc:
         return Outcome("database", False, f"DATABASE_URL: {path} is not writable: {exc}")
     finally:
         await store.close()
     created = "created, " if not existed else ""
     return Outcome("database", True, f"{path} ({created}schema version {store.schema_version}, writable)")
+
+
+async def _check_postgresql(settings: Settings) -> Outcome:
+    shown = settings.database_shown
+    try:
+        from bot.db.postgres import PostgresStore  # noqa: PLC0415 - asyncpg is optional: fluxbot[postgres]
+    except ImportError:
+        return Outcome(
+            "database", False, f"DATABASE_URL: {shown} needs the PostgreSQL driver: pip install 'fluxbot[postgres]'"
+        )
+    try:
+        store = await PostgresStore.open(
+            settings.database_url.get_secret_value(), max_size=1, busy_window=DATABASE_BUSY_WINDOW
+        )
+    except (MigrationError, StoreBusyError, StoreConnectError) as exc:  # their texts never hold the password
+        return Outcome("database", False, f"DATABASE_URL: cannot open {shown}: {exc}")
+    try:
+        await _write_and_undo(store)
+    except Exception as exc:  # any refusal (a read-only user, a full disk) is the answer
+        return Outcome("database", False, f"DATABASE_URL: {shown} is not writable: {exc}")
+    finally:
+        await store.close()
+    return Outcome("database", True, f"{shown} (PostgreSQL, schema version {store.schema_version}, writable)")
+
+
+async def _write_and_undo(store: Store) -> None:
+    async with store.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO bot_state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (CHECK_STATE_KEY, str(time.time())),
+        )
+        await tx.execute("DELETE FROM bot_state WHERE key = ?", (CHECK_STATE_KEY,))
 
 
 # -- the Flux provider ---------------------------------------------------------------------------------------

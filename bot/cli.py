@@ -144,9 +144,14 @@ async def _invite() -> int:
     return 0
 
 
-def _backup(target: Path) -> int:
-    settings = _settings(DISCORD_TOKEN=_UNUSED, FLUX_API_KEY=_UNUSED)
-    if settings is None:
+def _backup_source(settings: Settings) -> Path | int:
+    """The SQLite file to back up, or the exit status after saying why there is none."""
+    if settings.uses_postgresql:  # the server has its own tool, which copies a live database consistently
+        print(
+            f"fluxbot: backup copies a SQLite file; {settings.database_shown} is a PostgreSQL database: "
+            "back it up with pg_dump (e.g. pg_dump --format=custom --file=fluxbot.dump DATABASE_URL)",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     try:
         source = settings.database_path
@@ -156,6 +161,16 @@ def _backup(target: Path) -> int:
     if not source.is_file():
         print(f"fluxbot: DATABASE_URL: there is no database at {source}", file=sys.stderr)
         return EXIT_FAILED
+    return source
+
+
+def _backup(target: Path) -> int:
+    settings = _settings(DISCORD_TOKEN=_UNUSED, FLUX_API_KEY=_UNUSED)
+    if settings is None:
+        return EXIT_CONFIG
+    source = _backup_source(settings)
+    if isinstance(source, int):
+        return source
     if target.is_dir():
         target = target / source.name
     if target.exists() and target.resolve() == source.resolve():

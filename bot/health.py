@@ -120,7 +120,7 @@ class HealthServer:
     async def _database_answers(self) -> bool:
         try:
             async with asyncio.timeout(DATABASE_TIMEOUT):
-                await self._store.fetch_one("SELECT count(*) FROM sqlite_master")
+                await self._store.fetch_one("SELECT count(*) FROM bot_state")  # a table of ours, on either database
         except Exception as exc:  # any failure at all means the database cannot be used now
             log.warning("health check: the database did not answer: %s", type(exc).__name__)
             return False

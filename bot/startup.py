@@ -239,7 +239,14 @@ def quiet_reconnects(bot: discord.Client) -> Iterator[None]:
 @contextlib.contextmanager
 def hold_database(settings: Settings) -> Iterator[None]:
     """Hold the database's single-instance lock for the block; if another process holds it, say so in one line
-    on standard error and exit 2, before the database is opened."""
+    on standard error and exit 2, before the database is opened.
+
+    Only a SQLite file has one: it serves one process. Several processes sharing one PostgreSQL database is what
+    that backend is for, so on PostgreSQL the block runs without any lock.
+    """
+    if settings.uses_postgresql:
+        yield
+        return
     try:
         with single_instance(settings.database_path):
             yield

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import asyncpg
 import pytest
 
 from bot.db import SqliteStore
@@ -412,3 +413,58 @@ async def test_backup_without_a_database_says_so_and_exits_1(tmp_path: Path) -> 
     assert ran.status == 1
     assert ran.stderr == f"fluxbot: DATABASE_URL: there is no database at {missing}\n"
     assert not (tmp_path / "copy.db").exists()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------------------
+
+#: A made-up password: the test server trusts loopback, so it is accepted and must never be shown.
+PG_PASSWORD = "pg-Secret-77"
+
+
+def postgresql_with_password(url: str, *, port: int | None = None) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{parts.username}:{PG_PASSWORD}@{parts.hostname}:{port or parts.port}").geturl()
+
+
+async def test_check_on_postgresql_migrates_and_writes_and_hides_the_password(
+    fluxbot: FluxbotHarness, tmp_path: Path, postgresql_url: str
+) -> None:
+    url = postgresql_with_password(postgresql_url)
+    ran = await run_fluxbot("check", env=env_for(fluxbot, DATABASE_URL=url), cwd=tmp_path)
+
+    assert ran.status == 0, ran.stdout + ran.stderr
+    line = ran.line("database")
+    assert line.startswith(f"database: ok — postgresql://postgres:***@{urlsplit(url).netloc.split('@')[1]}/"), line
+    assert "PostgreSQL, schema version " in line and "writable" in line
+    assert PG_PASSWORD not in ran.stdout + ran.stderr
+    assert not fluxbot.database.exists()  # no SQLite file on the side
+    conn = await asyncpg.connect(postgresql_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM bot_state") == 0  # the test write was undone
+        assert await conn.fetchval("SELECT count(*) FROM schema_migrations") >= 1
+    finally:
+        await conn.close()
+
+
+async def test_check_with_an_unreachable_postgresql_names_database_url_and_hides_the_password(
+    fluxbot: FluxbotHarness, tmp_path: Path, postgresql_url: str
+) -> None:
+    url = postgresql_with_password(postgresql_url, port=free_port())
+    ran = await run_fluxbot("check", env=env_for(fluxbot, DATABASE_URL=url), cwd=tmp_path)
+
+    assert ran.status == 1, ran.stdout + ran.stderr
+    line = ran.line("database")
+    assert line.startswith("database: FAILED — DATABASE_URL: cannot open postgresql://postgres:***@"), line
+    assert PG_PASSWORD not in ran.stdout + ran.stderr
+    assert "Traceback" not in ran.stderr
+
+
+async def test_backup_on_postgresql_points_at_pg_dump_and_exits_2(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"postgresql://fluxbot:{PG_PASSWORD}@db.example:5432/fluxbot"}
+    ran = await run_fluxbot("backup", str(tmp_path / "copy.db"), env=env, cwd=tmp_path, inherit=False)
+
+    assert ran.status == 2
+    assert ran.stderr.count("\n") == 1 and "pg_dump" in ran.stderr
+    assert "postgresql://fluxbot:***@db.example:5432/fluxbot" in ran.stderr
+    assert PG_PASSWORD not in ran.stdout + ran.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
-"""``GET /healthz`` on METRICS_LISTEN: the real bot against the fake Discord, with a real SQLite file."""
+"""``GET /healthz`` on METRICS_LISTEN: the real bot against the fake Discord, with a real SQLite file (and once a
+real PostgreSQL database)."""
 
 from __future__ import annotations
 
@@ -135,3 +136,18 @@ async def test_a_metrics_listen_port_in_use_is_named_and_nothing_is_left_open(fl
     # the database was closed again: the next bot opens it
     async with fluxbot.running(METRICS_LISTEN="127.0.0.1:0") as bot:
         assert (await healthz(bot))[0] == 200
+
+
+async def test_healthz_asks_a_postgresql_database_too(
+    fluxbot: FluxbotHarness, postgresql_url: str, error_guard: ErrorGuard
+) -> None:
+    async with fluxbot.running(METRICS_LISTEN="127.0.0.1:0", DATABASE_URL=postgresql_url) as bot:
+        online = await until(lambda: healthz(bot), lambda a: a[0] == 200, "online")
+        await bot.store.close()  # the database is gone for good
+        closed = await healthz(bot)
+    while error_guard.expect(lambda record: record.name == "bot.jobs"):
+        pass
+
+    assert bot.store.dialect == "postgresql"
+    assert online == (200, {"status": "ok", "gateway": "connected", "database": "ok"})
+    assert closed == (503, {"status": "down", "gateway": "connected", "database": "unusable"})

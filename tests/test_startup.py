@@ -12,6 +12,10 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
+from bot.settings import load_settings
+from bot.startup import hold_database
 from tests.conftest import free_port
 from tests.fakediscord import DiscordEmulator
 from tests.fluxbot_harness import FluxbotHarness, fluxbot_environment
@@ -229,3 +233,16 @@ async def test_a_gateway_lost_after_start_up_is_reconnected_with_one_warning_lin
     assert_clean(bot.stderr())
     assert all("Connect" in line and "reconnecting in" in line for line in lost), lost
     assert len(discord.identifies) == 1  # resumed, not identified anew
+
+
+def test_on_postgresql_processes_share_the_database_without_a_lock_file(tmp_path: Path) -> None:
+    # Several processes on one PostgreSQL database are the point of it: none waits for or refuses another.
+    settings = load_settings(
+        DISCORD_TOKEN="t", FLUX_API_KEY="k", DATABASE_URL="postgresql://fluxbot:pw@127.0.0.1:5432/fluxbot"
+    )
+    sqlite = load_settings(DISCORD_TOKEN="t", FLUX_API_KEY="k", DATABASE_URL=f"sqlite:///{tmp_path / 'bot.db'}")
+    with hold_database(settings), hold_database(settings):
+        with pytest.raises(SystemExit) as refused, hold_database(sqlite), hold_database(sqlite):
+            pass  # (a second holder of one SQLite file is refused, as the bot process test above shows)
+        assert refused.value.code == 2
+    assert [path.name for path in tmp_path.iterdir()] == ["bot.db.lock"]  # SQLite's lock file only
