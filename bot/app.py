@@ -146,6 +146,9 @@ class FluxBot(commands.AutoShardedBot):
             delivery_window=settings.delivery_retry_window,
             media_hosts=settings.discord_media_hosts,
             retention=settings.job_retention,
+            lease=settings.work_lease,
+            # A SQLite file has one process (its file lock keeps others out); PostgreSQL may have several.
+            sole=not settings.uses_postgresql,
         )
         self._last_interaction = 0.0  # event loop time when the last interaction arrived
         self._after_acknowledgements: asyncio.Event | None = None  # set when a burst of interactions is over

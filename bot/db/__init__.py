@@ -42,7 +42,6 @@ from bot.db.jobs import (
     mark_succeeded,
     mark_told,
     polling_handles,
-    queue_position,
     queued_ids,
     queued_jobs,
     submitted_job,
@@ -78,6 +77,7 @@ from bot.db.store import (
     Transaction,
 )
 from bot.db.usage import guild_usage_today, user_usage
+from bot.db.work import queue_position
 
 __all__ = [
     "ACTIVE_STATUSES",

@@ -49,7 +49,6 @@ __all__ = [
     "mark_succeeded",
     "mark_told",
     "polling_handles",
-    "queue_position",
     "queued_ids",
     "queued_jobs",
     "quota_lock",
@@ -411,18 +410,6 @@ async def jobs_by_ids(store: Store, ids: Sequence[int]) -> list[Job]:
         (json.dumps(wanted) if store.dialect == "sqlite" else wanted,),
     )
     return [_job(row) for row in rows]
-
-
-async def queue_position(store: Store, job_id: int) -> int | None:
-    """The job's 1-based place among queued jobs, or None if it is not queued."""
-    row = await store.fetch_one(
-        """
-        SELECT (SELECT count(*) FROM jobs AS ahead WHERE ahead.status = 'queued' AND ahead.id <= job.id)
-        FROM jobs AS job WHERE job.id = ? AND job.status = 'queued'
-        """,
-        (job_id,),
-    )
-    return None if row is None else int(row[0])
 
 
 async def active_jobs(store: Store, guild_id: int, user_id: int) -> list[Job]:

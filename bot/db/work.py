@@ -44,6 +44,7 @@ __all__ = [
     "orphaned_submits",
     "prune_turns",
     "queue_order",
+    "queue_position",
     "renew_worker",
     "retire_worker",
 ]
@@ -164,6 +165,12 @@ async def queue_order(store: Store) -> list[int]:
     if not queued:
         return []
     return list(fair_order(queued, await _turns(store, store, {guild for _, guild, _ in queued})))
+
+
+async def queue_position(store: Store, job_id: int) -> int | None:
+    """The job's 1-based place in :func:`queue_order`, or None if it is not queued."""
+    order = await queue_order(store)
+    return order.index(job_id) + 1 if job_id in order else None
 
 
 async def orphaned_submits(store: Store, owner: str, *, own: bool = False) -> list[Job]:
