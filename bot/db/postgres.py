@@ -424,6 +424,7 @@ class PostgresStore(Store):
                         "statement_timeout": str(max(1, round(query_timeout * 1000))),
                     },
                     setup=_hear_the_server,
+                    reset=_keep_the_session,
                 )
                 break
             except Exception as exc:
@@ -653,6 +654,14 @@ class PostgresStore(Store):
         if _transient(exc):
             return StoreUnavailableError(f"the PostgreSQL database is unavailable: {self._secret.hide(_describe(exc))}")
         return exc
+
+
+async def _keep_the_session(conn: asyncpg.Connection[Any]) -> None:
+    """What a connection needs when it comes back to the pool: nothing beyond what asyncpg always does (roll back
+    a transaction left open). The store leaves no other session state behind — its advisory locks end with their
+    transactions, it listens on a connection of its own, and it sets nothing outside a transaction — so asyncpg's
+    default reset (``RESET ALL``, ``UNLISTEN *``, ... sent to the server) would be a round trip per statement
+    for nothing: it halved the reservations per second."""
 
 
 async def _hear_the_server(conn: PoolConnectionProxy[Any]) -> None:
