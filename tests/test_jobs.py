@@ -21,6 +21,7 @@ from bot.flux import AceDataClient, FluxClient, GenerateRequest, OpenAIRelayClie
 from bot.flux.models import Submission, TaskStatus
 from bot.images import DownloadedImage, MediaHosts
 from bot.jobs import (
+    LOST_MESSAGE,
     UNKNOWN_OUTCOME_MESSAGE,
     DeliveryError,
     JobDone,
@@ -31,7 +32,7 @@ from bot.jobs import (
     JobUpdate,
     PostedResult,
 )
-from tests.conftest import KEY, NO_WAIT, png_bytes
+from tests.conftest import KEY, NO_WAIT, open_backend, png_bytes
 from tests.fluxemu import FluxEmulator
 from tests.fluxemu import acedata as acedata_emu
 
@@ -762,3 +763,98 @@ async def test_a_flood_from_one_member_does_not_hold_back_five_who_ask_once(
     assert all(order.index(f"other {n}") < tenth_flood for n in range(5)), order
     assert [p for p in order if p.startswith("flood")] == [f"flood {n}" for n in range(40)]
     assert len(flood) + len(others) == 45
+
+
+async def claimed_by(store: Store, owner: str, lease: float, new: NewJob) -> Job:
+    """A job claimed for submitting by process ``owner`` whose lease lasts ``lease`` more seconds."""
+    await db.work.renew_worker(store, owner, lease)
+    job = await db.create_job(store, new, QuotaLimits())
+    assert isinstance(job, Job)
+    (claimed,) = await db.work.claim_queued(store, owner, concurrency=100)
+    return claimed
+
+
+async def test_a_submit_cut_off_by_a_process_that_died_is_lost_once_its_lease_expires_never_sent_again(
+    store: Store, make_runner: RunnerFactory, courier: RecordingCourier, flux_emulator: FluxEmulator
+) -> None:
+    alive = await claimed_by(store, "alive", 60.0, request(1, prompt="claimed by a live process"))
+    dead = await claimed_by(store, "dead", 0.3, request(2, prompt="claimed by a dead process"))
+    runner = make_runner(sole=False, lease=5.0)
+    await runner.start()
+    await courier.wait_for(lambda: courier.final(dead.id) is not None)
+
+    assert courier.final(dead.id) == JobFailed(LOST_MESSAGE)
+    assert (await db.get_job(store, dead.id)).status is JobStatus.LOST  # type: ignore[union-attr]
+    # The live process's submit is its own business: never touched, however many sweeps go by.
+    await asyncio.sleep(1.5)
+    assert (await db.get_job(store, alive.id)).status is JobStatus.SUBMITTING  # type: ignore[union-attr]
+    assert flux_emulator.count("POST", "/flux/images") == 0  # neither was sent (again) by the runner
+    assert [u for j, u in courier.updates if j == dead.id] == [JobFailed(LOST_MESSAGE)]  # told once
+
+
+async def test_a_result_a_dead_process_posted_but_never_recorded_is_found_not_posted_again(
+    store: Store, make_runner: RunnerFactory, courier: RecordingCourier
+) -> None:
+    job = await claimed_by(store, "dead", 0.3, request(3))
+    assert await db.mark_submitted(store, job.id, "task-of-the-dead")
+    assert await db.mark_succeeded(store, job.id, ["https://cdn.example/gone.png"], 7, owner="dead")
+    # The dead process's post reached the channel; recording it did not happen.
+    courier.posts[job.id] = [DownloadedImage(png_bytes(), "PNG", 48, 32, "image/png")]
+    runner = make_runner(sole=False, lease=5.0)
+    await runner.start()
+    await courier.wait_for(lambda: courier.final(job.id) is not None)
+
+    assert courier.final(job.id) == JobDone(1000 + job.id)
+    posted = await db.get_job(store, job.id)
+    assert posted is not None and posted.status is JobStatus.POSTED and posted.posted_message_id == 1000 + job.id
+    assert posted.charged_images == 1
+    assert len(courier.posts[job.id]) == 1  # found, not posted a second time
+
+
+@pytest.fixture
+async def second_store(request: pytest.FixtureRequest, store: Store, tmp_path: Path) -> AsyncIterator[Store]:
+    """Another connection to the database of ``store``, as a second process would have."""
+    async with open_backend(request, store.dialect, tmp_path / "fluxbot.db") as opened:
+        yield opened
+
+
+async def test_one_of_two_processes_polls_and_the_other_takes_over_when_it_stops(
+    store: Store,
+    second_store: Store,
+    courier: RecordingCourier,
+    acedata: AceDataClient,
+    http_session: aiohttp.ClientSession,
+    flux_emulator: FluxEmulator,
+) -> None:
+    runners = [
+        JobRunner(
+            store=each,
+            flux=acedata,
+            courier=courier,
+            session=http_session,
+            concurrency=4,
+            poll_interval=0.05,
+            job_timeout=60.0,
+            lease=1.5,
+            sole=False,
+        )
+        for each in (store, second_store)
+    ]
+    for runner in runners:
+        await runner.start()
+    try:
+        await asyncio.sleep(0.6)  # both have renewed their lease once
+        assert [runner.polling for runner in runners].count(True) == 1
+        poller, other = sorted(runners, key=lambda runner: not runner.polling)
+        first = await accepted(other, request(1))
+        await courier.wait_for(lambda: courier.final(first.id) is not None)
+
+        await poller.stop()  # a clean stop hands the role over at once (at the other's next renewal)
+        flux_emulator.task_delay = 0.2
+        second_job = await accepted(other, request(2))
+        await courier.wait_for(lambda: courier.final(second_job.id) is not None)
+        assert other.polling
+        assert courier.final(second_job.id) == JobDone(1000 + second_job.id)
+    finally:
+        for runner in runners:
+            await runner.stop()
