@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -27,6 +28,7 @@ from bot.db import (
     QuotaLimits,
     QuotaRefusal,
     SchemaTooNewError,
+    SqliteStore,
     StoreBusyError,
     StoreConnectError,
     StoreUnavailableError,
@@ -189,7 +191,7 @@ async def test_a_failing_migration_leaves_the_database_as_it_was(postgresql_url:
         assert tables == 0
 
 
-async def test_open_store_picks_the_backend_from_the_url(postgresql_url: str, tmp_path: object) -> None:
+async def test_open_store_picks_the_backend_from_the_url(postgresql_url: str) -> None:
     async with await open_store(postgresql_url, clock=clock) as store:
         assert isinstance(store, PostgresStore)
     async with await open_store(postgresql_url.replace("postgresql://", "postgres://", 1)) as store:
@@ -376,3 +378,42 @@ async def test_listening_resumes_after_its_connection_is_lost(postgresql_url: st
         await conn.execute("SELECT pg_notify('fluxbot_work', 'after')")
         await wait_until(lambda: heard)
         assert heard == ["after"]
+
+
+async def test_the_postgresql_schema_has_the_tables_columns_indexes_and_triggers_of_the_sqlite_one(
+    postgresql_url: str, tmp_path: Path
+) -> None:
+    async with await SqliteStore.open(tmp_path / "fluxbot.db") as sqlite:
+        tables = [row[0] for row in await sqlite.fetch_all("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        sqlite_columns = {
+            table: [row["name"] for row in await sqlite.fetch_all(f"SELECT name FROM pragma_table_info('{table}')")]
+            for table in tables
+        }
+        sqlite_indexes = {
+            row[0]
+            for row in await sqlite.fetch_all(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex%'"
+            )
+        }
+        sqlite_triggers = {
+            row[0] for row in await sqlite.fetch_all("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
+    async with await PostgresStore.open(postgresql_url), admin(postgresql_url) as conn:
+        rows = await conn.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' "
+            "AND table_name <> 'schema_migrations' ORDER BY table_name, ordinal_position"
+        )
+        postgresql_columns: dict[str, list[str]] = {}
+        for row in rows:
+            postgresql_columns.setdefault(row["table_name"], []).append(row["column_name"])
+        postgresql_indexes = {
+            row[0]
+            for row in await conn.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")
+            if not row[0].endswith("_pkey")
+        }
+        postgresql_triggers = {
+            row[0] for row in await conn.fetch("SELECT DISTINCT trigger_name FROM information_schema.triggers")
+        }
+    assert postgresql_columns == sqlite_columns
+    assert postgresql_indexes == sqlite_indexes
+    assert postgresql_triggers == sqlite_triggers == {"jobs_reserve", "jobs_settle", "jobs_drop_inline"}

@@ -532,12 +532,18 @@ class PostgresStore(Store):
         if self._closed:
             raise RuntimeError("the store is closed")
         async with self._listen_lock:
-            first = channel not in self._listeners
-            self._listeners.setdefault(channel, []).append(callback)
-            if self._listen_conn is None:
-                self._listen_conn = await self._listening_connection()
-            elif first:
-                await self._guard(self._listen_conn.add_listener(channel, self._dispatch))
+            callbacks = self._listeners.setdefault(channel, [])
+            callbacks.append(callback)
+            try:
+                if self._listen_conn is None:
+                    self._listen_conn = await self._listening_connection()
+                elif len(callbacks) == 1:
+                    await self._guard(self._listen_conn.add_listener(channel, self._dispatch))
+            except BaseException:  # not listening after all: the caller hears why and may try again
+                callbacks.remove(callback)
+                if not callbacks:
+                    del self._listeners[channel]
+                raise
 
     async def _listening_connection(self) -> asyncpg.Connection[Any]:
         try:

@@ -1,7 +1,10 @@
 """Versioned schema migrations: ``migrations/NNNN_name.sql``, applied in order in one transaction.
 
-The database records the version it is at in ``PRAGMA user_version``. Opening a database applies every
-newer migration and sets the version in the same transaction, so a failure leaves it exactly as it was.
+Each database keeps its own series: SQLite's files in ``migrations/``, PostgreSQL's in
+``migrations/postgresql/`` (numbered from 1 on their own; its 0001 is SQLite's schema after 0006). A SQLite
+file records the version it is at in ``PRAGMA user_version``, a PostgreSQL database in its table
+``schema_migrations``. Opening a database applies every newer migration and records the version in the same
+transaction, so a failure leaves it exactly as it was.
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ def split_statements(script: str) -> list[str]:
     """Split an SQL script into complete statements (``executescript`` would commit, so we can't use it).
 
     Uses :func:`sqlite3.complete_statement`, so semicolons inside strings, comments and trigger bodies are
-    handled. Comment-only remainders are dropped; an unterminated statement is an error.
+    handled. Comment-only remainders are dropped; an unterminated statement is an error. SQLite only:
+    PostgreSQL runs each of its files whole, ``$$`` function bodies and all.
     """
     statements: list[str] = []
     start = 0
