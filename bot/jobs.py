@@ -98,6 +98,9 @@ PRUNE_PAUSE = 0.05
 WORK_LEASE = 15.0
 #: How long before its lease expires a process stops counting on it (for a renewal late by a slow database).
 LEASE_MARGIN = 1 / 3
+#: The notification channel on which a process that queued a job wakes the others' dispatchers (the poller
+#: reports places in the queue; any process may have a free provider slot).
+QUEUE_CHANNEL = "fluxbot_queue"
 #: Turns older than this are forgotten: a member last served a day ago ranks like one never served.
 TURNS_KEPT = 86400.0
 #: Seconds a stopping bot waits for submits under way (see :meth:`JobRunner.stop`).
@@ -281,6 +284,10 @@ class JobRunner:
     async def start(self) -> None:
         """Start the dispatcher and the poller; their first ticks recover what a previous run left behind."""
         self._running = True
+        try:
+            await self._store.listen(QUEUE_CHANNEL, self._queue_changed)
+        except Exception as error:  # the poller then reports new jobs' places at its next round instead
+            log.warning("cannot listen for jobs queued by other processes: %s", error)
         self._tasks.spawn(self._lease_loop(), name="lease")
         self._tasks.spawn(self._dispatch_loop(), name="dispatcher")
         self._tasks.spawn(self._poll_loop(), name="poller")
@@ -315,7 +322,16 @@ class JobRunner:
             with job_context(outcome):
                 log.info("job %d queued: %s %s for user %d", outcome.id, outcome.kind, outcome.model, outcome.user_id)
             self._dispatch_needed.set()
+            try:
+                await self._store.notify(QUEUE_CHANNEL)
+            except Exception as error:  # the job is recorded: the others find it at their next round
+                log.warning("job %d: could not tell other processes it is queued: %s", outcome.id, error)
         return outcome
+
+    def _queue_changed(self, _payload: str) -> None:
+        """A job was queued (maybe by another process): dispatch it, or report its place, now."""
+        if self._running:
+            self._dispatch_needed.set()
 
     async def in_flight(self) -> int:
         """Jobs at the provider now (being submitted, or submitted and not yet finished)."""
