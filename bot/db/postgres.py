@@ -269,11 +269,18 @@ def _sqlstate(exc: BaseException) -> str:
     return str(getattr(exc, "sqlstate", "") or "")
 
 
-def _certainly_unwritten(exc: BaseException) -> bool:
-    """Whether ``exc`` means the statement was refused whole, so trying it again cannot do anything twice."""
+def _refused_connection(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection that could not be opened for now (nothing was sent on it)."""
     if isinstance(exc, OSError | asyncpg.exceptions.CannotConnectNowError | asyncpg.exceptions.TooManyConnectionsError):
         return True
     return _sqlstate(exc) in _RETRY_STATES
+
+
+def _rolled_back(exc: BaseException) -> bool:
+    """Whether the server refused ``exc``'s statement whole (a serialisation failure, a deadlock, a lock not
+    available), so trying it again cannot do anything twice. A connection lost mid-statement is not one: the
+    statement may have committed."""
+    return isinstance(exc, asyncpg.PostgresError) and _sqlstate(exc) in _RETRY_STATES
 
 
 def _transient(exc: BaseException) -> bool:
@@ -428,7 +435,7 @@ class PostgresStore(Store):
                 )
                 break
             except Exception as exc:
-                if not (_certainly_unwritten(exc) or isinstance(exc, TimeoutError)) or time.monotonic() >= deadline:
+                if not (_refused_connection(exc) or isinstance(exc, TimeoutError)) or time.monotonic() >= deadline:
                     raise _opening_error(exc, secret) from None
                 log.warning("cannot reach the PostgreSQL server (%s); trying again", secret.hide(_describe(exc)))
             await asyncio.sleep(_RETRY_DELAYS[min(attempt, len(_RETRY_DELAYS) - 1)])
@@ -603,7 +610,7 @@ class PostgresStore(Store):
         async def attempt() -> PoolConnectionProxy[Any]:
             return await self._pool.acquire(timeout=self.wait_timeout)
 
-        return await self._retrying(attempt)
+        return await self._retrying(attempt, _refused_connection)
 
     async def _release(self, conn: PoolConnectionProxy[Any]) -> None:
         try:
@@ -621,21 +628,23 @@ class PostgresStore(Store):
         """``run`` on a pooled connection, outside any transaction; tried again after failures that wrote nothing."""
 
         async def attempt() -> _T:
-            conn = await self._pool.acquire(timeout=self.wait_timeout)
+            conn = await self._acquire()
             try:
                 return await run(conn)
             finally:
                 await self._release(conn)
 
-        return await self._retrying(attempt)
+        return await self._retrying(attempt, _rolled_back)
 
-    async def _retrying(self, start: Callable[[], Awaitable[_T]]) -> _T:
+    async def _retrying(self, start: Callable[[], Awaitable[_T]], again: Callable[[BaseException], bool]) -> _T:
+        """``start()``, tried again after each failure ``again`` accepts, within ``busy_window``; other failures
+        (and the last one) raised, transient ones as :class:`StoreUnavailableError`."""
         deadline = time.monotonic() + self._busy_window
         for attempt in itertools.count():
             try:
                 return await start()
             except Exception as exc:
-                if not _certainly_unwritten(exc) or time.monotonic() >= deadline:
+                if not again(exc) or time.monotonic() >= deadline:
                     raise self._translated(exc) from None
                 log.warning(
                     "the database refused a statement for now (%s); trying again (attempt %d)",
