@@ -19,6 +19,7 @@ MODULES = (
     "benchmarks.pg_figures",
     "benchmarks.ack_figures",
     "benchmarks.bot_figures",
+    "benchmarks.multiprocess_figures",
     "benchmarks.earlier_figures",
 )
 

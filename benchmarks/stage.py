@@ -3,6 +3,7 @@
 The bot runs as its own process (configured only by environment variables, as operators run it), so its CPU
 time and memory read from ``/proc/<pid>`` are its own and not the emulators'. Only the environment, the
 console script and the emulators are used, so the same benchmarks also measure an older revision of the bot.
+:func:`staged_bots` stages several such processes, each running some of Discord's shards, on one database.
 """
 
 from __future__ import annotations
@@ -18,17 +19,19 @@ from pathlib import Path
 
 from tests.fakediscord import Channel, DiscordEmulator, Interaction, Member, Message
 from tests.fluxbot_harness import fluxbot_environment, is_result
-from tests.fluxbot_process import FluxbotProcess, fluxbot_process
+from tests.fluxbot_process import FluxbotProcess, fluxbot_process, fluxbot_processes, wait_all_online
 from tests.fluxemu import FluxEmulator
 
 __all__ = [
     "DISTANT",
+    "ShardedStage",
     "Stage",
     "cpu_seconds",
     "percentile",
     "rss_bytes",
     "socket_count",
     "staged_bot",
+    "staged_bots",
 ]
 
 #: Seconds the bot has to come online.
@@ -198,3 +201,103 @@ async def staged_bot(env: Mapping[str, str], *, members: int = 20) -> AsyncItera
             async with fluxbot_process(settings, Path(folder)) as bot:
                 online = await bot.wait_online(discord, timeout=ONLINE_WITHIN)
                 yield Stage(discord, flux, channel, crowd, bot, online)
+
+
+@dataclass
+class ShardedStage:
+    """Several running bot processes and their world: servers on every Discord shard, a channel and a crowd
+    of members in each, the Flux vendor. The processes share one database (the environments say which)."""
+
+    discord: DiscordEmulator
+    flux: FluxEmulator
+    channels: list[Channel]
+    #: Every member with the channel of their server, servers taking turns (member 0 of each server first).
+    members: list[tuple[Member, Channel]]
+    bots: list[FluxbotProcess]
+
+    @property
+    def pids(self) -> list[int]:
+        return [bot.pid for bot in self.bots]
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time all the processes have used so far."""
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def results(self) -> list[Message]:
+        return [m for channel in self.channels for m in channel.messages.values() if is_result(m)]
+
+    async def imagine(self, count: int) -> list[Interaction]:
+        """``count`` /imagine commands (prompts "bench job {n}") spread over the members of every server, in
+        waves of :data:`WAVE`, each wave acknowledged before the next (as :meth:`Stage.imagine`)."""
+        sent: list[Interaction] = []
+        for start in range(0, count, WAVE):
+            wave = await asyncio.gather(*(self._ask(n) for n in range(start, min(start + WAVE, count))))
+            sent.extend(wave)
+            await self.until(_all_acknowledged(wave), 30.0, "acknowledgements")
+        return sent
+
+    async def _ask(self, n: int) -> Interaction:
+        member, channel = self.members[n % len(self.members)]
+        return await member.slash(channel, "imagine", prompt=f"bench job {n}")
+
+    async def until(self, condition: Callable[[], bool], within: float, what: str, step: float = 0.05) -> None:
+        """Check ``condition`` every ``step`` s for at most ``within`` s; fails with the last words of every
+        process if one of them exits, or if time runs out."""
+        deadline = time.monotonic() + within
+        while not condition():
+            if any(bot.returncode is not None for bot in self.bots):
+                raise RuntimeError(f"a fluxbot process exited waiting for {what}:\n{self._tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} within {within} s:\n{self._tail()}")
+            await asyncio.sleep(step)
+
+    async def until_results(self, count: int, within: float) -> None:
+        await self.until(lambda: len(self.results()) >= count, within, f"{count} results posted")
+
+    def _tail(self) -> str:
+        return "\n".join(
+            f"=== {bot.name} (pid {bot.pid}, exit status {bot.returncode}) ===\n"
+            + "\n".join(bot.stderr().splitlines()[-15:])
+            for bot in self.bots
+        )
+
+
+@contextlib.asynccontextmanager
+async def staged_bots(
+    envs: Sequence[Mapping[str, str]],
+    *,
+    shards: int,
+    servers_per_shard: int = 2,
+    members_per_server: int = 10,
+) -> AsyncIterator[ShardedStage]:
+    """Both emulators, Discord with ``shards`` shards and ``servers_per_shard`` servers on each, and one
+    ``fluxbot`` per environment, all online (every shard READY, commands synced). Each ``env`` adds to the
+    environment the tests use (no quotas, results from the emulators) and says which shards the process runs
+    (``SHARD_COUNT``/``SHARD_IDS``) and where the database is (``DATABASE_URL``; default: one SQLite file that
+    every process shares). Everything stops on exit.
+    """
+    async with DiscordEmulator() as discord, FluxEmulator() as flux:
+        discord.shard_count = shards
+        discord.max_concurrency = max(shards, 1)  # every shard identifies at once: no 5 s between them
+        channels: list[Channel] = []
+        crowds: list[list[Member]] = []
+        for shard in range(shards):
+            for n in range(servers_per_shard):
+                guild = discord.add_guild(f"bench {n} on shard {shard}", shard=shard)
+                channels.append(guild.add_text_channel("general"))
+                crowds.append([guild.add_member(f"member-{m}") for m in range(members_per_server)])
+        members = [
+            (crowd[m], channel)
+            for m in range(members_per_server)
+            for crowd, channel in zip(crowds, channels, strict=True)
+        ]
+        with tempfile.TemporaryDirectory(prefix="fluxbench-") as folder:
+            settings = [
+                fluxbot_environment(
+                    discord, flux, Path(folder) / "data" / "fluxbot.db", **{"LOG_LEVEL": "WARNING", **env}
+                )
+                for env in envs
+            ]
+            async with fluxbot_processes(settings, Path(folder)) as bots:
+                await wait_all_online(bots, discord, timeout=ONLINE_WITHIN)
+                yield ShardedStage(discord, flux, channels, members, bots)

@@ -108,7 +108,17 @@ def test_every_module_of_the_command_imports_and_names_its_figures_once() -> Non
 
     names = [b.name for b in found]
     assert len(names) == len(set(names))
-    assert {"store", "postgresql", "polling", "callbacks", "edits", "memory", "throughput", "earlier-bot"} <= set(names)
+    assert {
+        "store",
+        "postgresql",
+        "polling",
+        "callbacks",
+        "edits",
+        "memory",
+        "throughput",
+        "multiprocess",
+        "earlier-bot",
+    } <= set(names)
     for benchmark in found:
         keys = [f.key for f in benchmark.figures]
         assert keys and len(keys) == len(set(keys)), benchmark.name
