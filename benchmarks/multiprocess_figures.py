@@ -18,8 +18,10 @@ until a poll tick has seen the task done and its result is recorded. Only one pr
 provider about tasks, once per tick (0.05 s) for the whole bot, and that process records and delivers every
 result it sees; the dispatcher that wakes when a slot frees is the one in the process that freed it. So with
 three processes, acknowledging the commands is shared, but the cycle that delivers jobs (submit, tick, record,
-post) runs through one poller, while the three processes, the PostgreSQL server and the emulators share the
-machine's cores. The server's own CPU per job is shown too: on SQLite that work is done inside the bot.
+post) runs through one poller. And the three processes, the PostgreSQL server and the emulators (this process)
+share the machine's cores: where the bots' CPU per job, the server's and the emulators' (on standard error)
+add up to about the cores' time per job, the machine is the bound, and more slots or processes change little.
+The server's own CPU per job is shown because on SQLite that work is done inside the bot.
 Nothing is asserted: these are figures.
 """
 
@@ -32,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from benchmarks.framework import ANCHOR, Benchmark, Figure, progress
-from benchmarks.stage import ShardedStage, staged_bots
+from benchmarks.stage import ShardedStage, cpu_seconds, staged_bots
 from tests.fakediscord import Interaction
 from tests.pgserver import PostgresServer
 
@@ -100,16 +102,18 @@ async def burst(
     ) as stage:
         stage.flux.task_delay = 0.0
         await asyncio.sleep(SETTLE)
-        cpu, server_cpu = stage.cpu_seconds(), server_cpu_seconds(server)
+        cpu, server_cpu, emulators_cpu = stage.cpu_seconds(), server_cpu_seconds(server), cpu_seconds(os.getpid())
         progress(f"multiprocess: {what}, {jobs} jobs, instant provider")
         sent = await stage.imagine(jobs)
         await stage.until_results(jobs, within=max(60.0, jobs))
         used, server_used = stage.cpu_seconds() - cpu, server_cpu_seconds(server) - server_cpu
+        emulators_used = cpu_seconds(os.getpid()) - emulators_cpu
         first_ack, last_ack, last_result = _span(stage, sent)
         elapsed = last_result - first_ack
         progress(
-            f"multiprocess: {what}: acknowledged over {last_ack - first_ack:.2f} s, "
-            f"last result {last_result - last_ack:.2f} s after the last acknowledgement"
+            f"multiprocess: {what}: acknowledged over {last_ack - first_ack:.2f} s, last result "
+            f"{last_result - last_ack:.2f} s after the last acknowledgement; emulators' CPU "
+            f"{emulators_used / jobs * 1000:.1f} ms per job, {os.cpu_count()} cores"
         )
         if len(stage.results()) != jobs:  # a job posted twice would inflate the rate: not a figure to keep
             raise RuntimeError(f"{what}: {len(stage.results())} results posted for {jobs} jobs")
