@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 #: Progress edits stop this long before the interaction token expires.
 TOKEN_MARGIN = 30.0
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+#: Seconds the upload limit of a server this process does not run (another process's shard) is kept after
+#: Discord was asked for it: boosts change rarely, and a result posted under an old limit is only smaller.
+UPLOAD_LIMIT_KEPT = 3600.0
 #: How many of the bot's recent channel messages are searched for a post made just before a crash.
 HISTORY_SEARCH = 100
 #: Status edits sent at once. discord.py opens a connection for each request under way and keeps it open for
@@ -77,6 +80,7 @@ class DiscordCourier:
         # asked for is sent (the others it replaced are skipped). Empty when no edit waits.
         self._editing: dict[int, _Editing] = {}
         self._progress = TaskSet("status lines")
+        self._upload_limits: dict[int, tuple[int, float]] = {}  # guild id -> (limit, monotonic expiry)
 
     async def settled(self) -> None:
         """Until every progress line asked for so far is shown, or skipped for a newer one."""
@@ -87,7 +91,7 @@ class DiscordCourier:
         await self._progress.close()
 
     async def deliver(self, job: Job, images: Sequence[DownloadedImage]) -> int:
-        limit = self._upload_limit(job)
+        limit = await self._upload_limit(job)
         stem = f"flux-{job.id}"
         try:
             if fits_unchanged(images, limit):  # the usual case: nothing to re-encode, no thread needed
@@ -136,9 +140,27 @@ class DiscordCourier:
         """The job's channel, usable with the bot token alone (no cache needed, also after a restart)."""
         return self._bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id or None)
 
-    def _upload_limit(self, job: Job) -> int:
-        guild = self._bot.get_guild(job.guild_id) if job.guild_id else None
-        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+    async def _upload_limit(self, job: Job) -> int:
+        """The largest file the job's channel takes: its server's, by its boosts.
+
+        A server on another process's shard is not in this process's cache (a result may be delivered by any
+        process): Discord is asked for it, and the answer kept for :data:`UPLOAD_LIMIT_KEPT` s.
+        """
+        if not job.guild_id:
+            return DEFAULT_UPLOAD_LIMIT
+        if (guild := self._bot.get_guild(job.guild_id)) is not None:
+            return guild.filesize_limit
+        now = time.monotonic()
+        kept = self._upload_limits.get(job.guild_id)
+        if kept is not None and kept[1] > now:
+            return kept[0]
+        try:
+            limit = (await self._bot.fetch_guild(job.guild_id, with_counts=False)).filesize_limit
+        except DISCORD_ERRORS as exc:
+            log.warning("job %d: could not read the upload limit of server %d: %s", job.id, job.guild_id, exc)
+            return DEFAULT_UPLOAD_LIMIT  # the smallest there is: the result may be shrunk more than needed
+        self._upload_limits[job.guild_id] = (limit, now + UPLOAD_LIMIT_KEPT)
+        return limit
 
     async def notify(self, job: Job, update: JobUpdate) -> None:
         """Show where ``job`` stands in the member's response. A final word (done, failed) is sent before this

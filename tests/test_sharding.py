@@ -9,7 +9,9 @@ one SIGKILLed); the emulator enforces Discord's shard rules (4010 for a shard ru
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import random
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -17,10 +19,12 @@ from typing import Any
 
 import discord
 import pytest
+from PIL import Image
 
 from bot import health
 from bot.app import FluxBot, IdentifyPacing
-from bot.db import JobStatus, jobs_in
+from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, create_job, jobs_in
+from bot.images import DownloadedImage
 from tests.fakediscord import DiscordEmulator, Interaction
 from tests.fakediscord.fixtures import World, add_world
 from tests.fakediscord.runner import ErrorGuard
@@ -250,3 +254,48 @@ async def test_a_second_process_given_a_shard_that_is_running_exits_2_and_the_fi
         "fluxbot: Discord closed the gateway connection with code 4010: "
         "Invalid shard (another process runs this shard already, or SHARD_IDS is not below SHARD_COUNT)"
     ), second.stderr()
+
+
+async def test_a_result_for_a_server_on_another_processs_shard_is_posted_under_that_servers_upload_limit(
+    fluxbot: FluxbotHarness,
+) -> None:
+    """Any process may deliver any job: one that does not run the server's shard asks Discord for the server's
+    boosts (once) instead of shrinking a boosted server's images to the smallest limit."""
+    emu = fluxbot.discord
+    emu.shard_count = 2
+    boosted = emu.add_guild("boosted, on shard 1", shard=1, premium_tier=2)  # 50 MiB per file
+    channel = boosted.add_text_channel("general")
+    member = boosted.add_member("carol")
+    big = noisy_png(2048, 2048)  # about 12.6 MB: over the 10 MiB of an unboosted server
+    assert 10 * 1024 * 1024 < len(big) < 50 * 1024 * 1024
+    async with fluxbot.running(SHARD_COUNT="2", SHARD_IDS="0") as bot:
+        assert bot.get_guild(boosted.id) is None  # not this process's shard
+        jobs = []
+        for n in range(2):
+            new = NewJob(
+                guild_id=boosted.id,
+                channel_id=channel.id,
+                user_id=member.id,
+                kind=JobKind.GENERATE,
+                prompt=f"a big one #{n}",
+                model="flux-dev",
+                size="1:1",
+                count=1,
+                provider=Provider.ACEDATA,
+            )
+            job = await create_job(bot.store, new, QuotaLimits())
+            assert isinstance(job, Job)
+            jobs.append(job)
+        image = DownloadedImage(big, "PNG", 2048, 2048, "image/png")
+        posted = [await bot.courier.deliver(job, [image]) for job in jobs]
+
+    sizes = [[a.size for a in emu.find_message(message_id).attachments] for message_id in posted]  # type: ignore[union-attr]
+    assert sizes == [[len(big)], [len(big)]]  # posted as they were, not re-encoded to fit 10 MiB
+    assert len(emu.calls("GET", f"/guilds/{boosted.id}")) == 1  # asked once, then kept
+
+
+def noisy_png(width: int, height: int) -> bytes:
+    """A PNG that does not compress (random pixels): its size is about 3 bytes per pixel."""
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (width, height), random.Random(7).randbytes(width * height * 3)).save(buffer, "PNG")
+    return buffer.getvalue()
