@@ -463,7 +463,7 @@ class PostgresStore(Store):
         try:
             await asyncio.wait_for(self._pool.close(), timeout=self.wait_timeout)
         except TimeoutError:
-            log.warning("PostgreSQL connections still in use after %g s; closing them anyway", self.query_timeout)
+            log.warning("PostgreSQL connections still in use after %g s; closing them anyway", self.wait_timeout)
             self._pool.terminate()
 
     # --------------------------------------------------------------------------------------- statements
