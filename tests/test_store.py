@@ -1083,3 +1083,9 @@ async def test_migration_6_rebuilds_jobs_keeping_every_row_link_and_index(db_pat
 
 def _json(text: object) -> object:
     return None if text is None else json.loads(str(text))
+
+
+async def test_a_nul_in_a_prompt_is_dropped_so_every_backend_can_store_it(store: Store) -> None:
+    job = await accepted(store, request(prompt="a red\x00 fox"))
+    assert job.prompt == "a red fox"
+    assert (await get_job(store, job.id)).prompt == "a red fox"  # type: ignore[union-attr]

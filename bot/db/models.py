@@ -87,6 +87,8 @@ class NewJob:
     def __post_init__(self) -> None:
         if self.count < 1:
             raise ValueError(f"a job needs at least one image, not {self.count}")
+        if "\x00" in self.prompt:  # PostgreSQL's text cannot hold NUL; a NUL means nothing in a prompt
+            object.__setattr__(self, "prompt", self.prompt.replace("\x00", ""))
         if self.kind is JobKind.EDIT and not self.source_image_url:
             raise ValueError("an edit job needs a source_image_url")
 
