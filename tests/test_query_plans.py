@@ -38,7 +38,7 @@ import asyncpg
 import pytest
 
 from bot import db
-from bot.db import JobKind, JobStatus, NewJob, Provider, QuotaLimits, QuotaRefusal, SqliteStore, Store
+from bot.db import JobKind, JobStatus, NewJob, Provider, QuotaLimits, QuotaRefusal, SqliteStore, Store, work
 from bot.db.postgres import PostgresStore, server_log
 
 GUILD = 71
@@ -46,6 +46,8 @@ USER = 72
 CHANNEL = 73
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC).timestamp()
 DAY = 86_400.0
+#: The process doing the runner's work in the hot paths below.
+OWNER = "host:1:0a1b2c3d"
 #: Every limit is set, so every check runs (and passes, except where a test wants a refusal).
 LIMITS = QuotaLimits(user_daily=1_000, guild_daily=100_000, max_concurrent=50, cooldown=0.5)
 
@@ -198,14 +200,14 @@ async def hot_paths(recorder: Recorder, clock: Clock) -> None:
     assert isinstance(refusal, QuotaRefusal)  # the cooldown: half a second has not passed
     clock.now += 1.0
 
-    await run("dispatch: queued ids", lambda: db.queued_ids(store))
+    await run("lease: work.renew_worker", lambda: work.renew_worker(store, OWNER, 15.0))
+    await run("lease: work.hold_role", lambda: work.hold_role(store, work.POLLER, OWNER, 15.0))
     await run("dispatch: in flight", lambda: db.count_in(store, JobStatus.SUBMITTING, JobStatus.SUBMITTED))
-    await run("dispatch: queued jobs", lambda: db.queued_jobs(store, limit=4))
+    await run("dispatch: queue order", lambda: work.queue_order(store))
     await run("dispatch: queue position", lambda: db.queue_position(store, jobs[-1].id))
     await run("dispatch: jobs by ids", lambda: db.jobs_by_ids(store, [job.id for job in jobs[3:]]))
-    await run("restart: interrupted submits", lambda: db.jobs_in(store, JobStatus.SUBMITTING))
-    for job in [*jobs[:4], edit]:
-        await run("dispatch: db.mark_submitting", lambda job=job: db.mark_submitting(store, job.id))
+    await run("dispatch: work.claim_queued", lambda: work.claim_queued(store, OWNER, concurrency=5))
+    await run("sweep: interrupted submits", lambda: work.orphaned_submits(store, OWNER, own=True))
     await run("restart: db.mark_lost", lambda: db.mark_lost(store, jobs[3].id, "lost in a restart"))
     for job in [*jobs[:3], edit]:
         await run("submit: db.mark_submitted", lambda job=job: db.mark_submitted(store, job.id, f"task-{job.id}"))
@@ -216,18 +218,19 @@ async def hot_paths(recorder: Recorder, clock: Clock) -> None:
     for job in [*jobs[:2], edit]:
         await run("poll: db.mark_succeeded", lambda job=job: db.mark_succeeded(store, job.id, inline, 5))
     await run("poll: db.get_job", lambda: db.get_job(store, jobs[0].id))
-    await run("deliver: succeeded jobs", lambda: db.jobs_in(store, JobStatus.SUCCEEDED))
+    await run("sweep: work.claim_results", lambda: work.claim_results(store, OWNER))
     await run("deliver: db.mark_posted", lambda: db.mark_posted(store, jobs[0].id, 9_000_001, 1))
     await run("deliver: db.mark_posted of an edit", lambda: db.mark_posted(store, edit.id, 9_000_002, 1))
     await run("deliver: db.mark_failed", lambda: db.mark_failed(store, jobs[1].id, "delivery", "could not post"))
     await run("fail: db.mark_failed while queued", lambda: db.mark_failed(store, jobs[5].id, "cancelled", "gone"))
-    await run("last word: owed", lambda: db.jobs_owing_final_word(store))
+    await run("sweep: work.claim_final_words", lambda: work.claim_final_words(store, OWNER))
     await run("last word: db.mark_told", lambda: db.mark_told(store, jobs[0].id))
 
     await run("/usage: db.user_usage", lambda: db.user_usage(store, GUILD, USER))
     await run("/usage: db.guild_usage_today", lambda: db.guild_usage_today(store, GUILD))
     await run("/usage: active jobs", lambda: db.active_jobs(store, GUILD, USER))
     await run("prune: one batch", lambda: db.prune_finished_jobs(store, before=NOW - 300 * DAY, batch=50))
+    await run("prune: work.prune_turns", lambda: work.prune_turns(store, before=NOW - DAY))
 
 
 async def recorded(path: Path, *, member_jobs: int, others: int) -> Capture:

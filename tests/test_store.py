@@ -55,13 +55,12 @@ from bot.db import (
     mark_told,
     polling_handles,
     queue_position,
-    queued_ids,
-    queued_jobs,
     recent_limit_changes,
     remove_blocked_term,
     reset_guild_settings,
     update_guild_settings,
     user_usage,
+    work,
 )
 from bot.db.schema import split_statements
 from bot.db.usage import evaluate_quota
@@ -429,10 +428,7 @@ async def test_the_runners_lookups_read_queued_and_submitted_jobs_in_order(store
     assert await mark_submitting(store, jobs[3].id)
     clock.advance(7)
     assert await mark_submitted(store, jobs[3].id, "task-3")
-    assert [job.id for job in await queued_jobs(store)] == [jobs[0].id, jobs[2].id, jobs[4].id]
-    assert [job.id for job in await queued_jobs(store, limit=2)] == [jobs[0].id, jobs[2].id]
-    assert await queued_jobs(store, limit=0) == []
-    assert await queued_ids(store) == [jobs[0].id, jobs[2].id, jobs[4].id]
+    assert await work.queue_order(store) == [jobs[0].id, jobs[2].id, jobs[4].id]
     assert await count_in(store, JobStatus.SUBMITTING, JobStatus.SUBMITTED) == 2
     assert await count_in(store, JobStatus.QUEUED) == 3
     assert await count_in(store) == 0

@@ -42,8 +42,6 @@ from bot.db.jobs import (
     mark_succeeded,
     mark_told,
     polling_handles,
-    queued_ids,
-    queued_jobs,
     submitted_job,
 )
 from bot.db.models import (
@@ -134,8 +132,6 @@ __all__ = [
     "polling_handles",
     "prune_finished_jobs",
     "queue_position",
-    "queued_ids",
-    "queued_jobs",
     "recent_limit_changes",
     "remove_blocked_term",
     "reset_guild_settings",

@@ -49,8 +49,6 @@ __all__ = [
     "mark_succeeded",
     "mark_told",
     "polling_handles",
-    "queued_ids",
-    "queued_jobs",
     "quota_lock",
     "submitted_job",
 ]
@@ -349,23 +347,6 @@ async def jobs_in(store: Store, *statuses: JobStatus) -> list[Job]:
         _statuses(store, statuses),
     )
     return [_job(row) for row in rows]
-
-
-async def queued_jobs(store: Store, *, limit: int | None = None) -> list[Job]:
-    """Queued jobs in queue order (oldest first), at most ``limit`` of them (all if ``None``)."""
-    if limit is not None and limit <= 0:
-        return []
-    if limit is None:
-        rows = await store.fetch_all("SELECT * FROM jobs WHERE status = 'queued' ORDER BY id")
-    else:
-        rows = await store.fetch_all("SELECT * FROM jobs WHERE status = 'queued' ORDER BY id LIMIT ?", (limit,))
-    return [_job(row) for row in rows]
-
-
-async def queued_ids(store: Store) -> list[int]:
-    """The ids of queued jobs in queue order; read from the status index alone, no job is decoded."""
-    rows = await store.fetch_all("SELECT id FROM jobs WHERE status = 'queued' ORDER BY id")
-    return [int(row[0]) for row in rows]
 
 
 async def count_in(store: Store, *statuses: JobStatus) -> int:

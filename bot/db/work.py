@@ -185,7 +185,7 @@ async def orphaned_submits(store: Store, owner: str, *, own: bool = False) -> li
         SELECT * FROM jobs AS j
         WHERE status = 'submitting'
           AND (j.owner IS NULL OR (:own = 1 AND j.owner = :owner)
-               OR j.owner NOT IN (SELECT w.owner FROM workers AS w WHERE w.expires_at > :now))
+               OR NOT EXISTS (SELECT 1 FROM workers AS w WHERE w.owner = j.owner AND w.expires_at > :now))
         ORDER BY id
         """,
         {"owner": owner, "own": int(own), "now": store.now()},
@@ -205,7 +205,7 @@ async def claim_results(store: Store, owner: str, *, limit: int = 100) -> list[J
                 UPDATE jobs SET owner = :owner WHERE id IN (
                     SELECT id FROM jobs AS j
                     WHERE status = 'succeeded' AND (j.owner IS NULL OR j.owner = :owner
-                           OR j.owner NOT IN (SELECT w.owner FROM workers AS w WHERE w.expires_at > :now))
+                           OR NOT EXISTS (SELECT 1 FROM workers AS w WHERE w.owner = j.owner AND w.expires_at > :now))
                     ORDER BY id LIMIT :limit)
                 RETURNING *
                 """,
@@ -213,7 +213,7 @@ async def claim_results(store: Store, owner: str, *, limit: int = 100) -> list[J
                 UPDATE jobs SET owner = :owner WHERE id IN (
                     SELECT id FROM jobs AS j
                     WHERE status = 'succeeded' AND (j.owner IS NULL OR j.owner = :owner
-                           OR j.owner NOT IN (SELECT w.owner FROM workers AS w WHERE w.expires_at > :now))
+                           OR NOT EXISTS (SELECT 1 FROM workers AS w WHERE w.owner = j.owner AND w.expires_at > :now))
                     ORDER BY id LIMIT :limit FOR UPDATE SKIP LOCKED)
                 RETURNING *
                 """,
@@ -231,13 +231,13 @@ async def claim_final_words(store: Store, owner: str) -> list[Job]:
             sqlite="""
                 UPDATE jobs SET owner = :owner WHERE id IN (
                     SELECT id FROM jobs AS j WHERE final_word_owed = 1 AND (j.owner IS NULL OR j.owner = :owner
-                           OR j.owner NOT IN (SELECT w.owner FROM workers AS w WHERE w.expires_at > :now)))
+                           OR NOT EXISTS (SELECT 1 FROM workers AS w WHERE w.owner = j.owner AND w.expires_at > :now)))
                 RETURNING *
                 """,
             postgresql="""
                 UPDATE jobs SET owner = :owner WHERE id IN (
                     SELECT id FROM jobs AS j WHERE final_word_owed = 1 AND (j.owner IS NULL OR j.owner = :owner
-                           OR j.owner NOT IN (SELECT w.owner FROM workers AS w WHERE w.expires_at > :now))
+                           OR NOT EXISTS (SELECT 1 FROM workers AS w WHERE w.owner = j.owner AND w.expires_at > :now))
                     FOR UPDATE SKIP LOCKED)
                 RETURNING *
                 """,
