@@ -93,7 +93,7 @@ async def test_three_processes_one_killed_every_job_posted_once_or_failed_with_q
                 inter = await member.slash(world.channel, "imagine", prompt=prompt)
                 asks[prompt] = (world, inter)
                 await inter.wait_acknowledged(timeout=5)
-                await emu.wait_until(lambda inter=inter: status_line(inter), 10, f"an answer to {prompt!r}")
+                await emu.wait_until(lambda inter=inter: status_line(inter), 30, f"an answer to {prompt!r}")
 
         await asyncio.gather(*(member_asks(world, index) for world in worlds for index in range(MEMBERS_PER_SERVER)))
         assert len(asks) == PROCESSES * SERVERS_PER_SHARD * MEMBERS_PER_SERVER * ASKS_PER_MEMBER
@@ -115,9 +115,17 @@ async def test_three_processes_one_killed_every_job_posted_once_or_failed_with_q
                 )
                 return int(left) == 0
 
-            async with asyncio.timeout(150):
-                while not await settled():
-                    await asyncio.sleep(0.2)
+            try:
+                async with asyncio.timeout(150):
+                    while not await settled():
+                        await asyncio.sleep(0.2)
+            except TimeoutError:
+                stuck = await conn.fetch(
+                    "SELECT id, status, owner, final_word_owed FROM jobs"
+                    " WHERE status NOT IN ('posted', 'failed', 'lost') OR final_word_owed = 1"
+                )
+                workers = await conn.fetch("SELECT * FROM workers")
+                raise AssertionError(f"jobs not settled: {stuck}\nworkers: {workers}\n{logs_of(bots)}") from None
             jobs = await conn.fetch("SELECT * FROM jobs ORDER BY id")
             usage = await conn.fetch("SELECT * FROM usage")
         finally:
