@@ -14,16 +14,13 @@ every limit checked. Nothing is asserted: these are figures.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import sqlite3
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from benchmarks.framework import ANCHOR, Benchmark, Figure, progress
-from benchmarks.store_figures import MEMBER, ROUND, TASKS, _end_live_jobs, _prepared, _reserve
+from benchmarks.store_figures import MEMBER, ROUND, TASKS, _end_live_jobs, _prepared, _reserve, processes_reserving
 from bot.db import open_store
 from tests.pgserver import PostgresServer
 
@@ -32,9 +29,6 @@ __all__ = ["BENCHMARKS"]
 #: Jobs in the table for the process figures, and the two sizes of the growth figure.
 HISTORY = 1_000
 SMALL, LARGE = 1_000, 50_000
-#: Seconds a process may take to open its store, and all of them to finish: a stuck one fails the run.
-READY_DEADLINE = 120.0
-RUN_DEADLINE = 600.0
 
 
 async def _with_history(server: PostgresServer, finished: int) -> str:
@@ -98,93 +92,6 @@ async def rate_with_history(url: str, total: int) -> float:
         return made / elapsed
     finally:
         await store.close()
-
-
-@dataclass(frozen=True, slots=True)
-class _Process:
-    """What one of the processes sharing a database is given: where it is, its work, and the start signals."""
-
-    url: str
-    per_task: int
-    user_base: int
-    ready: Any  # multiprocessing Event: this process has opened its store
-    go: Any  # multiprocessing Event: every process may start
-    out: Any  # multiprocessing Queue: (reservations, errors, started, ended)
-
-
-def _process_main(work: _Process) -> None:
-    """One of the processes: open its own store (as a fluxbot process would), wait for the start, reserve, report.
-
-    Each of its 16 tasks reserves for a member of its own, all in one server, as in ``store_figures``.
-    """
-
-    async def main() -> tuple[int, int, float, float]:
-        users = [work.user_base + n for n in range(TASKS)]
-        try:
-            store = await open_store(work.url)
-        except Exception:
-            work.ready.set()
-            raise
-        try:
-            await _reserve(store, 1, users)  # warm up, as the bot's connections are by the time members arrive
-            work.ready.set()
-            work.go.wait(READY_DEADLINE)
-            started = time.perf_counter()
-            made, errors = await _reserve(store, work.per_task, users)
-            return made, errors, started, time.perf_counter()
-        finally:
-            await store.close()
-
-    try:
-        work.out.put(asyncio.run(main()))
-    except BaseException:
-        work.out.put((0, 1, 0.0, 0.0))
-        raise
-
-
-def _wait_ready(worker: Any, ready: Any) -> None:
-    """Until ``worker`` has opened its store; a process that died first, or took too long, fails the run at once."""
-    deadline = time.monotonic() + READY_DEADLINE
-    while not ready.wait(0.5):
-        if not worker.is_alive():
-            raise RuntimeError(f"a process exited (code {worker.exitcode}) before it had opened its store")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"a process did not open its store within {READY_DEADLINE:.0f} s")
-
-
-async def processes_reserving(url: str, processes: int, total: int) -> tuple[float, float]:
-    """Total reservations per second of ``processes`` processes (16 tasks each) sharing ``total`` reservations on
-    the database ``url`` names (SQLite or PostgreSQL: the same code measures both), and the errors they met."""
-    context = multiprocessing.get_context("spawn")
-    go = context.Event()
-    out = context.Queue()
-    readies = [context.Event() for _ in range(processes)]
-    workers = [
-        context.Process(
-            target=_process_main,
-            args=(_Process(url, total // processes // TASKS, 40_000 + 100 * n, readies[n], go, out),),
-        )
-        for n in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    try:
-        for worker, ready in zip(workers, readies, strict=True):
-            await asyncio.to_thread(_wait_ready, worker, ready)
-        go.set()
-        results = [await asyncio.to_thread(out.get, True, RUN_DEADLINE) for _ in workers]
-    finally:
-        go.set()
-        for worker in workers:
-            await asyncio.to_thread(worker.join, 30)
-            if worker.is_alive():
-                worker.kill()
-    made = sum(result[0] for result in results)
-    errors = sum(result[1] for result in results)
-    spans = [result for result in results if result[3] > 0]
-    # perf_counter is system-wide on Linux (CLOCK_MONOTONIC), so the processes' readings compare.
-    elapsed = max(r[3] for r in spans) - min(r[2] for r in spans) if spans else 0.0
-    return (made / elapsed if elapsed > 0 else 0.0), float(errors)
 
 
 async def run(quick: bool) -> dict[str, float]:

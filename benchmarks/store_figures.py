@@ -27,18 +27,15 @@ from bot.db import (
     Provider,
     QuotaLimits,
     QuotaRefusal,
+    SqliteStore,
     Store,
     create_job,
     mark_posted,
     mark_submitted,
     mark_submitting,
     mark_succeeded,
+    open_store,
 )
-
-try:
-    from bot.db import SqliteStore
-except ImportError:  # revisions from before the PostgreSQL store named the SQLite one Store
-    from bot.db import Store as SqliteStore  # type: ignore[assignment]
 
 __all__ = ["BENCHMARKS"]
 
@@ -48,6 +45,9 @@ MEMBER = 9003
 #: Every limit is checked (and passes), so each reservation does all the work a real one does.
 LIMITS = QuotaLimits(user_daily=10**9, guild_daily=10**9, max_concurrent=10**9, cooldown=0.0)
 TASKS = 16
+#: Seconds a process may take to open its store, and all of them to finish: a stuck one fails the run.
+READY_DEADLINE = 120.0
+RUN_DEADLINE = 600.0
 #: Bytes of base64 per inline edit source in the size figure (a real one can reach ~13 MB).
 SOURCE_BYTES = 64 * 1024
 
@@ -169,78 +169,98 @@ async def _end_live_jobs(store: Store) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Share:
-    """What one of the processes sharing a file is given: the file, its work, and the start signals."""
+class _Process:
+    """What one of the processes sharing a database is given: where it is, its work, and the start signals."""
 
-    path: str
+    url: str
     per_task: int
     user_base: int
-    ready: Any  # multiprocessing Event: this process has opened the store
+    ready: Any  # multiprocessing Event: this process has opened its store
     go: Any  # multiprocessing Event: every process may start
     out: Any  # multiprocessing Queue: (reservations, errors, started, ended)
 
 
-def _process_main(share: _Share) -> None:
-    """One of the processes sharing the file: open the store, wait for the start, reserve, report."""
-    path, per_task, user_base, ready, go, out = (
-        share.path,
-        share.per_task,
-        share.user_base,
-        share.ready,
-        share.go,
-        share.out,
-    )
+def _process_main(work: _Process) -> None:
+    """One of the processes: open its own store (as a fluxbot process would), wait for the start, reserve, report.
+
+    Each of its 16 tasks reserves for a member of its own, all in one server, as in ``store_figures``.
+    """
 
     async def main() -> tuple[int, int, float, float]:
-        errors = 0
+        users = [work.user_base + n for n in range(TASKS)]
         try:
-            store = await SqliteStore.open(Path(path))
+            store = await open_store(work.url)
         except Exception:
-            ready.set()
-            return 0, 1, 0.0, 0.0
+            work.ready.set()
+            raise
         try:
-            ready.set()
-            go.wait()
+            await _reserve(store, 1, users)  # warm up, as the bot's connections are by the time members arrive
+            work.ready.set()
+            work.go.wait(READY_DEADLINE)
             started = time.perf_counter()
-            made, errors = await _reserve(store, per_task, [user_base + n for n in range(TASKS)])
+            made, errors = await _reserve(store, work.per_task, users)
             return made, errors, started, time.perf_counter()
         finally:
             await store.close()
 
-    out.put(asyncio.run(main()))
+    try:
+        work.out.put(asyncio.run(main()))
+    except BaseException:
+        work.out.put((0, 1, 0.0, 0.0))
+        raise
+
+
+def _wait_ready(worker: Any, ready: Any) -> None:
+    """Until ``worker`` has opened its store; a process that died first, or took too long, fails the run at once."""
+    deadline = time.monotonic() + READY_DEADLINE
+    while not ready.wait(0.5):
+        if not worker.is_alive():
+            raise RuntimeError(f"a process exited (code {worker.exitcode}) before it had opened its store")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"a process did not open its store within {READY_DEADLINE:.0f} s")
+
+
+async def processes_reserving(url: str, processes: int, total: int) -> tuple[float, float]:
+    """Total reservations per second of ``processes`` processes (16 tasks each) sharing ``total`` reservations on
+    the database ``url`` names (SQLite or PostgreSQL: the same code measures both), and the errors they met."""
+    context = multiprocessing.get_context("spawn")
+    go = context.Event()
+    out = context.Queue()
+    readies = [context.Event() for _ in range(processes)]
+    workers = [
+        context.Process(
+            target=_process_main,
+            args=(_Process(url, total // processes // TASKS, 40_000 + 100 * n, readies[n], go, out),),
+        )
+        for n in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker, ready in zip(workers, readies, strict=True):
+            await asyncio.to_thread(_wait_ready, worker, ready)
+        go.set()
+        results = [await asyncio.to_thread(out.get, True, RUN_DEADLINE) for _ in workers]
+    finally:
+        go.set()
+        for worker in workers:
+            await asyncio.to_thread(worker.join, 30)
+            if worker.is_alive():
+                worker.kill()
+    made = sum(result[0] for result in results)
+    errors = sum(result[1] for result in results)
+    spans = [result for result in results if result[3] > 0]
+    # perf_counter is system-wide on Linux (CLOCK_MONOTONIC), so the processes' readings compare.
+    elapsed = max(r[3] for r in spans) - min(r[2] for r in spans) if spans else 0.0
+    return (made / elapsed if elapsed > 0 else 0.0), float(errors)
 
 
 async def processes_on_one_file(processes: int, total: int) -> tuple[float, float]:
     """Total reservations per second of ``processes`` processes (16 tasks each) sharing ``total`` reservations
-    on one file, and the errors they met."""
-    context = multiprocessing.get_context("spawn")
+    on one SQLite file, and the errors they met."""
     with tempfile.TemporaryDirectory() as folder:
         path = await _prepared(Path(folder), 1_000)
-        go = context.Event()
-        out = context.Queue()
-        readies = [context.Event() for _ in range(processes)]
-        workers = [
-            context.Process(
-                target=_process_main,
-                args=(_Share(str(path), total // processes // TASKS, 20_000 + 100 * n, readies[n], go, out),),
-            )
-            for n in range(processes)
-        ]
-        for worker in workers:
-            worker.start()
-        loop = asyncio.get_running_loop()
-        for ready in readies:
-            await loop.run_in_executor(None, ready.wait)
-        go.set()
-        results = [await loop.run_in_executor(None, out.get) for _ in workers]
-        for worker in workers:
-            await loop.run_in_executor(None, worker.join)
-    made = sum(result[0] for result in results)
-    errors = sum(result[1] for result in results)
-    spans = [result for result in results if result[3] > 0]
-    elapsed = max(r[3] for r in spans) - min(r[2] for r in spans) if spans else 0.0
-    # perf_counter is system-wide on Linux (CLOCK_MONOTONIC), so the processes' readings compare.
-    return (made / elapsed if elapsed > 0 else 0.0), float(errors)
+        return await processes_reserving(f"sqlite:///{path}", processes, total)
 
 
 async def size_after_edits(jobs: int) -> tuple[float, float]:
