@@ -137,30 +137,37 @@ def request(user_id: int = USER, **overrides: object) -> NewJob:
     return NewJob(**fields)  # type: ignore[arg-type]
 
 
-def write_history(path: Path, member_jobs: int, others: int) -> None:
-    """Finished jobs of the member (and of other members of the server) over past days, with their usage."""
+def history_rows(member_jobs: int, others: int) -> list[tuple[object, ...]]:
+    """Finished jobs of the member (and of other members of the server) over past days, one tuple per job:
+    user, prompt, created, status, error code, result, posted at, message, charged, day, task, finished."""
     statuses = ("posted", "failed", "lost")
-    rows = []
+    rows: list[tuple[object, ...]] = []
     for n in range(member_jobs + others):
-        user = USER if n < member_jobs else 1_000 + n % 97
         at = NOW - 400 * DAY + n * 600.0
         status = statuses[n % 3]
+        posted = status == "posted"
         rows.append(
             (
-                user,
+                USER if n < member_jobs else 1_000 + n % 97,
                 f"old prompt {n}",
                 at,
                 status,
-                None if status == "posted" else "provider_error",
-                json.dumps({"images": [f"https://cdn.example/{n}.png"], "seed": n}) if status == "posted" else None,
-                at + 30.0 if status == "posted" else None,
-                5_000_000 + n if status == "posted" else None,
-                1 if status == "posted" else 0,
+                None if posted else "provider_error",
+                json.dumps({"images": [f"https://cdn.example/{n}.png"], "seed": n}) if posted else None,
+                at + 30.0 if posted else None,
+                5_000_000 + n if posted else None,
+                1 if posted else 0,
                 datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d"),
                 f"old-task-{n}",
                 at + 20.0,
             )
         )
+    return rows
+
+
+def write_history(path: Path, member_jobs: int, others: int) -> None:
+    """The :func:`history_rows` in the SQLite file at ``path``, with their usage."""
+    rows = history_rows(member_jobs, others)
     with sqlite3.connect(path) as conn:
         conn.executemany(
             f"""
@@ -377,28 +384,8 @@ class PostgresRecorder(Recorder):
 
 
 async def write_history_postgresql(url: str, member_jobs: int, others: int) -> None:
-    """The history of :func:`write_history`, in a PostgreSQL database, and the plan settings of :data:`AUTO_EXPLAIN`."""
-    statuses = ("posted", "failed", "lost")
-    rows = []
-    for n in range(member_jobs + others):
-        at = NOW - 400 * DAY + n * 600.0
-        status = statuses[n % 3]
-        rows.append(
-            (
-                USER if n < member_jobs else 1_000 + n % 97,
-                f"old prompt {n}",
-                at,
-                status,
-                None if status == "posted" else "provider_error",
-                json.dumps({"images": [f"https://cdn.example/{n}.png"], "seed": n}) if status == "posted" else None,
-                at + 30.0 if status == "posted" else None,
-                5_000_000 + n if status == "posted" else None,
-                1 if status == "posted" else 0,
-                datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d"),
-                f"old-task-{n}",
-                at + 20.0,
-            )
-        )
+    """The :func:`history_rows` in a PostgreSQL database, and the plan settings of :data:`AUTO_EXPLAIN`."""
+    rows = history_rows(member_jobs, others)
     conn = await asyncpg.connect(url)
     try:
         await conn.executemany(
