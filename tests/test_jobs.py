@@ -94,6 +94,7 @@ async def make_runner(
 
     def make(flux: FluxClient = acedata, **options: object) -> JobRunner:
         settings: dict[str, object] = {
+            "store": store,
             "concurrency": 4,
             "poll_interval": 0.05,
             "job_timeout": 60.0,
@@ -101,7 +102,7 @@ async def make_runner(
             "courier": courier,
             **options,
         }
-        runner = JobRunner(store=store, flux=flux, session=http_session, **settings)  # type: ignore[arg-type]
+        runner = JobRunner(flux=flux, session=http_session, **settings)  # type: ignore[arg-type]
         runners.append(runner)
         return runner
 
@@ -821,40 +822,22 @@ async def second_store(request: pytest.FixtureRequest, store: Store, tmp_path: P
 async def test_one_of_two_processes_polls_and_the_other_takes_over_when_it_stops(
     store: Store,
     second_store: Store,
+    make_runner: RunnerFactory,
     courier: RecordingCourier,
-    acedata: AceDataClient,
-    http_session: aiohttp.ClientSession,
     flux_emulator: FluxEmulator,
 ) -> None:
-    runners = [
-        JobRunner(
-            store=each,
-            flux=acedata,
-            courier=courier,
-            session=http_session,
-            concurrency=4,
-            poll_interval=0.05,
-            job_timeout=60.0,
-            lease=1.5,
-            sole=False,
-        )
-        for each in (store, second_store)
-    ]
+    runners = [make_runner(store=each, lease=1.5, sole=False) for each in (store, second_store)]
     for runner in runners:
         await runner.start()
-    try:
-        await asyncio.sleep(0.6)  # both have renewed their lease once
-        assert [runner.polling for runner in runners].count(True) == 1
-        poller, other = sorted(runners, key=lambda runner: not runner.polling)
-        first = await accepted(other, request(1))
-        await courier.wait_for(lambda: courier.final(first.id) is not None)
+    await asyncio.sleep(0.6)  # both have renewed their lease once
+    assert [runner.polling for runner in runners].count(True) == 1
+    poller, other = sorted(runners, key=lambda runner: not runner.polling)
+    first = await accepted(other, request(1))
+    await courier.wait_for(lambda: courier.final(first.id) is not None)
 
-        await poller.stop()  # a clean stop hands the role over at once (at the other's next renewal)
-        flux_emulator.task_delay = 0.2
-        second_job = await accepted(other, request(2))
-        await courier.wait_for(lambda: courier.final(second_job.id) is not None)
-        assert other.polling
-        assert courier.final(second_job.id) == JobDone(1000 + second_job.id)
-    finally:
-        for runner in runners:
-            await runner.stop()
+    await poller.stop()  # a clean stop hands the role over at once (at the other's next renewal)
+    flux_emulator.task_delay = 0.2
+    second_job = await accepted(other, request(2))
+    await courier.wait_for(lambda: courier.final(second_job.id) is not None)
+    assert other.polling
+    assert courier.final(second_job.id) == JobDone(1000 + second_job.id)
