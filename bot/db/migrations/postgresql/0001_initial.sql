@@ -86,10 +86,12 @@ CREATE TABLE usage (
     reserved integer NOT NULL DEFAULT 0 CHECK (reserved >= 0),
     used     integer NOT NULL DEFAULT 0 CHECK (used >= 0),
     PRIMARY KEY (guild_id, user_id, day)
-);
+) WITH (fillfactor = 70);
 
--- A server's images of one day (guild_daily, /usage), summed from the index alone.
-CREATE INDEX usage_guild_day ON usage (guild_id, day, used, reserved);
+-- A server's images of one day (guild_daily, /usage). Unlike SQLite's, this index leaves out used and reserved:
+-- every reservation and every settlement updates them, and PostgreSQL updates a row in place (a HOT update, no
+-- new index entries) only when no indexed column changes and its page has room (the fillfactor above).
+CREATE INDEX usage_guild_day ON usage (guild_id, day);
 
 -- Per-server overrides. NULL means "use the default from the bot's settings"; 0 means "no limit" for the
 -- daily limits and max_concurrent.
