@@ -35,7 +35,8 @@ GATEWAY_CLOSE_REASONS = {
 async def main(settings: Settings) -> None:
     """Run the bot until it is stopped: by Ctrl-C, or by SIGTERM (what Docker and service managers send).
 
-    Only one process runs on a database (a second one exits 2). Logging in and connecting ride out network
+    Only one process runs on a SQLite database (a second one exits 2); several may share a PostgreSQL one (see
+    bot.db.work). Logging in and connecting ride out network
     failures (see bot.startup); a refused token or intent raises discord.LoginFailure or
     discord.PrivilegedIntentsRequired.
 

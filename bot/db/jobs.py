@@ -38,6 +38,7 @@ __all__ = [
     "count_in",
     "create_job",
     "get_job",
+    "job_from_row",
     "jobs_by_ids",
     "jobs_in",
     "jobs_owing_final_word",
@@ -154,7 +155,7 @@ async def create_job(store: Store, new: NewJob, limits: QuotaLimits) -> Job | Qu
             params,
         )
         if rows:
-            job = _job(rows[0])
+            job = job_from_row(rows[0])
             log.info("job %d queued: %d image(s) for user %d in guild %d", job.id, job.count, job.user_id, job.guild_id)
             return job
         refusal = await _refusal(store, new, limits, now, day)
@@ -318,13 +319,13 @@ async def mark_told(store: Store, job_id: int) -> None:
 async def jobs_owing_final_word(store: Store) -> list[Job]:
     """Ended jobs whose member was not yet given the last word (the bot stopped in between), oldest first."""
     rows = await store.fetch_all("SELECT * FROM jobs WHERE final_word_owed = 1 ORDER BY id")
-    return [_job(row) for row in rows]
+    return [job_from_row(row) for row in rows]
 
 
 async def get_job(store: Store, job_id: int) -> Job | None:
     """The job with this id, or None."""
     row = await store.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
-    return None if row is None else _job(row)
+    return None if row is None else job_from_row(row)
 
 
 async def submitted_job(store: Store, task_id: str) -> Job | None:
@@ -332,7 +333,7 @@ async def submitted_job(store: Store, task_id: str) -> Job | None:
     row = await store.fetch_one(
         "SELECT * FROM jobs WHERE provider_task_id = ? AND status = 'submitted' ORDER BY id LIMIT 1", (task_id,)
     )
-    return None if row is None else _job(row)
+    return None if row is None else job_from_row(row)
 
 
 async def jobs_in(store: Store, *statuses: JobStatus) -> list[Job]:
@@ -346,7 +347,7 @@ async def jobs_in(store: Store, *statuses: JobStatus) -> list[Job]:
         ),
         _statuses(store, statuses),
     )
-    return [_job(row) for row in rows]
+    return [job_from_row(row) for row in rows]
 
 
 async def count_in(store: Store, *statuses: JobStatus) -> int:
@@ -390,7 +391,7 @@ async def jobs_by_ids(store: Store, ids: Sequence[int]) -> list[Job]:
         ),
         (json.dumps(wanted) if store.dialect == "sqlite" else wanted,),
     )
-    return [_job(row) for row in rows]
+    return [job_from_row(row) for row in rows]
 
 
 async def active_jobs(store: Store, guild_id: int, user_id: int) -> list[Job]:
@@ -403,7 +404,7 @@ async def active_jobs(store: Store, guild_id: int, user_id: int) -> list[Job]:
         """,
         (guild_id, user_id),
     )
-    return [_job(row) for row in rows]
+    return [job_from_row(row) for row in rows]
 
 
 async def _done(store: Store, job_id: int, rows: Sequence[Row], target: JobStatus) -> bool:
@@ -432,7 +433,8 @@ def _interaction_time(new: NewJob, now: float) -> float | None:
     return now if new.interaction_token is not None else None
 
 
-def _job(row: Row) -> Job:
+def job_from_row(row: Row) -> Job:
+    """A whole ``jobs`` row (``SELECT *`` or ``RETURNING *``, either backend) as a :class:`Job`."""
     result = json.loads(row["result"]) if row["result"] is not None else {}
     return Job(
         id=row["id"],

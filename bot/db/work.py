@@ -29,7 +29,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 
-from bot.db.jobs import _job
+from bot.db.jobs import job_from_row
 from bot.db.models import Job
 from bot.db.store import Reader, Store
 
@@ -142,7 +142,7 @@ async def claim_queued(store: Store, owner: str, *, concurrency: int) -> list[Jo
             ),
             {"owner": owner, "ids": _id_list(store, picks)},
         )
-        started = {int(row["id"]): _job(row) for row in rows}
+        started = {int(row["id"]): job_from_row(row) for row in rows}
         last = await tx.fetch_one("SELECT max(served_at) FROM queue_turns")
         served = max(store.now(), float(last[0]) if last is not None and last[0] is not None else 0.0)
         members = {
@@ -190,7 +190,7 @@ async def orphaned_submits(store: Store, owner: str, *, own: bool = False) -> li
         """,
         {"owner": owner, "own": int(own), "now": store.now()},
     )
-    return [_job(row) for row in rows]
+    return [job_from_row(row) for row in rows]
 
 
 async def claim_results(store: Store, owner: str, *, limit: int = 100) -> list[Job]:
@@ -220,7 +220,7 @@ async def claim_results(store: Store, owner: str, *, limit: int = 100) -> list[J
         ),
         {"owner": owner, "now": store.now(), "limit": limit},
     )
-    return sorted((_job(row) for row in rows), key=lambda job: job.id)
+    return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
 
 
 async def claim_final_words(store: Store, owner: str) -> list[Job]:
@@ -244,7 +244,7 @@ async def claim_final_words(store: Store, owner: str) -> list[Job]:
         ),
         {"owner": owner, "now": store.now()},
     )
-    return sorted((_job(row) for row in rows), key=lambda job: job.id)
+    return sorted((job_from_row(row) for row in rows), key=lambda job: job.id)
 
 
 async def prune_turns(store: Store, *, before: float) -> int:
