@@ -206,3 +206,16 @@ async def test_old_turns_are_forgotten(store: Store, clock: Clock) -> None:
     await work.claim_queued(store, "a", concurrency=1)
     assert await work.prune_turns(store, before=clock.now - 60) == 0
     assert await work.prune_turns(store, before=clock.now + 60) == 1
+
+
+async def test_a_member_served_twice_in_one_claim_is_stamped_with_their_later_turn(store: Store) -> None:
+    await work.renew_worker(store, "a", LEASE)
+    first = await queue(store, 1, 100, 3)  # member 100 asks three times, member 200 once: 100, 200, 100
+    other = await queue(store, 1, 200)
+    claimed = await work.claim_queued(store, "a", concurrency=3)
+    assert [job.id for job in claimed] == [first[0].id, other[0].id, first[1].id]
+    turns = {
+        (int(row[0]), int(row[1])): float(row[2])
+        for row in await store.fetch_all("SELECT guild_id, user_id, served_at FROM queue_turns")
+    }
+    assert turns[(1, 100)] > turns[(1, 200)]  # 100's last turn came after 200's

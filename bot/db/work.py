@@ -145,10 +145,13 @@ async def claim_queued(store: Store, owner: str, *, concurrency: int) -> list[Jo
         started = {int(row["id"]): job_from_row(row) for row in rows}
         last = await tx.fetch_one("SELECT max(served_at) FROM queue_turns")
         served = max(store.now(), float(last[0]) if last is not None and last[0] is not None else 0.0)
-        members = {
-            (job.guild_id, job.user_id): job for job in (started[job_id] for job_id in picks if job_id in started)
+        # Each member served is stamped with its last turn in this batch, in the order the turns were taken.
+        last_turn = {
+            (started[job_id].guild_id, started[job_id].user_id): step
+            for step, job_id in enumerate(picks, start=1)
+            if job_id in started
         }
-        for step, (guild, user) in enumerate(members, start=1):
+        for (guild, user), step in last_turn.items():
             await tx.execute(
                 """
                 INSERT INTO queue_turns (guild_id, user_id, served_at) VALUES (?, ?, ?)
