@@ -16,11 +16,10 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.framework import ANCHOR, Benchmark, Figure, progress
-from benchmarks.store_figures import MEMBER, ROUND, TASKS, _end_live_jobs, _prepared, _reserve, processes_reserving
+from benchmarks.store_figures import TASKS, _prepared, processes_reserving, rounds_per_second
 from bot.db import open_store
 from tests.pgserver import PostgresServer
 
@@ -82,14 +81,7 @@ async def rate_with_history(url: str, total: int) -> float:
     """
     store = await open_store(url)
     try:
-        await _reserve(store, 2, [MEMBER])  # warm up the pool's connections and their prepared statements
-        made, elapsed = 0, 0.0
-        while made < total:
-            await _end_live_jobs(store)
-            started = time.perf_counter()
-            made += (await _reserve(store, ROUND, [MEMBER]))[0]
-            elapsed += time.perf_counter() - started
-        return made / elapsed
+        return await rounds_per_second(store, total)
     finally:
         await store.close()
 

@@ -145,16 +145,23 @@ async def reservation_rate(finished: int, total: int) -> float:
         path = await _prepared(Path(folder), finished)
         store = await SqliteStore.open(path)
         try:
-            await _reserve(store, 2, [MEMBER])  # warm up the connection and the page cache
-            made, elapsed = 0, 0.0
-            while made < total:
-                await _end_live_jobs(store)
-                started = time.perf_counter()
-                made += (await _reserve(store, ROUND, [MEMBER]))[0]
-                elapsed += time.perf_counter() - started
-            return made / elapsed
+            return await rounds_per_second(store, total)
         finally:
             await store.close()
+
+
+async def rounds_per_second(store: Store, total: int) -> float:
+    """Reservations per second of :data:`TASKS` tasks of :data:`MEMBER` until ``total`` are made, after a warm-up
+    (the connections, their prepared statements, the page cache); the member's live jobs are ended between rounds,
+    outside the timing."""
+    await _reserve(store, 2, [MEMBER])
+    made, elapsed = 0, 0.0
+    while made < total:
+        await _end_live_jobs(store)
+        started = time.perf_counter()
+        made += (await _reserve(store, ROUND, [MEMBER]))[0]
+        elapsed += time.perf_counter() - started
+    return made / elapsed
 
 
 async def _end_live_jobs(store: Store) -> None:
