@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from bot.db import SqliteStore, Store
+from bot.db import Job, JobKind, NewJob, Provider, QuotaLimits, SqliteStore, Store, create_job
 from bot.flux import RetryPolicy
 from bot.settings import Settings, load_settings
 
@@ -79,6 +79,27 @@ def settings() -> Settings:
 async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+async def queued_jobs(store: Store, guild: int, channel: int, user: int, n: int = 1) -> list[Job]:
+    """``n`` jobs of one image each, asked by ``user`` in ``channel`` of ``guild``, recorded without limits."""
+    jobs = []
+    for index in range(n):
+        new = NewJob(
+            guild_id=guild,
+            channel_id=channel,
+            user_id=user,
+            kind=JobKind.GENERATE,
+            prompt=f"a lighthouse in {guild}/{channel}, #{index} of {user}",
+            model="flux-dev",
+            size="1:1",
+            count=1,
+            provider=Provider.ACEDATA,
+        )
+        job = await create_job(store, new, QuotaLimits())
+        assert isinstance(job, Job), job
+        jobs.append(job)
+    return jobs
 
 
 def free_port() -> int:

@@ -23,8 +23,9 @@ from PIL import Image
 
 from bot import health
 from bot.app import FluxBot, IdentifyPacing
-from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, create_job, jobs_in
+from bot.db import JobStatus, jobs_in
 from bot.images import DownloadedImage
+from tests.conftest import queued_jobs
 from tests.fakediscord import DiscordEmulator, Interaction
 from tests.fakediscord.fixtures import World, add_world
 from tests.fakediscord.runner import ErrorGuard
@@ -270,22 +271,7 @@ async def test_a_result_for_a_server_on_another_processs_shard_is_posted_under_t
     assert 10 * 1024 * 1024 < len(big) < 50 * 1024 * 1024
     async with fluxbot.running(SHARD_COUNT="2", SHARD_IDS="0") as bot:
         assert bot.get_guild(boosted.id) is None  # not this process's shard
-        jobs = []
-        for n in range(2):
-            new = NewJob(
-                guild_id=boosted.id,
-                channel_id=channel.id,
-                user_id=member.id,
-                kind=JobKind.GENERATE,
-                prompt=f"a big one #{n}",
-                model="flux-dev",
-                size="1:1",
-                count=1,
-                provider=Provider.ACEDATA,
-            )
-            job = await create_job(bot.store, new, QuotaLimits())
-            assert isinstance(job, Job)
-            jobs.append(job)
+        jobs = await queued_jobs(bot.store, boosted.id, channel.id, member.id, 2)
         image = DownloadedImage(big, "PNG", 2048, 2048, "image/png")
         posted = [await bot.courier.deliver(job, [image]) for job in jobs]
 

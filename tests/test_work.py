@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot import db
-from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, Store, work
-from tests.conftest import STORE_BACKENDS, open_backend
+from bot.db import Job, JobStatus, QuotaLimits, Store, work
+from tests.conftest import STORE_BACKENDS, open_backend, queued_jobs
 
 LEASE = 10.0
 NO_LIMITS = QuotaLimits(user_daily=None, guild_daily=None, max_concurrent=None, cooldown=0)
@@ -38,23 +38,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) ->
 
 
 async def queue(store: Store, guild: int, user: int, n: int = 1) -> list[Job]:
-    jobs = []
-    for index in range(n):
-        new = NewJob(
-            guild_id=guild,
-            channel_id=7,
-            user_id=user,
-            kind=JobKind.GENERATE,
-            prompt=f"{guild}/{user}/{index}",
-            model="flux-dev",
-            size="1:1",
-            count=1,
-            provider=Provider.ACEDATA,
-        )
-        job = await db.create_job(store, new, NO_LIMITS)
-        assert isinstance(job, Job)
-        jobs.append(job)
-    return jobs
+    return await queued_jobs(store, guild, 7, user, n)
 
 
 # -- the fair order, as a function --------------------------------------------------------------------------
