@@ -21,12 +21,10 @@ import pytest
 from bot.db import (
     Job,
     JobKind,
-    LimitKind,
     MigrationError,
     NewJob,
     Provider,
     QuotaLimits,
-    QuotaRefusal,
     SchemaTooNewError,
     SqliteStore,
     StoreBusyError,
@@ -34,7 +32,6 @@ from bot.db import (
     StoreUnavailableError,
     create_job,
     open_store,
-    user_usage,
 )
 from bot.db.postgres import PostgresStore, load_postgresql_migrations, rewrite_parameters
 from bot.db.schema import Migration
@@ -201,18 +198,6 @@ async def test_open_store_picks_the_backend_from_the_url(postgresql_url: str) ->
 
 
 # --- quotas across processes -----------------------------------------------------------------------------
-
-
-async def test_thirty_requests_across_two_stores_accept_exactly_the_daily_limit(postgresql_url: str) -> None:
-    limits = QuotaLimits(user_daily=3)
-    async with (
-        await PostgresStore.open(postgresql_url, clock=clock) as first,
-        await PostgresStore.open(postgresql_url, clock=clock) as second,
-    ):
-        results = await asyncio.gather(*(create_job(first if n % 2 else second, request(), limits) for n in range(30)))
-        assert sum(isinstance(result, Job) for result in results) == 3
-        assert all(r.kind is LimitKind.USER_DAILY for r in results if isinstance(r, QuotaRefusal))
-        assert (await user_usage(second, GUILD, USER)).today == 3
 
 
 async def test_the_server_limit_holds_across_stores_and_members(postgresql_url: str) -> None:

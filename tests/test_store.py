@@ -108,6 +108,15 @@ async def store(request: pytest.FixtureRequest, db_path: Path, clock: FakeClock)
         yield opened
 
 
+@pytest.fixture
+async def other_store(
+    request: pytest.FixtureRequest, store: Store, db_path: Path, clock: FakeClock
+) -> AsyncIterator[Store]:
+    """A second connection to the database of ``store``, as another process would have."""
+    async with open_backend(request, store.dialect, db_path, clock) as opened:
+        yield opened
+
+
 def request(**overrides: object) -> NewJob:
     fields: dict[str, object] = {
         "guild_id": GUILD,
@@ -512,18 +521,15 @@ async def test_fifty_concurrent_requests_on_one_store_accept_exactly_the_daily_l
 
 
 async def test_fifty_concurrent_requests_across_two_stores_accept_exactly_the_daily_limit(
-    db_path: Path, clock: FakeClock
+    store: Store, other_store: Store
 ) -> None:
     limits = QuotaLimits(user_daily=5)
-    async with (
-        await SqliteStore.open(db_path, clock=clock) as first,
-        await SqliteStore.open(db_path, clock=clock) as second,
-    ):
-        results = await asyncio.gather(*(create_job(first if n % 2 else second, request(), limits) for n in range(50)))
-        assert sum(isinstance(result, Job) for result in results) == 5
-        assert (await user_usage(first, GUILD, USER)).today == 5
-        assert (await user_usage(second, GUILD, USER)).today == 5
-        assert len(await jobs_in(second, *ACTIVE_STATUSES)) == 5
+    results = await asyncio.gather(*(create_job(store if n % 2 else other_store, request(), limits) for n in range(50)))
+    assert sum(isinstance(result, Job) for result in results) == 5
+    assert all(r.kind is LimitKind.USER_DAILY for r in results if isinstance(r, QuotaRefusal))
+    assert (await user_usage(store, GUILD, USER)).today == 5
+    assert (await user_usage(other_store, GUILD, USER)).today == 5
+    assert len(await jobs_in(other_store, *ACTIVE_STATUSES)) == 5
 
 
 async def test_the_server_daily_limit_holds_across_members(store: Store) -> None:
