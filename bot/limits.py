@@ -2,8 +2,9 @@
 how many images at once, which words, and the quota.
 
 Each server starts with the defaults from the settings (``DEFAULT_*``) and overrides them with
-``/limits``. Throughout, ``0`` means "no limit" for daily quotas and concurrency, and a cooldown of ``0``
-means none. The quota itself (daily images, concurrency, cooldown) is checked and reserved atomically by
+``/limits``. Throughout, ``0`` means "no limit" for daily and monthly quotas and concurrency, and a cooldown
+of ``0`` means none. Monthly quotas are per calendar month (UTC) and do not apply in direct messages. The
+quota itself (daily and monthly images, concurrency, cooldown) is checked and reserved atomically by
 :func:`bot.db.create_job`; this module decides what that quota is and checks everything else first.
 """
 
@@ -52,6 +53,8 @@ class Limits:
     max_count: int
     max_concurrent: int | None
     cooldown: float
+    user_monthly: int | None
+    guild_monthly: int | None
     allowed_models: tuple[str, ...] | None
     allowed_channels: tuple[int, ...] | None
     blocked_terms: tuple[str, ...]
@@ -65,6 +68,8 @@ class Limits:
             guild_daily=self.guild_daily,
             max_concurrent=self.max_concurrent,
             cooldown=self.cooldown,
+            user_monthly=self.user_monthly,
+            guild_monthly=self.guild_monthly,
         )
 
 
@@ -82,6 +87,8 @@ async def limits_for(store: Store, settings: Settings, guild_id: int) -> Limits:
             max_count=settings.default_max_count,
             max_concurrent=_no_limit_if_zero(settings.default_max_concurrent),
             cooldown=settings.default_cooldown,
+            user_monthly=None,
+            guild_monthly=None,
             allowed_models=None,
             allowed_channels=None,
             blocked_terms=(),
@@ -95,6 +102,8 @@ async def limits_for(store: Store, settings: Settings, guild_id: int) -> Limits:
         max_count=_pick(server.max_count, settings.default_max_count),
         max_concurrent=_no_limit_if_zero(_pick(server.max_concurrent, settings.default_max_concurrent)),
         cooldown=server.cooldown_seconds if server.cooldown_seconds is not None else settings.default_cooldown,
+        user_monthly=_no_limit_if_zero(_pick(server.user_monthly, settings.default_user_monthly)),
+        guild_monthly=_no_limit_if_zero(_pick(server.guild_monthly, settings.default_guild_monthly)),
         allowed_models=server.allowed_models,
         allowed_channels=server.allowed_channels,
         blocked_terms=tuple(await db.blocked_terms(store, guild_id)),

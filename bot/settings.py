@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     # Limits every server starts with (admins change them with /limits); 0 means no limit.
     default_user_daily: int = Field(25, ge=0, alias="DEFAULT_USER_DAILY")
     default_guild_daily: int = Field(250, ge=0, alias="DEFAULT_GUILD_DAILY")
+    default_user_monthly: int = Field(0, ge=0, alias="DEFAULT_USER_MONTHLY")
+    default_guild_monthly: int = Field(0, ge=0, alias="DEFAULT_GUILD_MONTHLY")
     default_max_count: int = Field(4, ge=1, le=4, alias="DEFAULT_MAX_COUNT")
     default_max_concurrent: int = Field(3, ge=0, alias="DEFAULT_MAX_CONCURRENT")
     default_cooldown: float = Field(0.0, ge=0, alias="DEFAULT_COOLDOWN")

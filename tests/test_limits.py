@@ -55,6 +55,21 @@ async def test_direct_messages_have_their_own_limit_when_allowed(store: Store) -
     assert (limits.quota.user_daily, limits.quota.guild_daily) == (3, None)
 
 
+async def test_monthly_limits_come_from_the_defaults_and_the_server_overrides_them(store: Store) -> None:
+    settings = load_settings(
+        DISCORD_TOKEN="t", FLUX_API_KEY="k", DEFAULT_USER_MONTHLY="300", ALLOW_DMS="true", DEFAULT_GUILD_MONTHLY="0"
+    )
+    limits = await limits_for(store, settings, GUILD)
+    assert (limits.quota.user_monthly, limits.quota.guild_monthly) == (300, None)  # 0: no limit
+
+    await db.update_guild_settings(store, GUILD, ADMIN, user_monthly=0, guild_monthly=5_000)
+    limits = await limits_for(store, settings, GUILD)
+    assert (limits.quota.user_monthly, limits.quota.guild_monthly) == (None, 5_000)
+    assert limits.overridden == {"user_monthly", "guild_monthly"}
+    dms = await limits_for(store, settings, DM_GUILD_ID)  # direct messages have their own daily limit only
+    assert (dms.quota.user_monthly, dms.quota.guild_monthly) == (None, None)
+
+
 @pytest.mark.parametrize(
     ("prompt", "blocked"),
     [

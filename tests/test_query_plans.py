@@ -49,7 +49,14 @@ DAY = 86_400.0
 #: The process doing the runner's work in the hot paths below.
 OWNER = "host:1:0a1b2c3d"
 #: Every limit is set, so every check runs (and passes, except where a test wants a refusal).
-LIMITS = QuotaLimits(user_daily=1_000, guild_daily=100_000, max_concurrent=50, cooldown=0.5)
+LIMITS = QuotaLimits(
+    user_daily=1_000,
+    guild_daily=100_000,
+    max_concurrent=50,
+    cooldown=0.5,
+    user_monthly=10_000,
+    guild_monthly=1_000_000,
+)
 
 #: Partial indexes that hold only rows a hot path acts on: scanning one of them is reading what is needed.
 LIVE_INDEXES = frozenset({"jobs_member_live", "jobs_final_word_owed"})
@@ -235,6 +242,7 @@ async def hot_paths(recorder: Recorder, clock: Clock) -> None:
 
     await run("/usage: db.user_usage", lambda: db.user_usage(store, GUILD, USER))
     await run("/usage: db.guild_usage_today", lambda: db.guild_usage_today(store, GUILD))
+    await run("/usage: db.guild_usage_month", lambda: db.guild_usage_month(store, GUILD))
     await run("/usage: active jobs", lambda: db.active_jobs(store, GUILD, USER))
     await run("prune: one batch", lambda: db.prune_finished_jobs(store, before=NOW - 300 * DAY, batch=50))
     await run("prune: work.prune_turns", lambda: work.prune_turns(store, before=NOW - DAY))

@@ -58,6 +58,14 @@ def test_defaults_follow_the_documented_table(monkeypatch: pytest.MonkeyPatch) -
         "0.0.0.0:8080",
         "INFO",
     )
+    assert (settings.default_user_daily, settings.default_guild_daily) == (25, 250)
+    assert (settings.default_user_monthly, settings.default_guild_monthly) == (0, 0)  # no monthly limit
+
+
+def test_a_negative_monthly_default_is_refused_by_name() -> None:
+    with pytest.raises(SettingsError, match="DEFAULT_USER_MONTHLY"):
+        load_settings(**REQUIRED, DEFAULT_USER_MONTHLY="-1")
+    assert load_settings(**REQUIRED, DEFAULT_GUILD_MONTHLY="5000").default_guild_monthly == 5000
 
 
 def test_a_dotenv_file_is_read(tmp_path: Path) -> None:

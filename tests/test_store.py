@@ -41,6 +41,7 @@ from bot.db import (
     get_guild_settings,
     get_job,
     get_state,
+    guild_usage_month,
     guild_usage_today,
     jobs_by_ids,
     jobs_in,
@@ -62,6 +63,7 @@ from bot.db import (
     user_usage,
     work,
 )
+from bot.db.days import month_bounds
 from bot.db.schema import split_statements
 from bot.db.usage import evaluate_quota
 from tests.conftest import STORE_BACKENDS, open_backend
@@ -608,8 +610,11 @@ async def test_the_database_accepts_exactly_when_the_quota_rules_say_so(store: S
             guild_daily=rng.choice([None, 5, 15, 40]),
             max_concurrent=rng.choice([None, 1, 2, 4]),
             cooldown=rng.choice([0.0, 0.0, 2.0, 30.0]),
+            user_monthly=rng.choice([None, None, 0, 12, 40]),
+            guild_monthly=rng.choice([None, None, 30, 90]),
         )
         new = request(user_id=rng.choice(members), count=rng.randint(1, 4))
+        first, following = month_bounds(store.now())
         use = await store.fetch_one(
             """
             SELECT (SELECT coalesce(sum(used + reserved), 0) FROM usage WHERE guild_id = :g AND user_id = :u
@@ -617,9 +622,13 @@ async def test_the_database_accepts_exactly_when_the_quota_rules_say_so(store: S
                    (SELECT coalesce(sum(used + reserved), 0) FROM usage WHERE guild_id = :g AND day = :d),
                    (SELECT count(*) FROM jobs WHERE guild_id = :g AND user_id = :u
                     AND status IN ('queued', 'submitting', 'submitted', 'succeeded')),
-                   (SELECT max(created_at) FROM jobs WHERE guild_id = :g AND user_id = :u)
+                   (SELECT max(created_at) FROM jobs WHERE guild_id = :g AND user_id = :u),
+                   (SELECT coalesce(sum(used + reserved), 0) FROM usage WHERE guild_id = :g AND user_id = :u
+                    AND day >= :first AND day < :following),
+                   (SELECT coalesce(sum(used + reserved), 0) FROM usage WHERE guild_id = :g
+                    AND day >= :first AND day < :following)
             """,
-            {"g": GUILD, "u": new.user_id, "d": store.today()},
+            {"g": GUILD, "u": new.user_id, "d": store.today(), "first": first, "following": following},
         )
         assert use is not None
         expected = evaluate_quota(
@@ -630,6 +639,8 @@ async def test_the_database_accepts_exactly_when_the_quota_rules_say_so(store: S
             active_jobs=use[2],
             last_job_at=use[3],
             now=store.now(),
+            member_month=use[4],
+            guild_month=use[5],
         )
         outcome = await create_job(store, new, limits)
         if expected is None:
@@ -677,6 +688,69 @@ async def test_monthly_usage_counts_only_this_utc_month(store: Store, clock: Fak
     await accepted(store, request(count=2))
     summary = await user_usage(store, GUILD, USER)
     assert (summary.day, summary.today, summary.month, summary.used_month) == ("2025-03-31", 2, 3, 0)
+
+
+async def test_a_monthly_limit_refuses_until_the_first_of_next_month_and_counts_every_day_of_this_one(
+    store: Store, clock: FakeClock
+) -> None:
+    limits = QuotaLimits(user_monthly=5, user_daily=4)
+    clock.now = datetime(2025, 2, 28, 23, 0, tzinfo=UTC).timestamp()
+    await accepted(store, request(count=4), limits)  # February's images do not count in March
+    clock.now = datetime(2025, 3, 2, 9, 0, tzinfo=UTC).timestamp()
+    kept = await accepted(store, request(count=3), limits)
+    await advance(store, kept.id, JobStatus.POSTED)  # delivers 1 of 3: the other 2 come back
+    clock.now = NOON  # 14 March: a new day, the same month
+    await accepted(store, request(count=4), limits)
+    refusal = await refused(store, limits=limits)
+    april = datetime(2025, 4, 1, tzinfo=UTC).timestamp()
+    assert refusal == QuotaRefusal(LimitKind.USER_MONTHLY, limit=5, current=5, requested=1, resets_at=april)
+    assert (await user_usage(store, GUILD, USER)).month == 5
+    await accepted(store, request(user_id=USER + 1), limits)  # per member
+    await accepted(store, request(guild_id=GUILD + 1), limits)  # per server
+    clock.now = april + 1
+    await accepted(store, request(count=4), limits)
+
+
+async def test_a_monthly_limit_gives_back_the_images_of_a_failed_job(store: Store) -> None:
+    limits = QuotaLimits(user_monthly=3)
+    job = await accepted(store, request(count=3), limits)
+    assert (await refused(store, limits=limits)).kind is LimitKind.USER_MONTHLY
+    assert await mark_failed(store, job.id, "provider_error", "500")
+    await accepted(store, request(count=3), limits)
+
+
+async def test_monthly_limits_are_named_before_daily_ones(store: Store) -> None:
+    limits = QuotaLimits(user_daily=2, user_monthly=2, guild_monthly=10)
+    await accepted(store, request(count=2), limits)
+    assert (await refused(store, limits=limits)).kind is LimitKind.USER_MONTHLY
+    assert (await refused(store, limits=replace(limits, user_monthly=None))).kind is LimitKind.USER_DAILY
+    others = replace(limits, user_daily=None, user_monthly=None)
+    await accepted(store, request(user_id=USER + 1, count=4), others)
+    await accepted(store, request(user_id=USER + 2, count=4), others)
+    refusal = await refused(store, limits=others)
+    assert (refusal.kind, refusal.limit, refusal.current) == (LimitKind.GUILD_MONTHLY, 10, 10)
+    assert await guild_usage_month(store, GUILD) == 10
+    assert await guild_usage_month(store, GUILD + 1) == 0
+
+
+async def test_thirty_concurrent_requests_across_two_stores_accept_exactly_the_monthly_limit(
+    store: Store, other_store: Store
+) -> None:
+    limits = QuotaLimits(user_monthly=3)
+    results = await asyncio.gather(*(create_job(store if n % 2 else other_store, request(), limits) for n in range(30)))
+    assert sum(isinstance(result, Job) for result in results) == 3
+    assert all(r.kind is LimitKind.USER_MONTHLY for r in results if isinstance(r, QuotaRefusal))
+    assert (await user_usage(other_store, GUILD, USER)).month == 3
+
+
+async def test_the_server_monthly_limit_holds_across_members_under_concurrency(store: Store) -> None:
+    limits = QuotaLimits(guild_monthly=10)
+    results = await asyncio.gather(
+        *(create_job(store, request(user_id=USER + n % 3, count=1 + n % 2), limits) for n in range(30))
+    )
+    accepted_images = sum(result.count for result in results if isinstance(result, Job))
+    assert 9 <= accepted_images <= 10  # full, short of at most one 2-image request
+    assert await guild_usage_month(store, GUILD) == accepted_images
 
 
 async def test_direct_messages_are_server_zero(store: Store) -> None:
@@ -807,6 +881,27 @@ async def test_updating_settings_changes_only_given_fields_and_audits_them(store
     assert await recent_limit_changes(store, GUILD + 1) == []
 
 
+async def test_monthly_settings_are_kept_audited_and_override_the_defaults(store: Store) -> None:
+    updated = await update_guild_settings(store, GUILD, ADMIN, user_monthly=100, guild_monthly=0)
+    assert await get_guild_settings(store, GUILD) == updated
+    assert updated.quota_limits(QuotaLimits(user_monthly=50, guild_monthly=500)) == QuotaLimits(
+        user_monthly=100, guild_monthly=0
+    )
+    assert updated.quota_limits(QuotaLimits(user_monthly=50)).user_monthly == 100
+    await update_guild_settings(store, GUILD, ADMIN + 1, user_monthly=None)
+    changes = await recent_limit_changes(store, GUILD)
+    assert [(c.field, c.old_value, c.new_value, c.user_id) for c in changes] == [
+        ("user_monthly", "100", None, ADMIN + 1),
+        ("guild_monthly", None, "0", ADMIN),
+        ("user_monthly", None, "100", ADMIN),
+    ]
+    with pytest.raises(ValueError, match="user_monthly must be a whole number"):
+        await update_guild_settings(store, GUILD, ADMIN, user_monthly=-1)
+    await reset_guild_settings(store, GUILD, ADMIN)
+    assert (await recent_limit_changes(store, GUILD, 1))[0].field == "guild_monthly"
+    assert await get_guild_settings(store, GUILD) == GuildSettings(guild_id=GUILD)
+
+
 async def test_invalid_settings_are_refused_before_anything_is_written(store: Store) -> None:
     invalid: list[dict[str, object]] = [
         {"user_daily": -1},
@@ -867,7 +962,14 @@ async def test_upgrading_keeps_server_settings_and_then_accepts_no_concurrency_l
     path = tmp_path / "upgrade.db"
     before_rebuild = [m for m in load_migrations() if m.version < 3]
     async with await SqliteStore.open(path, migrations=before_rebuild) as old:
-        await update_guild_settings(old, GUILD, ADMIN, user_daily=7, max_concurrent=2, allowed_models=["flux-dev"])
+        # As that version wrote it (today's code writes columns it did not have yet).
+        await old.write_alone(
+            """
+            INSERT INTO guild_settings (guild_id, user_daily, max_concurrent, allowed_models, updated_at, updated_by)
+            VALUES (?, 7, 2, '["flux-dev"]', 0, ?)
+            """,
+            (GUILD, ADMIN),
+        )
 
     async with await SqliteStore.open(path) as upgraded:
         kept = await get_guild_settings(upgraded, GUILD)

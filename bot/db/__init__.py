@@ -74,7 +74,7 @@ from bot.db.store import (
     StoreUnavailableError,
     Transaction,
 )
-from bot.db.usage import guild_usage_today, user_usage
+from bot.db.usage import guild_usage_month, guild_usage_today, user_usage
 from bot.db.work import queue_position
 
 __all__ = [
@@ -115,6 +115,7 @@ __all__ = [
     "get_guild_settings",
     "get_job",
     "get_state",
+    "guild_usage_month",
     "guild_usage_today",
     "jobs_by_ids",
     "jobs_in",

@@ -6,7 +6,7 @@ import functools
 import math
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["month_bounds", "next_utc_midnight", "utc_day"]
+__all__ = ["month_bounds", "next_utc_midnight", "next_utc_month", "utc_day"]
 
 #: Unix time has no leap seconds: every UTC day is exactly this long, and starts at a multiple of it.
 _DAY = 86_400
@@ -37,3 +37,9 @@ def month_bounds(timestamp: float) -> tuple[str, str]:
     first = _utc(timestamp).date().replace(day=1)
     following = (first + timedelta(days=32)).replace(day=1)
     return first.isoformat(), following.isoformat()
+
+
+def next_utc_month(timestamp: float) -> float:
+    """The unix time of 00:00 UTC on the first day of the month after ``timestamp``'s (when monthly limits reset)."""
+    first = _utc(timestamp).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (first + timedelta(days=32)).replace(day=1).timestamp()

@@ -42,12 +42,21 @@ SETTING_FIELDS: tuple[str, ...] = (
     "cooldown_seconds",
     "allowed_models",
     "allowed_channels",
+    "user_monthly",
+    "guild_monthly",
 )
 
 #: The ``field`` of audit rows for blocklist changes.
 BLOCKLIST_FIELD = "blocklist"
 
-_MINIMUM = {"user_daily": 0, "guild_daily": 0, "max_count": 1, "max_concurrent": 0}
+_MINIMUM = {
+    "user_daily": 0,
+    "guild_daily": 0,
+    "max_count": 1,
+    "max_concurrent": 0,
+    "user_monthly": 0,
+    "guild_monthly": 0,
+}
 
 _Value = int | float | tuple[str, ...] | tuple[int, ...] | None
 
@@ -62,6 +71,8 @@ class SettingsChanges(TypedDict, total=False):
     cooldown_seconds: float | None
     allowed_models: Sequence[str] | None
     allowed_channels: Sequence[int] | None
+    user_monthly: int | None
+    guild_monthly: int | None
 
 
 async def get_guild_settings(store: Store, guild_id: int) -> GuildSettings:
@@ -263,6 +274,8 @@ def _settings(row: Row) -> GuildSettings:
         cooldown_seconds=row["cooldown_seconds"],
         allowed_models=None if models is None else tuple(str(model) for model in models),
         allowed_channels=None if channels is None else tuple(int(channel) for channel in channels),
+        user_monthly=row["user_monthly"],
+        guild_monthly=row["guild_monthly"],
         updated_at=row["updated_at"],
         updated_by=row["updated_by"],
     )
@@ -273,10 +286,10 @@ async def _write_settings(tx: Transaction, settings: GuildSettings) -> None:
         """
         INSERT INTO guild_settings (
             guild_id, user_daily, guild_daily, max_count, max_concurrent, cooldown_seconds,
-            allowed_models, allowed_channels, updated_at, updated_by)
+            allowed_models, allowed_channels, user_monthly, guild_monthly, updated_at, updated_by)
         VALUES (
             :guild_id, :user_daily, :guild_daily, :max_count, :max_concurrent, :cooldown_seconds,
-            :allowed_models, :allowed_channels, :updated_at, :updated_by)
+            :allowed_models, :allowed_channels, :user_monthly, :guild_monthly, :updated_at, :updated_by)
         ON CONFLICT (guild_id) DO UPDATE SET
             user_daily = excluded.user_daily,
             guild_daily = excluded.guild_daily,
@@ -285,6 +298,8 @@ async def _write_settings(tx: Transaction, settings: GuildSettings) -> None:
             cooldown_seconds = excluded.cooldown_seconds,
             allowed_models = excluded.allowed_models,
             allowed_channels = excluded.allowed_channels,
+            user_monthly = excluded.user_monthly,
+            guild_monthly = excluded.guild_monthly,
             updated_at = excluded.updated_at,
             updated_by = excluded.updated_by
         """,
@@ -297,6 +312,8 @@ async def _write_settings(tx: Transaction, settings: GuildSettings) -> None:
             "cooldown_seconds": settings.cooldown_seconds,
             "allowed_models": _json(settings.allowed_models),
             "allowed_channels": _json(settings.allowed_channels),
+            "user_monthly": settings.user_monthly,
+            "guild_monthly": settings.guild_monthly,
             "updated_at": settings.updated_at,
             "updated_by": settings.updated_by,
         },

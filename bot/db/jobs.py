@@ -28,7 +28,7 @@ import json
 import logging
 from collections.abc import Sequence
 
-from bot.db.days import utc_day
+from bot.db.days import month_bounds, utc_day
 from bot.db.models import Job, JobKind, JobStatus, NewJob, PollHandle, Provider, QuotaLimits, QuotaRefusal
 from bot.db.store import Row, Store, lock_key
 from bot.db.usage import evaluate_quota
@@ -74,7 +74,14 @@ _CREATE_JOB = """
         :guild_id, :channel_id, :user_id, :kind, :prompt, :model, :size, :count, :seed,
         :source_image_url, :parent_job_id, :interaction_application_id, :interaction_token,
         :interaction_created_at, :provider, 'queued', :now, :count, :day
-    WHERE (:user_daily IS NULL OR :count + (
+    WHERE (:user_monthly IS NULL OR :count + (
+               SELECT coalesce(sum(used + reserved), 0) FROM usage
+               WHERE guild_id = :guild_id AND user_id = :user_id
+                 AND day >= :month_first AND day < :month_following) <= :user_monthly)
+      AND (:guild_monthly IS NULL OR :count + (
+               SELECT coalesce(sum(used + reserved), 0) FROM usage
+               WHERE guild_id = :guild_id AND day >= :month_first AND day < :month_following) <= :guild_monthly)
+      AND (:user_daily IS NULL OR :count + (
                SELECT coalesce(sum(used + reserved), 0) FROM usage
                WHERE guild_id = :guild_id AND user_id = :user_id AND day = :day) <= :user_daily)
       AND (:guild_daily IS NULL OR :count + (
@@ -96,7 +103,8 @@ _CREATE_JOB_POSTGRESQL = """
     SELECT * FROM reserve_job(
         :lock, :guild_id, :channel_id, :user_id, :kind, :prompt, :model, :size, :count, :seed,
         :source_image_url, :parent_job_id, :interaction_application_id, :interaction_token,
-        :interaction_created_at, :provider, :now, :day, :user_daily, :guild_daily, :max_concurrent, :cooldown)
+        :interaction_created_at, :provider, :now, :day, :user_daily, :guild_daily, :max_concurrent, :cooldown,
+        :month_first, :month_following, :user_monthly, :guild_monthly)
 """
 
 
@@ -121,6 +129,8 @@ async def create_job(store: Store, new: NewJob, limits: QuotaLimits) -> Job | Qu
     """
     now = store.now()
     day = utc_day(now)
+    # A calendar month is a range of usage days: read through the same indexes as one day.
+    month_first, month_following = month_bounds(now)
     params = {
         "guild_id": new.guild_id,
         "channel_id": new.channel_id,
@@ -143,6 +153,10 @@ async def create_job(store: Store, new: NewJob, limits: QuotaLimits) -> Job | Qu
         "guild_daily": limits.guild_daily,
         "max_concurrent": limits.max_concurrent,
         "cooldown": limits.cooldown,
+        "month_first": month_first,
+        "month_following": month_following,
+        "user_monthly": limits.user_monthly,
+        "guild_monthly": limits.guild_monthly,
     }
     sql = store.pick(sqlite=_CREATE_JOB, postgresql=_CREATE_JOB_POSTGRESQL)
     if store.dialect == "postgresql":
@@ -168,6 +182,7 @@ async def create_job(store: Store, new: NewJob, limits: QuotaLimits) -> Job | Qu
 
 async def _refusal(store: Store, new: NewJob, limits: QuotaLimits, now: float, day: str) -> QuotaRefusal | None:
     """The limit that refuses ``new`` now, read from the same figures :func:`create_job` checks."""
+    first, following = month_bounds(now)
     use = await store.fetch_one(
         """
         SELECT
@@ -178,9 +193,13 @@ async def _refusal(store: Store, new: NewJob, limits: QuotaLimits, now: float, d
              WHERE guild_id = :guild AND user_id = :user
                AND status IN ('queued', 'submitting', 'submitted', 'succeeded')),
             (SELECT created_at FROM jobs
-             WHERE guild_id = :guild AND user_id = :user ORDER BY created_at DESC LIMIT 1)
+             WHERE guild_id = :guild AND user_id = :user ORDER BY created_at DESC LIMIT 1),
+            (SELECT coalesce(sum(used + reserved), 0) FROM usage
+             WHERE guild_id = :guild AND user_id = :user AND day >= :first AND day < :following),
+            (SELECT coalesce(sum(used + reserved), 0) FROM usage
+             WHERE guild_id = :guild AND day >= :first AND day < :following)
         """,
-        {"guild": new.guild_id, "user": new.user_id, "day": day},
+        {"guild": new.guild_id, "user": new.user_id, "day": day, "first": first, "following": following},
     )
     assert use is not None
     return evaluate_quota(
@@ -191,6 +210,8 @@ async def _refusal(store: Store, new: NewJob, limits: QuotaLimits, now: float, d
         active_jobs=int(use[2]),
         last_job_at=use[3],
         now=now,
+        member_month=int(use[4]),
+        guild_month=int(use[5]),
     )
 
 

@@ -158,14 +158,17 @@ class PollHandle:
 class QuotaLimits:
     """The limits :func:`bot.db.create_job` enforces; ``None`` (or a cooldown of 0) means no limit.
 
-    Daily limits count images (used + reserved today, UTC). ``max_concurrent`` counts the member's
-    active jobs in the server. ``cooldown`` is seconds since the member's previous job in the server.
+    Daily limits count images (used + reserved today, UTC), monthly ones images this calendar month (UTC).
+    ``max_concurrent`` counts the member's active jobs in the server. ``cooldown`` is seconds since the
+    member's previous job in the server.
     """
 
     user_daily: int | None = None
     guild_daily: int | None = None
     max_concurrent: int | None = None
     cooldown: float = 0.0
+    user_monthly: int | None = None
+    guild_monthly: int | None = None
 
 
 class LimitKind(StrEnum):
@@ -173,15 +176,18 @@ class LimitKind(StrEnum):
     GUILD_DAILY = "guild_daily"
     MAX_CONCURRENT = "max_concurrent"
     COOLDOWN = "cooldown"
+    USER_MONTHLY = "user_monthly"
+    GUILD_MONTHLY = "guild_monthly"
 
 
 @dataclass(frozen=True, slots=True)
 class QuotaRefusal:
     """Why a job was refused: which limit, its value, the current use, and when it resets.
 
-    ``current`` is images used + reserved today for daily limits, active jobs for ``max_concurrent``,
-    and seconds since the previous job for ``cooldown``. ``resets_at`` is unix time (next UTC midnight,
-    or the end of the cooldown) and ``None`` for ``max_concurrent``, which frees up when a job ends.
+    ``current`` is images used + reserved today for daily limits (this month for monthly ones), active jobs
+    for ``max_concurrent``, and seconds since the previous job for ``cooldown``. ``resets_at`` is unix time
+    (next UTC midnight, 00:00 UTC on the first of next month, or the end of the cooldown) and ``None`` for
+    ``max_concurrent``, which frees up when a job ends.
     """
 
     kind: LimitKind
@@ -226,6 +232,8 @@ class GuildSettings:
     """``None`` allows every model."""
     allowed_channels: tuple[int, ...] | None = None
     """``None`` allows every channel."""
+    user_monthly: int | None = None
+    guild_monthly: int | None = None
     updated_at: float | None = None
     updated_by: int | None = None
 
@@ -236,6 +244,8 @@ class GuildSettings:
             guild_daily=_first(self.guild_daily, defaults.guild_daily),
             max_concurrent=_first(self.max_concurrent, defaults.max_concurrent),
             cooldown=self.cooldown_seconds if self.cooldown_seconds is not None else defaults.cooldown,
+            user_monthly=_first(self.user_monthly, defaults.user_monthly),
+            guild_monthly=_first(self.guild_monthly, defaults.guild_monthly),
         )
 
     def allows_model(self, model: str) -> bool:

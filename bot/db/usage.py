@@ -8,11 +8,11 @@ statement that ends it settles it (trigger ``jobs_settle``): posting moves what 
 
 from __future__ import annotations
 
-from bot.db.days import month_bounds, next_utc_midnight, utc_day
+from bot.db.days import month_bounds, next_utc_midnight, next_utc_month, utc_day
 from bot.db.models import LimitKind, QuotaLimits, QuotaRefusal, UsageSummary
 from bot.db.store import Store
 
-__all__ = ["evaluate_quota", "guild_usage_today", "user_usage"]
+__all__ = ["evaluate_quota", "guild_usage_month", "guild_usage_today", "user_usage"]
 
 
 def evaluate_quota(
@@ -24,17 +24,25 @@ def evaluate_quota(
     active_jobs: int,
     last_job_at: float | None,
     now: float,
+    member_month: int = 0,
+    guild_month: int = 0,
 ) -> QuotaRefusal | None:
     """The first limit a request for ``requested`` images would break, or ``None`` if it may proceed.
 
-    Checked in the order user_daily, guild_daily, max_concurrent, cooldown, so that a member hears about
-    the longest wait first. A request that does not fit whole is refused whole.
+    Checked in the order user_monthly, guild_monthly, user_daily, guild_daily, max_concurrent, cooldown,
+    so that a member hears about the longest wait first. A request that does not fit whole is refused whole.
+    ``member_month`` and ``guild_month`` are images used + reserved this calendar month (UTC).
     """
-    midnight = next_utc_midnight(now)
-    if limits.user_daily is not None and member_today + requested > limits.user_daily:
-        return QuotaRefusal(LimitKind.USER_DAILY, limits.user_daily, member_today, requested, midnight)
-    if limits.guild_daily is not None and guild_today + requested > limits.guild_daily:
-        return QuotaRefusal(LimitKind.GUILD_DAILY, limits.guild_daily, guild_today, requested, midnight)
+    month_end, midnight = next_utc_month(now), next_utc_midnight(now)
+    budgets = (
+        (LimitKind.USER_MONTHLY, limits.user_monthly, member_month, month_end),
+        (LimitKind.GUILD_MONTHLY, limits.guild_monthly, guild_month, month_end),
+        (LimitKind.USER_DAILY, limits.user_daily, member_today, midnight),
+        (LimitKind.GUILD_DAILY, limits.guild_daily, guild_today, midnight),
+    )
+    for kind, limit, used, resets_at in budgets:
+        if limit is not None and used + requested > limit:
+            return QuotaRefusal(kind, limit, used, requested, resets_at)
     if limits.max_concurrent is not None and active_jobs >= limits.max_concurrent:
         return QuotaRefusal(LimitKind.MAX_CONCURRENT, limits.max_concurrent, active_jobs, requested, None)
     if limits.cooldown > 0 and last_job_at is not None and now - last_job_at < limits.cooldown:
@@ -69,6 +77,20 @@ async def guild_usage_today(store: Store, guild_id: int) -> int:
     row = await store.fetch_one(
         "SELECT coalesce(sum(used + reserved), 0) FROM usage WHERE guild_id = ? AND day = ?",
         (guild_id, store.today()),
+    )
+    assert row is not None
+    return int(row[0])
+
+
+async def guild_usage_month(store: Store, guild_id: int) -> int:
+    """Images used + reserved in the server this calendar month (UTC): what ``guild_monthly`` is compared with.
+
+    A month is a range of days in the server's daily index, so this reads at most a month of rows.
+    """
+    first, following = month_bounds(store.now())
+    row = await store.fetch_one(
+        "SELECT coalesce(sum(used + reserved), 0) FROM usage WHERE guild_id = ? AND day >= ? AND day < ?",
+        (guild_id, first, following),
     )
     assert row is not None
     return int(row[0])
