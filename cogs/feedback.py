@@ -118,4 +118,9 @@ def describe_quota_refusal(refusal: QuotaRefusal) -> str:
             text = f"You already have {current} jobs in progress; the limit is {limit}. Wait for one to finish."
         case db.LimitKind.COOLDOWN:
             text = f"Cooldown: this server allows one request every {limit} s."
+        case db.LimitKind.USER_MONTHLY:
+            text = f"Monthly limit reached: you have used {current} of your {limit} images this month"
+            text += f" and asked for {refusal.requested} more." if refusal.requested > 1 else "."
+        case db.LimitKind.GUILD_MONTHLY:
+            text = f"This server's monthly limit is reached: {current} of {limit} images used this month."
     return text + when

@@ -20,7 +20,7 @@ from discord.ext import commands
 
 from bot import db
 from bot.db import JobStatus
-from bot.db.days import next_utc_midnight
+from bot.db.days import next_utc_midnight, next_utc_month
 from bot.limits import DM_GUILD_ID, Limits, limits_for
 from cogs.feedback import UserFacingError
 from cogs.text import MESSAGE_LIMIT, code, fit_lines
@@ -97,19 +97,28 @@ class LimitsCog(commands.Cog, name="Limits"):
         limits = await self.limits(guild_id)
         mine = await db.user_usage(store, guild_id, interaction.user.id)
         head = [f"**Your images today:** {mine.today}" + _of(limits.user_daily, mine.today)]
-        head.append(f"**This month:** {mine.month}")
+        head.append(f"**This month:** {mine.month}" + _of(limits.user_monthly, mine.month))
         jobs = [
             f"• Job #{job.id} ({job.count} x {job.model}): {await self._job_state(job.id, job.status)}"
             for job in await db.active_jobs(store, guild_id, interaction.user.id)
         ]
         tail = []
+        now = store.now()
         if guild_id != DM_GUILD_ID:
             server = await db.guild_usage_today(store, guild_id)
             tail.append(f"**This server today:** {server}" + _of(limits.guild_daily, server))
+            if limits.guild_monthly is not None:
+                month = await db.guild_usage_month(store, guild_id)
+                tail.append(f"**This server this month:** {month}" + _of(limits.guild_monthly, month))
         tail.append(
             f"Up to {limits.max_count} images per request, {_limit(limits.max_concurrent)} jobs at a time"
             + (f", one request every {limits.cooldown:g} s" if limits.cooldown else "")
-            + f". Daily counts reset <t:{int(next_utc_midnight(self.bot.store.now()))}:R>."
+            + f". Daily counts reset <t:{int(next_utc_midnight(now))}:R>"
+            + (
+                f", monthly ones <t:{int(next_utc_month(now))}:R>."
+                if limits.user_monthly is not None or limits.guild_monthly is not None
+                else "."
+            )
         )
         # The jobs give way first: the totals and the rules always show.
         room = MESSAGE_LIMIT - len("\n".join(head + tail)) - 2
@@ -144,6 +153,8 @@ class LimitsCog(commands.Cog, name="Limits"):
                 *([title] if title else []),
                 row("Images per member per day", "user_daily", _limit(limits.user_daily)),
                 row("Images for the server per day", "guild_daily", _limit(limits.guild_daily)),
+                row("Images per member per month (UTC)", "user_monthly", _limit(limits.user_monthly)),
+                row("Images for the server per month (UTC)", "guild_monthly", _limit(limits.guild_monthly)),
                 row("Images per request", "max_count", str(limits.max_count)),
                 row("Jobs per member at a time", "max_concurrent", _limit(limits.max_concurrent)),
                 row("Cooldown", "cooldown_seconds", f"{limits.cooldown:g} s" if limits.cooldown else "none"),
@@ -262,6 +273,8 @@ def _build_limits_group(cog: LimitsCog) -> LimitsGroup:
         max_count="Images per request",
         max_concurrent="Jobs per member at a time (0: no limit)",
         cooldown="Seconds between a member's requests (0: none)",
+        user_monthly="Images per member per calendar month, UTC (0: no limit)",
+        guild_monthly="Images for the whole server per calendar month, UTC (0: no limit)",
     )
     async def set_(  # noqa: PLR0917 - one parameter per command option
         interaction: discord.Interaction[FluxBot],
@@ -270,6 +283,8 @@ def _build_limits_group(cog: LimitsCog) -> LimitsGroup:
         max_count: app_commands.Range[int, 1, 4] | None = None,
         max_concurrent: app_commands.Range[int, 0, 100] | None = None,
         cooldown: app_commands.Range[int, 0, 86_400] | None = None,
+        user_monthly: app_commands.Range[int, 0, 10_000_000] | None = None,
+        guild_monthly: app_commands.Range[int, 0, 100_000_000] | None = None,
     ) -> None:
         given = {
             "user_daily": user_daily,
@@ -277,6 +292,8 @@ def _build_limits_group(cog: LimitsCog) -> LimitsGroup:
             "max_count": max_count,
             "max_concurrent": max_concurrent,
             "cooldown_seconds": cooldown,
+            "user_monthly": user_monthly,
+            "guild_monthly": guild_monthly,
         }
         await cog.change(interaction, **{name: value for name, value in given.items() if value is not None})
 

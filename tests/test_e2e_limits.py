@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from bot import db
+from bot.db.days import next_utc_month
 from tests.fakediscord import CommandNotAvailable, Interaction
 from tests.fluxbot_harness import FluxbotHarness, is_result, status_line
 
@@ -199,3 +200,34 @@ async def test_every_change_is_recorded_with_who_made_it_and_reset_restores_the_
     assert len(changes) == 5  # two set, one blocked term, two reset
     assert f"user {world.admin.id} changed limits" in caplog.text
     assert f"user {world.admin.id} reset the limits" in caplog.text
+
+
+async def test_a_monthly_limit_refuses_naming_itself_and_the_first_of_next_month(fluxbot: FluxbotHarness) -> None:
+    world = fluxbot.world
+    async with fluxbot.running() as bot:
+        months = {int(next_utc_month(bot.store.now()))}  # (two, should the test run across a month's end)
+        changed = await world.admin.slash(world.channel, "limits set", user_monthly=3, guild_monthly=100)
+        await changed.wait_response()
+        first = await world.member.slash(world.channel, "imagine", prompt="a harbour", count=2)
+        await world.emu.wait_until(lambda: settled(first), timeout=10)
+        over = await world.member.slash(world.channel, "imagine", prompt="another harbour", count=2)
+        await world.emu.wait_until(lambda: settled(over), timeout=10)
+        usage = await world.member.slash(world.channel, "usage")
+        usage_text = (await usage.wait_followup()).content
+        months.add(int(next_utc_month(bot.store.now())))
+        changes = await db.recent_limit_changes(bot.store, world.guild.id)
+
+    assert "Images per member per month (UTC):** 3 (set here)" in status_line(changed)
+    assert "Images for the server per month (UTC):** 100 (set here)" in status_line(changed)
+    assert status_line(first).startswith("✅")
+    refusal = status_line(over)
+    assert "Monthly limit reached: you have used 2 of your 3 images this month and asked for 2 more." in refusal
+    assert any(f"It resets <t:{month}:R>." in refusal for month in months)
+    assert "**This month:** 2 of 3 (1 left)" in usage_text
+    assert "**This server this month:** 2 of 100 (98 left)" in usage_text
+    assert any(f"monthly ones <t:{month}:R>" in usage_text for month in months)
+    assert fluxbot.flux.count("POST", "/flux/images") == 1
+    assert {(c.field, c.new_value, c.user_id) for c in changes} == {
+        ("user_monthly", "3", world.admin.id),
+        ("guild_monthly", "100", world.admin.id),
+    }
