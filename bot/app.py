@@ -95,6 +95,13 @@ class ResumingShard(Shard):
             return
         await self.reidentify(ReconnectWebSocket(self.id, resume=True))
 
+    async def reidentify(self, exc: ReconnectWebSocket) -> None:
+        # A connection that closed before READY has no session: discord.py would still send RESUME (with none),
+        # and Discord would answer "invalid session" before the shard identifies again. Identify at once.
+        if exc.resume and self.ws.session_id is None:
+            exc = ReconnectWebSocket(self.id, resume=False)
+        await super().reidentify(exc)
+
 
 class FluxBot(commands.AutoShardedBot):
     """The bot: holds the engine's shared parts so cogs use them instead of opening their own."""
