@@ -197,6 +197,7 @@ async def hot_paths(recorder: Recorder, clock: Clock) -> None:
     store = recorder.store
     await run("accept: server settings", lambda: db.get_guild_settings(store, GUILD))
     await run("accept: blocklist", lambda: db.blocked_terms(store, GUILD))
+    await run("accept: member block", lambda: db.member_block(store, GUILD, USER))
     jobs = []
     for n in range(6):
         clock.now += 1.0

@@ -17,6 +17,9 @@ import pytest
 
 from bot.db import (
     ACTIVE_STATUSES,
+    BLOCKED_MEMBER_FIELD,
+    MAX_BLOCK_REASON,
+    BlockedMember,
     GuildSettings,
     Job,
     JobKind,
@@ -35,6 +38,8 @@ from bot.db import (
     StoreBusyError,
     active_jobs,
     add_blocked_term,
+    block_member,
+    blocked_members,
     blocked_terms,
     count_in,
     create_job,
@@ -54,11 +59,13 @@ from bot.db import (
     mark_submitting,
     mark_succeeded,
     mark_told,
+    member_block,
     polling_handles,
     queue_position,
     recent_limit_changes,
     remove_blocked_term,
     reset_guild_settings,
+    unblock_member,
     update_guild_settings,
     user_usage,
     work,
@@ -900,6 +907,48 @@ async def test_monthly_settings_are_kept_audited_and_override_the_defaults(store
     await reset_guild_settings(store, GUILD, ADMIN)
     assert (await recent_limit_changes(store, GUILD, 1))[0].field == "guild_monthly"
     assert await get_guild_settings(store, GUILD) == GuildSettings(guild_id=GUILD)
+
+
+async def test_blocking_a_member_is_kept_per_server_audited_and_undone_by_unblocking(
+    store: Store, clock: FakeClock
+) -> None:
+    assert await block_member(store, GUILD, USER, reason="  spamming\n the\u200b channel ", changed_by=ADMIN)
+    assert await member_block(store, GUILD, USER) == BlockedMember(GUILD, USER, "spamming the channel", ADMIN, NOON)
+    assert await member_block(store, GUILD + 1, USER) is None  # another server
+    assert await member_block(store, GUILD, USER + 1) is None  # another member
+    assert not await block_member(store, GUILD, USER, reason="spamming the channel", changed_by=ADMIN + 1)
+
+    clock.advance(60)
+    assert await block_member(store, GUILD, USER, reason=None, changed_by=ADMIN + 1)  # the reason is replaced
+    assert await block_member(store, GUILD, USER + 1, reason="x" * 1000, changed_by=ADMIN)
+    listed = await blocked_members(store, GUILD)
+    assert [(b.user_id, b.blocked_by, b.blocked_at) for b in listed] == [
+        (USER, ADMIN + 1, NOON + 60),
+        (USER + 1, ADMIN, NOON + 60),
+    ]
+    assert listed[0].reason is None
+    assert listed[1].reason is not None and len(listed[1].reason) == MAX_BLOCK_REASON
+    assert await blocked_members(store, GUILD + 1) == []
+
+    assert await unblock_member(store, GUILD, USER, changed_by=ADMIN)
+    assert not await unblock_member(store, GUILD, USER, changed_by=ADMIN)  # nothing to undo, nothing audited
+    assert await member_block(store, GUILD, USER) is None
+    assert [b.user_id for b in await blocked_members(store, GUILD)] == [USER + 1]
+
+    changes = await recent_limit_changes(store, GUILD)
+    assert all(c.field == BLOCKED_MEMBER_FIELD for c in changes)
+    first = json.dumps({"user_id": USER, "reason": "spamming the channel"})
+    second = json.dumps({"user_id": USER, "reason": None})
+    assert [
+        (c.old_value, c.new_value, c.user_id)
+        for c in changes
+        if c.new_value != json.dumps({"user_id": USER + 1, "reason": listed[1].reason})
+    ] == [
+        (second, None, ADMIN),
+        (first, second, ADMIN + 1),
+        (None, first, ADMIN),
+    ]
+    assert len(changes) == 4
 
 
 async def test_invalid_settings_are_refused_before_anything_is_written(store: Store) -> None:

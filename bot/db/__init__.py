@@ -14,16 +14,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bot.db.guilds import (
+    BLOCKED_MEMBER_FIELD,
     BLOCKLIST_FIELD,
+    MAX_BLOCK_REASON,
     SETTING_FIELDS,
+    BlockedMember,
     SettingsChanges,
     add_blocked_term,
+    block_member,
+    blocked_members,
     blocked_terms,
     get_guild_settings,
+    member_block,
+    normalize_reason,
     normalize_term,
     recent_limit_changes,
     remove_blocked_term,
     reset_guild_settings,
+    unblock_member,
     update_guild_settings,
 )
 from bot.db.jobs import (
@@ -79,9 +87,12 @@ from bot.db.work import queue_position
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "BLOCKED_MEMBER_FIELD",
     "BLOCKLIST_FIELD",
     "INTERACTION_LIFETIME",
+    "MAX_BLOCK_REASON",
     "SETTING_FIELDS",
+    "BlockedMember",
     "GuildSettings",
     "Job",
     "JobKind",
@@ -109,6 +120,8 @@ __all__ = [
     "UsageSummary",
     "active_jobs",
     "add_blocked_term",
+    "block_member",
+    "blocked_members",
     "blocked_terms",
     "count_in",
     "create_job",
@@ -128,6 +141,8 @@ __all__ = [
     "mark_submitting",
     "mark_succeeded",
     "mark_told",
+    "member_block",
+    "normalize_reason",
     "normalize_term",
     "open_store",
     "polling_handles",
@@ -138,6 +153,7 @@ __all__ = [
     "reset_guild_settings",
     "set_state",
     "submitted_job",
+    "unblock_member",
     "update_guild_settings",
     "user_usage",
 ]

@@ -1,4 +1,4 @@
-"""Per-server settings, the prompt blocklist, and the audit trail of changes to both.
+"""Per-server settings, the prompt blocklist, blocked members, and the audit trail of changes to them.
 
 Every change writes one ``limit_changes`` row per field that actually changed, in the same transaction
 as the change. Column names come from :data:`SETTING_FIELDS` and the SQL is static: user input only
@@ -13,23 +13,32 @@ import json
 import math
 import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypedDict, TypeGuard, Unpack, cast
 
 from bot.db.models import GuildSettings, LimitChange
 from bot.db.store import Reader, Row, Store, Transaction
 
 __all__ = [
+    "BLOCKED_MEMBER_FIELD",
     "BLOCKLIST_FIELD",
+    "MAX_BLOCK_REASON",
     "SETTING_FIELDS",
+    "BlockedMember",
     "SettingsChanges",
     "add_blocked_term",
+    "block_member",
+    "blocked_members",
     "blocked_terms",
     "comparable_text",
     "get_guild_settings",
+    "member_block",
+    "normalize_reason",
     "normalize_term",
     "recent_limit_changes",
     "remove_blocked_term",
     "reset_guild_settings",
+    "unblock_member",
     "update_guild_settings",
 ]
 
@@ -49,6 +58,13 @@ SETTING_FIELDS: tuple[str, ...] = (
 #: The ``field`` of audit rows for blocklist changes.
 BLOCKLIST_FIELD = "blocklist"
 
+#: The ``field`` of audit rows for blocking and unblocking a member; the values are JSON objects
+#: ``{"user_id": ..., "reason": ...}`` (the blocked member, not the admin, who is the row's ``user_id``).
+BLOCKED_MEMBER_FIELD = "blocked_member"
+
+#: The longest reason kept for a block: it is shown to the member in a refusal, which must stay short.
+MAX_BLOCK_REASON = 300
+
 _MINIMUM = {
     "user_daily": 0,
     "guild_daily": 0,
@@ -58,7 +74,18 @@ _MINIMUM = {
     "guild_monthly": 0,
 }
 
-_Value = int | float | tuple[str, ...] | tuple[int, ...] | None
+_Value = int | float | tuple[str, ...] | tuple[int, ...] | dict[str, int | str | None] | None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedMember:
+    """A member a server refuses every request from; ``reason`` (if any) is told to them."""
+
+    guild_id: int
+    user_id: int
+    reason: str | None
+    blocked_by: int
+    blocked_at: float
 
 
 class SettingsChanges(TypedDict, total=False):
@@ -198,6 +225,91 @@ async def _stored_spellings(db: Reader, guild_id: int, term: str) -> list[str]:
 # Stored terms are read for every prompt: normalizing a few thousand of them each time would cost milliseconds.
 _normalize_stored = functools.lru_cache(maxsize=65_536)(normalize_term)
 _comparable_stored = functools.lru_cache(maxsize=65_536)(comparable_text)
+
+
+def normalize_reason(reason: str | None) -> str | None:
+    """How a block's reason is stored: one line, runs of whitespace made one space, control and invisible
+    characters dropped, at most :data:`MAX_BLOCK_REASON` characters; ``None`` if nothing is left."""
+    if reason is None:
+        return None
+    text = " ".join("".join(char for char in reason if not _invisible(char)).split())
+    if len(text) > MAX_BLOCK_REASON:
+        text = text[: MAX_BLOCK_REASON - 1].rstrip() + "…"
+    return text or None
+
+
+async def block_member(store: Store, guild_id: int, user_id: int, *, reason: str | None, changed_by: int) -> bool:
+    """Refuse every request of ``user_id`` in the server, telling them ``reason`` if given.
+
+    Blocking a blocked member again replaces the reason. False if nothing changed (blocked already, same
+    reason). Audited in the same transaction; concurrent changes to one member are serialised by a lock so
+    each audit row's old value is what it replaced.
+    """
+    wanted = normalize_reason(reason)
+    async with store.transaction() as tx:
+        await tx.lock(f"blocked_member:{guild_id}:{user_id}")
+        current = await _read_block(tx, guild_id, user_id)
+        if current is not None and current.reason == wanted:
+            return False
+        now = store.now()
+        await tx.execute(
+            """
+            INSERT INTO blocked_members (guild_id, user_id, reason, blocked_by, blocked_at)
+            VALUES (?, ?, ?, ?, ?)
+            ON CONFLICT (guild_id, user_id) DO UPDATE SET
+                reason = excluded.reason, blocked_by = excluded.blocked_by, blocked_at = excluded.blocked_at
+            """,
+            (guild_id, user_id, wanted, changed_by, now),
+        )
+        old = None if current is None else _block_value(current.user_id, current.reason)
+        await _audit(tx, guild_id, BLOCKED_MEMBER_FIELD, old, _block_value(user_id, wanted), by=changed_by, at=now)
+    return True
+
+
+async def unblock_member(store: Store, guild_id: int, user_id: int, *, changed_by: int) -> bool:
+    """Serve ``user_id`` again in the server; audited. False if they were not blocked."""
+    async with store.transaction() as tx:
+        await tx.lock(f"blocked_member:{guild_id}:{user_id}")
+        current = await _read_block(tx, guild_id, user_id)
+        if current is None:
+            return False
+        await tx.execute("DELETE FROM blocked_members WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
+        await _audit(
+            tx,
+            guild_id,
+            BLOCKED_MEMBER_FIELD,
+            _block_value(user_id, current.reason),
+            None,
+            by=changed_by,
+            at=store.now(),
+        )
+    return True
+
+
+async def member_block(store: Store, guild_id: int, user_id: int) -> BlockedMember | None:
+    """The member's block in the server, if any: read on every request, through the primary key."""
+    return await _read_block(store, guild_id, user_id)
+
+
+async def blocked_members(store: Store, guild_id: int) -> list[BlockedMember]:
+    """The server's blocked members, the earliest blocked first."""
+    rows = await store.fetch_all(
+        "SELECT * FROM blocked_members WHERE guild_id = ? ORDER BY blocked_at, user_id", (guild_id,)
+    )
+    return [_blocked(row) for row in rows]
+
+
+async def _read_block(db: Reader, guild_id: int, user_id: int) -> BlockedMember | None:
+    row = await db.fetch_one("SELECT * FROM blocked_members WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
+    return None if row is None else _blocked(row)
+
+
+def _blocked(row: Row) -> BlockedMember:
+    return BlockedMember(row["guild_id"], row["user_id"], row["reason"], row["blocked_by"], row["blocked_at"])
+
+
+def _block_value(user_id: int, reason: str | None) -> dict[str, int | str | None]:
+    return {"user_id": user_id, "reason": reason}
 
 
 async def recent_limit_changes(store: Store, guild_id: int, limit: int = 25) -> list[LimitChange]:
