@@ -32,10 +32,14 @@ class RefusalKind(StrEnum):
     MODEL = "model"
     COUNT = "count"
     BLOCKED_TERM = "blocked_term"
+    MEMBER_BLOCKED = "member_blocked"
 
 
 class Refusal(Exception):
-    """A request refused by a server's rules, with what is allowed (never the blocked term itself)."""
+    """A request refused by a server's rules, with what is allowed (never the blocked term itself).
+
+    For :attr:`RefusalKind.MEMBER_BLOCKED`, ``allowed`` holds the block's reason, if the admin gave one.
+    """
 
     def __init__(self, kind: RefusalKind, allowed: tuple[str, ...] = ()) -> None:
         super().__init__(kind.value, *allowed)
@@ -125,6 +129,7 @@ async def admit(
     *,
     guild_id: int,
     channel_id: int,
+    user_id: int,
     model: str,
     count: int,
     prompt: str,
@@ -132,9 +137,12 @@ async def admit(
     """Check a request against the rules of its server; return them (for the quota) or raise :class:`Refusal`.
 
     Nothing here reserves anything: the quota is checked and reserved with the job, in one transaction.
+    A member the server blocked is refused first, whatever else they asked for.
     """
     if guild_id == DM_GUILD_ID and not settings.allow_dms:
         raise Refusal(RefusalKind.DMS_OFF)
+    if guild_id != DM_GUILD_ID and (block := await db.member_block(store, guild_id, user_id)) is not None:
+        raise Refusal(RefusalKind.MEMBER_BLOCKED, () if block.reason is None else (block.reason,))
     limits = await limits_for(store, settings, guild_id)
     if limits.allowed_channels is not None and channel_id not in limits.allowed_channels:
         raise Refusal(RefusalKind.CHANNEL, tuple(str(channel) for channel in limits.allowed_channels))

@@ -102,6 +102,9 @@ def describe_refusal(refusal: Refusal) -> str:
             return f"This server allows at most {most} image{'' if most == '1' else 's'} per request."
         case RefusalKind.BLOCKED_TERM:
             return "This server does not allow a word or phrase in that prompt. Please rephrase it."
+        case RefusalKind.MEMBER_BLOCKED:
+            reason = f" Reason: {refusal.allowed[0]}" if refusal.allowed else ""
+            return f"You are blocked from using the bot in this server.{reason}"
 
 
 def describe_quota_refusal(refusal: QuotaRefusal) -> str:

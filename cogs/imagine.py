@@ -276,6 +276,7 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
                 self.bot.settings,
                 guild_id=new.guild_id,
                 channel_id=new.channel_id,
+                user_id=new.user_id,
                 model=new.model,
                 count=new.count,
                 prompt=new.prompt,

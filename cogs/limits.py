@@ -3,8 +3,8 @@
 ``/limits`` is hidden from members without Manage Server (``default_permissions``) **and** checked when it
 runs, because a server's permission overrides can show it to anyone. The run-time check is attached to every
 command under ``/limits``, sub-groups included: discord.py runs only the *direct* parent group's
-``interaction_check``, so a check on the top group alone would skip ``/limits channels …`` and
-``/limits blocklist …``.
+``interaction_check``, so a check on the top group alone would skip ``/limits channels …``,
+``/limits blocklist …`` and ``/limits member …``.
 
 Answers whose length depends on data are fitted into Discord's 2,000 characters (:mod:`cogs.text`).
 """
@@ -23,7 +23,7 @@ from bot.db import JobStatus
 from bot.db.days import next_utc_midnight, next_utc_month
 from bot.limits import DM_GUILD_ID, Limits, limits_for
 from cogs.feedback import UserFacingError
-from cogs.text import MESSAGE_LIMIT, code, fit_lines
+from cogs.text import MESSAGE_LIMIT, code, fit_lines, shorten
 
 if TYPE_CHECKING:
     from bot.app import FluxBot
@@ -135,7 +135,13 @@ class LimitsCog(commands.Cog, name="Limits"):
     async def show(self, interaction: discord.Interaction[FluxBot]) -> None:
         assert interaction.guild_id is not None
         limits = await self.limits(interaction.guild_id)
-        await interaction.response.send_message(self._describe(limits), ephemeral=True)
+        blocked = await db.blocked_members(self.bot.store, interaction.guild_id)
+        # The blocked members are mentioned so the admin sees who they are; nobody is pinged.
+        await interaction.response.send_message(
+            fit_lines([self._describe(limits), _blocked_members_text(blocked)]),
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
 
     def _describe(self, limits: Limits, title: str | None = None) -> str:
         """The server's rules, one per line, within a message's length (with ``title`` above them)."""
@@ -230,6 +236,35 @@ class LimitsCog(commands.Cog, name="Limits"):
             )
         await interaction.response.send_message(text, ephemeral=True)
 
+    async def block(
+        self, interaction: discord.Interaction[FluxBot], member: discord.abc.User, reason: str | None
+    ) -> None:
+        assert interaction.guild_id is not None
+        store, guild_id, user_id = self.bot.store, interaction.guild_id, interaction.user.id
+        if member.bot:
+            raise UserFacingError("Bots cannot use the image commands; there is nothing to block.")
+        if member.id == user_id:
+            raise UserFacingError("You cannot block yourself.")
+        changed = await db.block_member(store, guild_id, member.id, reason=reason, changed_by=user_id)
+        if changed:
+            log.info("guild %d: user %d blocked member %d", guild_id, user_id, member.id)
+        stored = db.normalize_reason(reason)
+        text = (
+            f"{member.mention} is blocked here"
+            + (f" (reason: {stored})" if stored else " (no reason given)")
+            + ("." if changed else "; that was already so.")
+        )
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+
+    async def unblock(self, interaction: discord.Interaction[FluxBot], member: discord.abc.User) -> None:
+        assert interaction.guild_id is not None
+        store, guild_id, user_id = self.bot.store, interaction.guild_id, interaction.user.id
+        changed = await db.unblock_member(store, guild_id, member.id, changed_by=user_id)
+        if changed:
+            log.info("guild %d: user %d unblocked member %d", guild_id, user_id, member.id)
+        text = f"{member.mention} is no longer blocked here." if changed else f"{member.mention} was not blocked here."
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+
     async def reset(self, interaction: discord.Interaction[FluxBot]) -> None:
         assert interaction.guild_id is not None
         await db.reset_guild_settings(self.bot.store, interaction.guild_id, interaction.user.id)
@@ -243,6 +278,14 @@ def _blocklist_text(terms: list[str]) -> str:
         return "No words or phrases are blocked."
     head = f"Blocked ({len(terms)}): "
     return head + fit_lines([code(term) for term in terms], MESSAGE_LIMIT - len(head), sep=", ")
+
+
+def _blocked_members_text(blocked: list[db.BlockedMember]) -> str:
+    """The blocked members for ``/limits show``, as mentions with their reasons, within a share of the message."""
+    if not blocked:
+        return "**Blocked members:** none"
+    entries = [f"<@{b.user_id}>" + (f" ({shorten(b.reason, 100)})" if b.reason else "") for b in blocked]
+    return f"**Blocked members ({len(blocked)}):** " + fit_lines(entries, 600, sep=", ")
 
 
 def _of(limit: int | None, used: int) -> str:
@@ -261,6 +304,7 @@ def _build_limits_group(cog: LimitsCog) -> LimitsGroup:
     group = LimitsGroup(cog)
     channels = app_commands.Group(name="channels", description="Where the bot may be used", parent=group)
     blocklist = app_commands.Group(name="blocklist", description="Words and phrases refused in prompts", parent=group)
+    member = app_commands.Group(name="member", description="Rules for one member", parent=group)
 
     @group.command(name="show", description="This server's current limits")
     async def show(interaction: discord.Interaction[FluxBot]) -> None:
@@ -324,6 +368,20 @@ def _build_limits_group(cog: LimitsCog) -> LimitsGroup:
     @blocklist.command(name="list", description="The blocked words and phrases")
     async def blocklist_list(interaction: discord.Interaction[FluxBot]) -> None:
         await cog.blocklist(interaction, "list", None)
+
+    @member.command(name="block", description="Refuse every image request of this member here")
+    @app_commands.describe(member="The member to block", reason="Told to the member when they are refused")
+    async def member_block(
+        interaction: discord.Interaction[FluxBot],
+        member: discord.User,
+        reason: app_commands.Range[str, 1, db.MAX_BLOCK_REASON] | None = None,
+    ) -> None:
+        await cog.block(interaction, member, reason)
+
+    @member.command(name="unblock", description="Serve this member again")
+    @app_commands.describe(member="The member to unblock")
+    async def member_unblock(interaction: discord.Interaction[FluxBot], member: discord.User) -> None:
+        await cog.unblock(interaction, member)
 
     @group.command(name="reset", description="Back to the bot's default limits (the blocklist stays)")
     async def reset(interaction: discord.Interaction[FluxBot]) -> None:

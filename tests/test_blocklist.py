@@ -28,7 +28,9 @@ def fullwidth(text: str) -> str:
 
 async def refused(store: Store, settings: Settings, prompt: str) -> bool:
     try:
-        await admit(store, settings, guild_id=GUILD, channel_id=CHANNEL, model="flux-dev", count=1, prompt=prompt)
+        await admit(
+            store, settings, guild_id=GUILD, channel_id=CHANNEL, user_id=1, model="flux-dev", count=1, prompt=prompt
+        )
     except Refusal as refusal:
         assert refusal.kind is RefusalKind.BLOCKED_TERM
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -231,3 +232,57 @@ async def test_a_monthly_limit_refuses_naming_itself_and_the_first_of_next_month
         ("user_monthly", "3", world.admin.id),
         ("guild_monthly", "100", world.admin.id),
     }
+
+
+async def test_a_blocked_member_is_refused_with_the_reason_until_unblocked_and_only_managers_decide(
+    fluxbot: FluxbotHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = fluxbot.world
+    carol = world.guild.add_member("carol")
+    caplog.set_level(logging.INFO, logger="cogs.limits")
+    async with fluxbot.running() as bot:
+        sneaky = await carol.slash(world.channel, "limits member block", force=True, member=world.member)
+        await world.emu.wait_until(lambda: status_line(sneaky) != "", timeout=5)
+        blocked = await world.admin.slash(
+            world.channel, "limits member block", member=world.member, reason="Spamming the channel"
+        )
+        blocked_answer = await blocked.wait_response()
+        shown = await (await world.admin.slash(world.channel, "limits show")).wait_response()
+        refused = await world.member.slash(world.channel, "imagine", prompt="a lighthouse")
+        served_other = await carol.slash(world.channel, "imagine", prompt="a lighthouse")
+        await world.emu.wait_until(lambda: settled(refused) and settled(served_other), timeout=10)
+        providers_calls_while_blocked = fluxbot.flux.count("POST", "/flux/images")
+
+        sneaky_unblock = await carol.slash(world.channel, "limits member unblock", force=True, member=world.member)
+        await world.emu.wait_until(lambda: status_line(sneaky_unblock) != "", timeout=5)
+        still = await world.member.slash(world.channel, "imagine", prompt="a lighthouse again")
+        await world.emu.wait_until(lambda: settled(still), timeout=10)
+        unblocked = await world.admin.slash(world.channel, "limits member unblock", member=world.member)
+        await unblocked.wait_response()
+        again = await world.admin.slash(world.channel, "limits member unblock", member=world.member)
+        await again.wait_response()
+        served = await world.member.slash(world.channel, "imagine", prompt="a lighthouse at last")
+        await world.emu.wait_until(lambda: settled(served), timeout=10)
+        shown_after = await (await world.admin.slash(world.channel, "limits show")).wait_response()
+        changes = await db.recent_limit_changes(bot.store, world.guild.id)
+
+    assert "permission" in status_line(sneaky) and "permission" in status_line(sneaky_unblock)
+    assert f"<@{world.member.id}> is blocked here (reason: Spamming the channel)." in blocked_answer.content
+    assert blocked_answer.visible_to == world.admin.id and not blocked_answer.pinged_ids
+    assert f"**Blocked members (1):** <@{world.member.id}> (Spamming the channel)" in shown.content
+    assert shown.visible_to == world.admin.id and not shown.pinged_ids  # mentioned, never pinged
+    assert status_line(refused) == "You are blocked from using the bot in this server. Reason: Spamming the channel"
+    assert status_line(still) == status_line(refused)  # a non-manager's unblock changed nothing
+    assert status_line(served_other).startswith("✅")
+    assert providers_calls_while_blocked == 1  # only carol's request reached the provider
+    assert f"<@{world.member.id}> is no longer blocked here." in status_line(unblocked)
+    assert "was not blocked here" in status_line(again)
+    assert status_line(served).startswith("✅")
+    assert "**Blocked members:** none" in shown_after.content
+    block_value = json.dumps({"user_id": world.member.id, "reason": "Spamming the channel"})
+    assert [(c.field, c.old_value, c.new_value, c.user_id) for c in changes] == [
+        (db.BLOCKED_MEMBER_FIELD, block_value, None, world.admin.id),
+        (db.BLOCKED_MEMBER_FIELD, None, block_value, world.admin.id),
+    ]
+    assert f"user {world.admin.id} blocked member {world.member.id}" in caplog.text
+    assert f"user {world.admin.id} unblocked member {world.member.id}" in caplog.text

@@ -88,7 +88,9 @@ def test_a_disguised_term_is_always_found(case: tuple[str, str], others: list[st
 
 async def check(store: Store, settings: Settings, guild_id: int, prompt: str) -> Refusal | None:
     try:
-        await admit(store, settings, guild_id=guild_id, channel_id=1, model="flux-dev", count=1, prompt=prompt)
+        await admit(
+            store, settings, guild_id=guild_id, channel_id=1, user_id=1, model="flux-dev", count=1, prompt=prompt
+        )
     except Refusal as refusal:
         return refusal
     return None

@@ -9,7 +9,7 @@ from bot.db import Store
 from bot.limits import DM_GUILD_ID, Refusal, RefusalKind, admit, contains_blocked_term, limits_for
 from bot.settings import Settings, load_settings
 
-GUILD, CHANNEL, ADMIN = 10, 20, 30
+GUILD, CHANNEL, ADMIN, MEMBER = 10, 20, 30, 40
 
 
 @pytest.fixture
@@ -33,7 +33,14 @@ async def test_each_rule_refuses_with_what_is_allowed(store: Store, settings: Se
         store, GUILD, ADMIN, allowed_models=["flux-dev"], allowed_channels=[CHANNEL], max_count=2
     )
     await db.add_blocked_term(store, GUILD, "Gore", changed_by=ADMIN)
-    ok = {"guild_id": GUILD, "channel_id": CHANNEL, "model": "flux-dev", "count": 2, "prompt": "a calm lake"}
+    ok = {
+        "guild_id": GUILD,
+        "channel_id": CHANNEL,
+        "user_id": MEMBER,
+        "model": "flux-dev",
+        "count": 2,
+        "prompt": "a calm lake",
+    }
 
     assert (await admit(store, settings, **ok)).max_count == 2  # type: ignore[arg-type]
     cases = [
@@ -49,9 +56,33 @@ async def test_each_rule_refuses_with_what_is_allowed(store: Store, settings: Se
         assert (caught.value.kind, caught.value.allowed) == (kind, allowed)
 
 
+async def test_a_blocked_member_is_refused_before_any_other_rule_with_the_reason(
+    store: Store, settings: Settings
+) -> None:
+    request = {"guild_id": GUILD, "channel_id": CHANNEL, "model": "flux-dev", "count": 1, "prompt": "a calm lake"}
+    await db.update_guild_settings(store, GUILD, ADMIN, max_count=1)
+    await db.block_member(store, GUILD, MEMBER, reason="spamming the channel", changed_by=ADMIN)
+
+    with pytest.raises(Refusal) as caught:  # even a request that breaks another rule names the block
+        await admit(store, settings, **{**request, "count": 4}, user_id=MEMBER)  # type: ignore[arg-type]
+    assert (caught.value.kind, caught.value.allowed) == (RefusalKind.MEMBER_BLOCKED, ("spamming the channel",))
+    await admit(store, settings, **request, user_id=ADMIN)  # type: ignore[arg-type]  # others are served
+    await admit(store, settings, **{**request, "guild_id": GUILD + 1}, user_id=MEMBER)  # type: ignore[arg-type]
+
+    await db.block_member(store, GUILD, MEMBER, reason="  ", changed_by=ADMIN)  # no reason given
+    with pytest.raises(Refusal) as caught:
+        await admit(store, settings, **request, user_id=MEMBER)  # type: ignore[arg-type]
+    assert (caught.value.kind, caught.value.allowed) == (RefusalKind.MEMBER_BLOCKED, ())
+
+    await db.unblock_member(store, GUILD, MEMBER, changed_by=ADMIN)
+    assert (await admit(store, settings, **request, user_id=MEMBER)).max_count == 1  # type: ignore[arg-type]
+
+
 async def test_direct_messages_have_their_own_limit_when_allowed(store: Store) -> None:
     settings = load_settings(DISCORD_TOKEN="t", FLUX_API_KEY="k", ALLOW_DMS="true", DM_USER_DAILY="3")
-    limits = await admit(store, settings, guild_id=DM_GUILD_ID, channel_id=5, model="flux-dev", count=1, prompt="x")
+    limits = await admit(
+        store, settings, guild_id=DM_GUILD_ID, channel_id=5, user_id=MEMBER, model="flux-dev", count=1, prompt="x"
+    )
     assert (limits.quota.user_daily, limits.quota.guild_daily) == (3, None)
 
 
