@@ -333,10 +333,6 @@ class JobRunner:
         if self._running:
             self._dispatch_needed.set()
 
-    async def in_flight(self) -> int:
-        """Jobs at the provider now (being submitted, or submitted and not yet finished)."""
-        return await db.count_in(self._store, JobStatus.SUBMITTING, JobStatus.SUBMITTED)
-
     async def accept_callback(self, body: Any) -> bool:
         """A provider's callback for one of our tasks: ask the provider about that task now.
 
@@ -421,7 +417,7 @@ class JobRunner:
         """Give up the jobs caught submitting by a process that is gone (or, with ``own``, by this one)."""
         for job in await work.orphaned_submits(self._store, self._owner, own=own):
             if job.id not in self._submitting:
-                if job.provider_task_id is None and own:
+                if own:
                     self._own_orphans_possible = True  # until a later dispatch finds it lost
                 await self._guarded(job, "giving up an interrupted submit", self._lose(job))
 
