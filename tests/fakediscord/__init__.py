@@ -4,6 +4,10 @@ See ``emulator.DiscordEmulator`` (state, waits, clock), ``actors.MemberActions``
 ``runner.run_bot`` / ``runner.ErrorGuard`` and the fixtures in ``fixtures``. Shards: ``emu.shard_count``,
 ``emu.add_guild(shard=)`` / ``fixtures.add_world(emu, shard=)``, ``emu.live_shards()``, ``emu.wait_shards()``
 (the rules are in ``gateway``'s docstring).
+Roles while the bot runs: ``guild.add_role()``, ``guild.update_role()``, ``guild.delete_role()``,
+``member.add_role()`` / ``member.remove_role()`` (the events Discord sends for each are in their docstrings).
+Files the bot sent are :class:`StoredFile` objects in ``message.attachments`` (``.filename``, ``.data``),
+e.g. ``inter.followups[-1].attachments[0].data`` for an ephemeral followup.
 """
 
 from .constants import Code, Intent, MessageFlag, Perm
@@ -25,6 +29,7 @@ from .model import (
     Member,
     Message,
     RestCall,
+    Role,
     StoredFile,
     User,
 )
@@ -50,6 +55,7 @@ __all__ = [
     "NotAcknowledged",
     "Perm",
     "RestCall",
+    "Role",
     "StoredFile",
     "User",
     "WaitTimeout",

@@ -449,6 +449,8 @@ class MemberActions:
         from .model import Channel, Role
 
         if isinstance(value, Role):
+            if value.guild is not self.guild or value.guild.roles.get(value.id) is not value:
+                raise ValueError(f"the client offers only roles of {self.guild!r} that exist, not {value!r}")
             resolved.setdefault("roles", {})[str(value.id)] = value.payload()
         elif isinstance(value, Channel):
             perms = self.permissions_in(value) if value.guild is self.guild else 0

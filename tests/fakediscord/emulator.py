@@ -656,9 +656,22 @@ class DiscordEmulator(GatewayMixin, RestMixin):
         )
 
     def _guild_changed(self, guild: Guild, event: str, data: dict[str, Any]) -> None:
+        """Tell the bot about a change in a guild it is in (nothing while the guild is being built: the bot
+        sees the finished guild in GUILD_CREATE, as a session that identifies later sees the current one)."""
         if guild.id in self.guilds:
             intent = Intent.GUILD_MEMBERS if event.startswith("GUILD_MEMBER") else Intent.GUILDS
             self._dispatch(event, {**data, "guild_id": str(guild.id)}, guild_id=guild.id, intent=intent)
+
+    def _member_updated(self, member: Member) -> None:
+        """GUILD_MEMBER_UPDATE needs the privileged GUILD_MEMBERS intent, except for the bot's own member,
+        which Discord reports to it whatever its intents. Without the intent the bot learns a member's
+        roles only from the next interaction or message that carries the member."""
+        guild = member.guild
+        if guild.id in self.guilds:
+            intent = None if member.id == self.bot_user.id else Intent.GUILD_MEMBERS
+            data = {**member.payload(), "guild_id": str(guild.id)}
+            self._dispatch("GUILD_MEMBER_UPDATE", data, guild_id=guild.id, intent=intent)
+        self._bump()
 
     # -- interactions -----------------------------------------------------------------------------
     def new_interaction(self, **kwargs: Any) -> Interaction:

@@ -360,9 +360,50 @@ class Guild:
         return self.members[self.emu.bot_user.id]
 
     def add_role(self, name: str, permissions: int = 0) -> Role:
+        """A new role, at the top of the list. A connected bot is told (GUILD_ROLE_CREATE, intent GUILDS):
+        discord.py only knows roles from GUILD_CREATE and these events, and drops unknown role ids from
+        ``Member.roles``."""
         role = Role(self, self.emu.snowflakes.next(), name, int(permissions), position=len(self.roles))
         self.roles[role.id] = role
+        self.emu._guild_changed(self, "GUILD_ROLE_CREATE", {"role": role.payload()})
+        self.emu._bump()
         return role
+
+    def update_role(self, role: Role, *, name: str | None = None, permissions: int | None = None) -> Role:
+        """Rename a role or change its permissions (GUILD_ROLE_UPDATE); members keep it."""
+        self._own_role(role)
+        if name is not None:
+            role.name = name
+        if permissions is not None:
+            role.permissions = int(permissions)
+        self.emu._guild_changed(self, "GUILD_ROLE_UPDATE", {"role": role.payload()})
+        self.emu._bump()
+        return role
+
+    def delete_role(self, role: Role) -> None:
+        """Delete a role as an admin does in the server settings: every member loses it at once.
+
+        Discord sends only GUILD_ROLE_DELETE ``{guild_id, role_id}`` (no GUILD_MEMBER_UPDATE per member);
+        discord.py drops the role from its cache, so ``guild.get_role(id)`` is None and ``Member.roles``
+        skips the id. Later interactions and messages carry members without it, with their permissions
+        recomputed. Like Discord, @everyone and a bot's managed role cannot be deleted.
+        """
+        self._own_role(role)
+        if role.id == self.id:
+            raise ValueError("@everyone cannot be deleted")
+        if role.managed:
+            raise ValueError(f"{role!r} is managed by an integration and cannot be deleted")
+        del self.roles[role.id]
+        for member in self.members.values():
+            member.roles = [r for r in member.roles if r is not role]
+        self.emu._guild_changed(self, "GUILD_ROLE_DELETE", {"role_id": str(role.id)})
+        self.emu._bump()
+
+    def _own_role(self, role: Role) -> None:
+        if role.guild is not self:
+            raise ValueError(f"{role!r} belongs to {role.guild!r}, not to {self!r}")
+        if self.roles.get(role.id) is not role:
+            raise ValueError(f"{role!r} was deleted")
 
     def add_text_channel(self, name: str, *, topic: str | None = None, nsfw: bool = False) -> Channel:
         channel = Channel(
@@ -509,6 +550,22 @@ class Member(MemberActions):
 
     def permissions_in(self, channel: Channel | None = None) -> int:
         return self.guild.permissions_in(self, channel)
+
+    def add_role(self, role: Role) -> None:
+        """Give the member a role (as an admin or another bot does); no event if they already have it."""
+        self.guild._own_role(role)
+        if role.id == self.guild.id:
+            raise ValueError("every member has @everyone; it is not assigned")
+        if role not in self.roles:
+            self.roles.append(role)
+            self.emu._member_updated(self)
+
+    def remove_role(self, role: Role) -> None:
+        """Take a role away from the member; no event if they did not have it."""
+        self.guild._own_role(role)
+        if role in self.roles:
+            self.roles.remove(role)
+            self.emu._member_updated(self)
 
     def has_permissions(self, perms: int, channel: Channel | None = None) -> bool:
         return self.permissions_in(channel) & perms == perms

@@ -58,6 +58,18 @@ class ProbeBot(commands.Bot):
     async def on_guild_channel_create(self, channel: discord.abc.GuildChannel) -> None:
         self.report("channel_create", channel)
 
+    async def on_guild_role_create(self, role: discord.Role) -> None:
+        self.report("role_create", role)
+
+    async def on_guild_role_update(self, before: discord.Role, after: discord.Role) -> None:
+        self.report("role_update", (before, after))
+
+    async def on_guild_role_delete(self, role: discord.Role) -> None:
+        self.report("role_delete", role)
+
+    async def on_member_update(self, before: discord.Member, after: discord.Member) -> None:
+        self.report("member_update", (before, after))
+
     def report(self, kind: str, value: Any) -> None:
         self.inbox.put_nowait((kind, value))
 
