@@ -4,7 +4,8 @@ The rules are Discord's: a new role reaches the bot as GUILD_ROLE_CREATE and a d
 GUILD_ROLE_DELETE ``{guild_id, role_id}`` alone (members lose it without a GUILD_MEMBER_UPDATE each);
 a member's role changes reach the bot only with the privileged members intent (its own member always);
 interactions and messages carry each member's roles and permissions as they are at that moment; role and
-member options resolve to full objects; files in an ephemeral followup can be read back by the test.
+member options resolve to full objects, a channel option to the cached channel; files in an ephemeral followup
+can be read back by the test.
 """
 
 from __future__ import annotations
@@ -193,6 +194,33 @@ async def test_a_role_update_changes_what_the_bot_and_the_members_permissions_se
         assert (before.name, after.name) == ("Helpers", "Moderators") and after.permissions.manage_guild
         await w.member.slash(w.channel, "panel")
         assert await bot.take("panel") == ({helpers.id}, True)
+
+
+async def test_a_channel_option_resolves_to_the_cached_text_channel_even_one_created_while_online(
+    discord_world: World,
+) -> None:
+    w = discord_world
+
+    def setup(bot: ProbeBot) -> None:
+        @bot.tree.command(description="Where alerts go")
+        async def alerts(interaction: discord.Interaction, channel: discord.TextChannel) -> None:
+            await interaction.response.send_message(f"alerts go to {channel.mention}", ephemeral=True)
+            await channel.send("alerts will appear here")
+            bot.report("alerts", channel)
+
+    async with run_bot(w.emu, probe(setup)) as bot:
+        [option] = w.emu.commands()[0].options
+        assert discord.ChannelType.text.value in option["channel_types"]  # text and announcement channels
+        ops = w.guild.add_text_channel("ops-alerts")
+        assert (await bot.take("channel_create")).id == ops.id
+        inter = await w.admin.slash(w.channel, "alerts", channel=ops)
+        picked = await bot.take("alerts")
+        assert isinstance(picked, discord.TextChannel) and picked.id == ops.id and picked.name == "ops-alerts"
+        assert (await inter.wait_response()).content == f"alerts go to <#{ops.id}>"
+        posted = await w.emu.wait_for_message(ops, author=w.emu.bot_user)
+        assert posted.content == "alerts will appear here"
+        resolved = _delivered(w.emu, inter)["data"]["resolved"]["channels"][str(ops.id)]
+        assert int(resolved["permissions"]) == w.admin.permissions_in(ops)
 
 
 # -- a member's roles ------------------------------------------------------------------------------------------
