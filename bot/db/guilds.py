@@ -12,7 +12,7 @@ import functools
 import json
 import math
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeGuard, Unpack, cast
 
@@ -27,6 +27,7 @@ __all__ = [
     "BlockedMember",
     "SettingsChanges",
     "add_blocked_term",
+    "audit_change",
     "block_member",
     "blocked_members",
     "blocked_terms",
@@ -40,6 +41,7 @@ __all__ = [
     "reset_guild_settings",
     "unblock_member",
     "update_guild_settings",
+    "validate_setting",
 ]
 
 #: The settings a server may override, i.e. the only accepted keys of :func:`update_guild_settings`.
@@ -74,7 +76,7 @@ _MINIMUM = {
     "guild_monthly": 0,
 }
 
-_Value = int | float | tuple[str, ...] | tuple[int, ...] | dict[str, int | str | None] | None
+_Value = int | float | tuple[str, ...] | tuple[int, ...] | Mapping[str, int | float | str | None] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +116,7 @@ async def update_guild_settings(
 
     Raises :class:`ValueError` for an unknown setting or an invalid value, before writing anything.
     """
-    wanted = {name: _validate(name, value) for name, value in changes.items()}
+    wanted = {name: validate_setting(name, value) for name, value in changes.items()}
     async with store.transaction() as tx:
         current = await _read_settings(tx, guild_id)
         changed = {name: value for name, value in wanted.items() if getattr(current, name) != value}
@@ -124,7 +126,7 @@ async def update_guild_settings(
         updated = dataclasses.replace(current, **cast("dict[str, Any]", changed), updated_at=now, updated_by=changed_by)
         await _write_settings(tx, updated)
         for name, value in changed.items():
-            await _audit(tx, guild_id, name, getattr(current, name), value, by=changed_by, at=now)
+            await audit_change(tx, guild_id, name, getattr(current, name), value, by=changed_by, at=now)
     return updated
 
 
@@ -137,7 +139,7 @@ async def reset_guild_settings(store: Store, guild_id: int, changed_by: int) -> 
         for name in SETTING_FIELDS:
             old = getattr(current, name)
             if old is not None:
-                await _audit(tx, guild_id, name, old, None, by=changed_by, at=now)
+                await audit_change(tx, guild_id, name, old, None, by=changed_by, at=now)
     return GuildSettings(guild_id=guild_id)
 
 
@@ -189,7 +191,7 @@ async def add_blocked_term(store: Store, guild_id: int, term: str, *, changed_by
             "INSERT INTO blocklist (guild_id, term, added_by, added_at) VALUES (?, ?, ?, ?)",
             (guild_id, normal, changed_by, store.now()),
         )
-        await _audit(tx, guild_id, BLOCKLIST_FIELD, None, normal, by=changed_by, at=store.now())
+        await audit_change(tx, guild_id, BLOCKLIST_FIELD, None, normal, by=changed_by, at=store.now())
     return True
 
 
@@ -201,7 +203,7 @@ async def remove_blocked_term(store: Store, guild_id: int, term: str, *, changed
         for spelling in stored:
             await tx.execute("DELETE FROM blocklist WHERE guild_id = ? AND term = ?", (guild_id, spelling))
         if stored:
-            await _audit(tx, guild_id, BLOCKLIST_FIELD, normal, None, by=changed_by, at=store.now())
+            await audit_change(tx, guild_id, BLOCKLIST_FIELD, normal, None, by=changed_by, at=store.now())
     return bool(stored)
 
 
@@ -262,7 +264,9 @@ async def block_member(store: Store, guild_id: int, user_id: int, *, reason: str
             (guild_id, user_id, wanted, changed_by, now),
         )
         old = None if current is None else _block_value(current.user_id, current.reason)
-        await _audit(tx, guild_id, BLOCKED_MEMBER_FIELD, old, _block_value(user_id, wanted), by=changed_by, at=now)
+        await audit_change(
+            tx, guild_id, BLOCKED_MEMBER_FIELD, old, _block_value(user_id, wanted), by=changed_by, at=now
+        )
     return True
 
 
@@ -274,7 +278,7 @@ async def unblock_member(store: Store, guild_id: int, user_id: int, *, changed_b
         if current is None:
             return False
         await tx.execute("DELETE FROM blocked_members WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
-        await _audit(
+        await audit_change(
             tx,
             guild_id,
             BLOCKED_MEMBER_FIELD,
@@ -325,8 +329,8 @@ async def recent_limit_changes(store: Store, guild_id: int, limit: int = 25) -> 
     ]
 
 
-def _validate(name: str, value: object) -> _Value:
-    """The stored form of one setting, or ValueError."""
+def validate_setting(name: str, value: object) -> _Value:
+    """The stored form of one setting, or ValueError: the ranges the schema's CHECKs hold, told before writing."""
     if name not in SETTING_FIELDS:
         raise ValueError(f"unknown guild setting {name!r}; known: {', '.join(SETTING_FIELDS)}")
     if value is None:
@@ -432,9 +436,11 @@ async def _write_settings(tx: Transaction, settings: GuildSettings) -> None:
     )
 
 
-async def _audit(
+async def audit_change(
     tx: Transaction, guild_id: int, field: str, old: _Value | str, new: _Value | str, *, by: int, at: float
 ) -> None:
+    """One row of the audit trail (``None`` = unset; other values as JSON), in the change's own transaction so
+    the change and its record commit, or vanish, together."""
     await tx.execute(
         "INSERT INTO limit_changes (guild_id, user_id, field, old_value, new_value, at) VALUES (?, ?, ?, ?, ?, ?)",
         (guild_id, by, field, _json(old), _json(new), at),
