@@ -132,6 +132,9 @@ async def test_a_deleted_role_is_gone_from_the_bots_cache_and_from_later_payload
         assert await bot.take("panel") == ({staff.id}, True)
 
         w.guild.delete_role(staff)
+        assert guild.get_role(staff.id) is not None  # sent, but the bot has not read it yet
+        await w.emu.wait_caught_up()
+        assert guild.get_role(staff.id) is None
         assert (await bot.take("role_delete")).id == staff.id
         assert _events(w.emu, "GUILD_ROLE_DELETE") == [{"guild_id": str(w.guild.id), "role_id": str(staff.id)}]
         assert _events(w.emu, "GUILD_MEMBER_UPDATE") == []  # Discord sends none per member

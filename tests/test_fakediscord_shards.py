@@ -183,3 +183,22 @@ async def test_a_shard_connected_already_cannot_be_identified_again_but_one_that
     assert emu.sessions[first["session_id"]].superseded  # the old session gets nothing more
     await world.member.send(world.channel, "after the new identify")
     assert [d.session_id for d in emu.gateway_log if d.event == "MESSAGE_CREATE"] == [again["session_id"]]
+
+
+async def test_role_events_go_to_the_shard_of_their_guild_and_every_shard_can_be_waited_for(
+    discord_emulator: DiscordEmulator,
+) -> None:
+    emu = discord_emulator
+    emu.shard_count = 2
+    worlds = {shard: add_world(emu, f"server {shard}", shard=shard) for shard in (0, 1)}
+    async with (
+        run_bot(emu, sharded_probe(shard_count=2, shard_ids=[0])) as low,
+        run_bot(emu, sharded_probe(shard_count=2, shard_ids=[1])) as high,
+    ):
+        roles = {shard: world.guild.add_role(f"Patrons {shard}") for shard, world in worlds.items()}
+        await emu.wait_caught_up()  # both processes have read their shard's GUILD_ROLE_CREATE
+        for shard, bot in ((0, low), (1, high)):
+            guild = bot.get_guild(worlds[shard].guild.id)
+            assert guild is not None and guild.get_role(roles[shard].id) is not None
+        created = {d.data["role"]["id"]: d.shard for d in emu.gateway_log if d.event == "GUILD_ROLE_CREATE"}
+        assert created == {str(roles[0].id): (0, 2), str(roles[1].id): (1, 2)}

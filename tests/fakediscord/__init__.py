@@ -5,7 +5,8 @@ See ``emulator.DiscordEmulator`` (state, waits, clock), ``actors.MemberActions``
 ``emu.add_guild(shard=)`` / ``fixtures.add_world(emu, shard=)``, ``emu.live_shards()``, ``emu.wait_shards()``
 (the rules are in ``gateway``'s docstring).
 Roles while the bot runs: ``guild.add_role()``, ``guild.update_role()``, ``guild.delete_role()``,
-``member.add_role()`` / ``member.remove_role()`` (the events Discord sends for each are in their docstrings).
+``member.add_role()`` / ``member.remove_role()`` (the events Discord sends for each are in their docstrings);
+``await emu.wait_caught_up()`` before looking at the bot's cache after such a change.
 Files the bot sent are :class:`StoredFile` objects in ``message.attachments`` (``.filename``, ``.data``),
 e.g. ``inter.followups[-1].attachments[0].data`` for an ephemeral followup.
 """

@@ -55,6 +55,8 @@ class Connection:
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
         self.session: Session | None = None
+        #: Heartbeats (op 1) the client sent on this connection.
+        self.heartbeats = 0
         self._queue: asyncio.Queue[dict[str, Any] | _Close | None] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name="fakediscord gateway writer")
 
@@ -181,6 +183,26 @@ class GatewayMixin:
             if shard is None or (session is not None and (session.shard or (0, 1))[0] == shard):
                 conn.close(code, "closed by the emulator")
 
+    async def wait_caught_up(self, timeout: float = 5.0) -> None:
+        """Until every connected bot has handled every event sent to it so far (its cache reflects them).
+
+        A test that changes the world (deletes a role, say) and then looks at the bot's cache needs this:
+        the bot reads events on its own task. Discord may ask for a heartbeat (op 1) at any time, and
+        discord.py answers at once from the loop that parses events in order, so an answer means the
+        events before the request are in its cache. Two requests, because the client's periodic heartbeat
+        (from another thread, every 41 s) could arrive in between and pass for one answer.
+        """
+        conns = [c for c in self._connections if c.session is not None and c.session.live]
+        marks = {c: c.heartbeats for c in conns}
+        for conn in conns:
+            conn.send({"op": 1, "d": None, "s": None, "t": None})
+            conn.send({"op": 1, "d": None, "s": None, "t": None})
+
+        def answered() -> bool:
+            return all(c.heartbeats >= marks[c] + 2 or c not in self._connections for c in conns)
+
+        await self.wait_until(answered, timeout, "the bot to answer heartbeat requests (op 1)")
+
     # -- dispatch ---------------------------------------------------------------------------------
     def _dispatch(
         self,
@@ -243,7 +265,9 @@ class GatewayMixin:
         op, data = frame.get("op"), frame.get("d")
         if op == 1:
             self.heartbeats += 1
+            conn.heartbeats += 1
             conn.send({"op": 11, "d": None, "s": None, "t": None})
+            self._bump()
         elif op == 2:
             self._identify(conn, data or {})
         elif op == 6:
