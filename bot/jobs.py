@@ -52,6 +52,7 @@ import aiohttp
 from bot import db, metrics
 from bot.db import Job, JobKind, JobStatus, NewJob, QuotaLimits, QuotaRefusal, Store, StoreBusyError, work
 from bot.flux import (
+    AccountError,
     EditRequest,
     FluxClient,
     FluxConnectionError,
@@ -230,12 +231,17 @@ class JobRunner:
         lease: float = WORK_LEASE,
         sole: bool = True,
         clock: Callable[[], float] = time.time,
+        on_account_error: Callable[[Job, AccountError], Awaitable[None]] | None = None,
     ) -> None:
         """``retention``: seconds a finished job is kept before it is pruned; ``None`` keeps every job.
 
         ``owner`` names this process in the database (default: host, process id and a random part);
         ``lease`` is how long its claims last unless renewed. ``sole``: no other process uses the database
         (SQLite), so the work of any other owner is a previous run's, taken over at once.
+
+        ``on_account_error`` is awaited when the provider refuses a submit for the bot's account (credentials,
+        balance), which only the operator can fix, after the job's failure is recorded: the app alerts the
+        job's server. Whatever it raises is logged, never the runner's concern.
         """
         self._store = store
         self._flux = flux
@@ -249,6 +255,7 @@ class JobRunner:
         self._media_hosts = media_hosts
         self._retention = retention
         self._clock = clock
+        self._on_account_error = on_account_error
         self._owner = owner if owner is not None else new_owner_name()
         self._lease = lease
         self._sole = sole
@@ -461,6 +468,8 @@ class JobRunner:
                     UNKNOWN_OUTCOME_MESSAGE if unknown else error.user_message,
                 )
                 await self._persist(job, partial(self._fail, job, code, message))
+                if isinstance(error, AccountError):
+                    await self._account_refused(job, error)
             except ImageError as error:  # refused before anything was sent
                 log.warning("job %d: refused before submitting: %s", job.id, error)
                 await self._persist(job, partial(self._fail, job, "source", error.user_message))
@@ -476,6 +485,14 @@ class JobRunner:
         finally:
             self._submitting.discard(job.id)
             self._dispatch_needed.set()
+
+    async def _account_refused(self, job: Job, error: AccountError) -> None:
+        if self._on_account_error is None:
+            return
+        try:
+            await self._on_account_error(job, error)
+        except Exception:
+            log.exception("job %d: handling the provider's refusal of the account failed", job.id)
 
     async def _send(self, job: Job) -> Submission:
         if job.kind is JobKind.EDIT:
