@@ -30,6 +30,7 @@ from discord.gateway import DiscordWebSocket, ReconnectWebSocket
 from discord.shard import Shard
 
 from bot import db
+from bot.alerts import Alerts
 from bot.callbacks import CallbackReceiver
 from bot.db import Store, open_store
 from bot.endpoints import point_discord_at
@@ -142,6 +143,8 @@ class FluxBot(commands.AutoShardedBot):
         self.store = store
         self.flux = flux
         self.courier = DiscordCourier(self)
+        #: Tells a server's admins, in its alert channel, that its budget runs out or the provider refuses the bot.
+        self.alerts = Alerts(store, self.post_alert)
         self.runner = JobRunner(
             store=store,
             flux=flux,
@@ -156,6 +159,7 @@ class FluxBot(commands.AutoShardedBot):
             lease=settings.work_lease,
             # A SQLite file has one process (its file lock keeps others out); PostgreSQL may have several.
             sole=not settings.uses_postgresql,
+            on_account_error=lambda job, error: self.alerts.provider_refused(job.guild_id, error),
         )
         self._last_interaction = 0.0  # event loop time when the last interaction arrived
         self._after_acknowledgements: asyncio.Event | None = None  # set when a burst of interactions is over
@@ -306,6 +310,11 @@ class FluxBot(commands.AutoShardedBot):
             if gate is not None:
                 self._after_acknowledgements = None
                 gate.set()
+
+    async def post_alert(self, channel_id: int, text: str) -> None:
+        """Post an alert in a server's alert channel, pinging nobody; raises when Discord refuses (the channel
+        is gone, the bot may not post there). Works from any process, whichever shard has the server."""
+        await self.get_partial_messageable(channel_id).send(text, allowed_mentions=discord.AllowedMentions.none())
 
     async def on_message(self, message: discord.Message, /) -> None:
         """The bot has no text commands ("@bot make it blue" is an edit request, handled by the imagine cog),
