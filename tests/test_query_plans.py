@@ -1,9 +1,9 @@
 """Every query on a hot path reads only the rows it needs, however long the history behind it.
 
-The hot paths are accepting a job (the server's rules and the quota reservation), dispatching, polling,
-delivering, ending a job, the last word after a restart, ``/usage`` and pruning. Each test runs them for
-real on a SQLite file that holds a long history, captures every statement SQLite actually executed
-(``set_trace_callback``, with the parameters expanded), and checks it two ways:
+The hot paths are accepting a job (the server's rules, its role and member rules and access roles, and the
+quota reservation), dispatching, polling, delivering, ending a job, the last word after a restart, ``/usage``
+and pruning. Each test runs them for real on a SQLite file that holds a long history, captures every statement
+SQLite actually executed (``set_trace_callback``, with the parameters expanded), and checks it two ways:
 
 - **its plan** (``EXPLAIN QUERY PLAN``): no ``SCAN`` of a table. A ``SCAN`` through an index is allowed only
   for the partial indexes of :data:`LIVE_INDEXES`, which hold nothing but the rows a hot path acts on (live
@@ -12,13 +12,13 @@ real on a SQLite file that holds a long history, captures every statement SQLite
 - **its work**: a ``SEARCH`` can still walk a member's whole history (``guild_id = ? AND user_id = ?`` over
   every job they ever had looks the same in a plan as over their live ones), so the same operations also
   run on a file with a short one, counting the virtual machine steps of each statement (SQLite's
-  progress handler). A statement may not do markedly more work because finished jobs and old usage piled
-  up: see :data:`SLACK`. Steps are counted, not timed.
+  progress handler). A statement may not do markedly more work because finished jobs, old usage and other
+  servers' rules piled up: see :data:`SLACK`. Steps are counted, not timed.
 
 The same hot paths run on PostgreSQL too, with ``auto_explain`` reporting the plan of every statement the server
 runs (those inside ``reserve_job`` and the triggers included) and ``enable_seqscan = off``, so that even on a
 small table the planner only reads a whole table where no index can serve the query: no hot-path plan may read all of
-``jobs`` or ``usage`` (a ``Seq Scan``, or a whole index but the live partial ones).
+one of :data:`HOT_TABLES` (a ``Seq Scan``, or a whole index but the live partial ones).
 """
 
 from __future__ import annotations
@@ -172,6 +172,38 @@ def history_rows(member_jobs: int, others: int) -> list[tuple[object, ...]]:
     return rows
 
 
+#: How :func:`other_servers_rules` are written, by table; parameters (guild, role or member, value, time).
+RULE_INSERTS = {
+    "role_limits": "INSERT INTO role_limits (guild_id, role_id, user_daily, updated_at, updated_by) "
+    "VALUES ($1, $2, $3, $4, 1)",
+    "member_limits": "INSERT INTO member_limits (guild_id, user_id, max_count, updated_at, updated_by) "
+    "VALUES ($1, $2, $3, $4, 1)",
+    "access_roles": "INSERT INTO access_roles (guild_id, role_id, added_by, added_at) VALUES ($1, $2, $3, $4)",
+}
+
+
+def other_servers_rules(servers: int) -> dict[str, list[tuple[int, int, int, float]]]:
+    """Role rules, member rules and access roles of ``servers`` other servers, two of each (one for USER), so a
+    read of one server's rules that worked through everyone's would show."""
+    rows: dict[str, list[tuple[int, int, int, float]]] = {table: [] for table in RULE_INSERTS}
+    for n in range(servers):
+        guild = 500_000 + n
+        for subject in (USER, 2_000_000 + n):
+            rows["role_limits"].append((guild, subject, n % 50, NOW - DAY))
+            rows["member_limits"].append((guild, subject, n % 4 + 1, NOW - DAY))
+            rows["access_roles"].append((guild, subject, 1, NOW - DAY))
+    return rows
+
+
+async def server_rules(store: Store) -> None:
+    """The server's own rules: two roles with overrides, one for the member, two access roles."""
+    await db.set_role_rule(store, GUILD, 81, changed_by=1, user_daily=2_000, max_concurrent=60)
+    await db.set_role_rule(store, GUILD, 82, changed_by=1, cooldown_seconds=0.5)
+    await db.set_member_rule(store, GUILD, USER, changed_by=1, user_monthly=20_000)
+    await db.add_access_role(store, GUILD, 81, changed_by=1)
+    await db.add_access_role(store, GUILD, 83, changed_by=1)
+
+
 def write_history(path: Path, member_jobs: int, others: int) -> None:
     """The :func:`history_rows` in the SQLite file at ``path``, with their usage."""
     rows = history_rows(member_jobs, others)
@@ -188,6 +220,8 @@ def write_history(path: Path, member_jobs: int, others: int) -> None:
         )
         # Settle the reservations the jobs_reserve trigger made, as the ends of those jobs did.
         conn.execute("UPDATE usage SET used = used + reserved, reserved = 0")
+        for table, rule_rows in other_servers_rules(others).items():
+            conn.executemany(RULE_INSERTS[table].replace("$", "?"), rule_rows)  # ?1, ?2...: SQLite's numbered form
     conn.close()
 
 
@@ -198,6 +232,16 @@ async def hot_paths(recorder: Recorder, clock: Clock) -> None:
     await run("accept: server settings", lambda: db.get_guild_settings(store, GUILD))
     await run("accept: blocklist", lambda: db.blocked_terms(store, GUILD))
     await run("accept: member block", lambda: db.member_block(store, GUILD, USER))
+    await run("accept: access roles", lambda: db.access_roles(store, GUILD))
+    await run("accept: role rules", lambda: db.role_rules(store, GUILD))
+    await run("accept: member rule", lambda: db.member_rule(store, GUILD, USER))
+    rules = await run("accept: request rules", lambda: db.request_rules(store, GUILD, USER))
+    assert rules == (
+        await db.role_rules(store, GUILD),
+        await db.member_rule(store, GUILD, USER),
+        await db.access_roles(store, GUILD),
+    )
+    assert len(rules[0]) == 2 and rules[1] is not None and len(rules[2]) == 2  # the server's own, only
     jobs = []
     for n in range(6):
         clock.now += 1.0
@@ -255,6 +299,7 @@ async def recorded(path: Path, *, member_jobs: int, others: int) -> Capture:
         pass
     write_history(path, member_jobs, others)
     async with await SqliteStore.open(path, clock=clock) as store:
+        await server_rules(store)
         recorder = Recorder(store)
         async with recorder.recording():
             await hot_paths(recorder, clock)
@@ -359,8 +404,8 @@ AUTO_EXPLAIN = {
     "auto_explain.log_level": "notice",
     "enable_seqscan": "off",
 }
-#: The tables a hot path must never read whole.
-HOT_TABLES = frozenset({"jobs", "usage"})
+#: The tables a hot path must never read whole: each grows with the history, or with every server's rules.
+HOT_TABLES = frozenset({"jobs", "usage", "role_limits", "member_limits", "access_roles"})
 
 
 class ServerPlans(logging.Handler):
@@ -408,6 +453,8 @@ async def write_history_postgresql(url: str, member_jobs: int, others: int) -> N
             rows,
         )
         await conn.execute("UPDATE usage SET used = used + reserved, reserved = 0")
+        for table, rule_rows in other_servers_rules(others).items():
+            await conn.executemany(RULE_INSERTS[table], rule_rows)
         await conn.execute("ANALYZE")
         database = await conn.fetchval("SELECT quote_ident(current_database())")
         for name, value in AUTO_EXPLAIN.items():
@@ -440,7 +487,7 @@ def whole_reads(plan: dict[str, Any]) -> list[str]:
     return found
 
 
-async def test_every_hot_path_statement_on_postgresql_reads_jobs_and_usage_through_an_index(
+async def test_every_hot_path_statement_on_postgresql_reads_the_hot_tables_through_an_index(
     postgresql_url: str,
 ) -> None:
     clock = Clock()
@@ -448,6 +495,7 @@ async def test_every_hot_path_statement_on_postgresql_reads_jobs_and_usage_throu
         pass
     await write_history_postgresql(postgresql_url, member_jobs=3_000, others=2_000)
     async with await PostgresStore.open(postgresql_url, clock=clock, max_size=2) as store:
+        await server_rules(store)
         recorder = PostgresRecorder(store)
         async with recorder.recording():
             await hot_paths(recorder, clock)
@@ -467,4 +515,7 @@ async def test_every_hot_path_statement_on_postgresql_reads_jobs_and_usage_throu
     assert any(text.startswith("INSERT INTO jobs") for text in texts)
     assert any(text.startswith("UPDATE usage SET reserved = reserved - OLD.reserved_images") for text in texts)
     assert any("parent_job_id" in text and text.startswith("UPDATE ONLY") for text in texts), "ON DELETE SET NULL"
+    assert all(
+        any(f"FROM {table} WHERE guild_id" in text for text in texts) for table in HOT_TABLES - {"jobs", "usage"}
+    )
     assert not failures, "\n".join(failures)
