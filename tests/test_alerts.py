@@ -10,16 +10,21 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import pytest
+from pydantic import SecretStr
 
 from bot import db
 from bot.alerts import PROVIDER_REPEAT, Alerts
 from bot.db import Job, JobKind, LimitKind, NewJob, Provider, QuotaLimits, QuotaRefusal, Store, create_job
 from bot.db.alerts import ALERT_CHANNEL_FIELD, alert_channel, claim_alert, set_alert_channel
-from bot.flux import BalanceError, CredentialsError
-from tests.conftest import KEY, STORE_BACKENDS, open_backend
-from tests.fakediscord import Interaction, Message
+from bot.flux import AccountError, AceDataClient, BalanceError, CredentialsError
+from bot.jobs import JobDone, JobFailed, JobRunner
+from tests.conftest import KEY, NO_WAIT, STORE_BACKENDS, open_backend
+from tests.fakediscord import Interaction, Message, Perm
 from tests.fluxbot_harness import FluxbotHarness, status_line
+from tests.fluxemu import FluxEmulator
+from tests.test_jobs import RecordingCourier
 
 GUILD = 111
 CHANNEL = 222
@@ -447,3 +452,83 @@ async def test_a_provider_refusing_the_bot_s_key_is_told_once_however_many_reque
     assert posted == [alert]
     assert "(HTTP 401: its API key was not accepted)" in alert.content and KEY not in alert.content
     assert alert.author.id == world.emu.bot_user.id and no_pings(alert)
+
+
+async def test_an_alert_channel_the_bot_may_not_post_in_is_logged_and_requests_go_on(
+    fluxbot: FluxbotHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    world = fluxbot.world
+    alerts_channel = world.guild.add_text_channel("bot-alerts")
+    alerts_channel.set_permissions(world.emu.bot_user, deny=Perm.SEND_MESSAGES)
+    async with fluxbot.running() as bot:
+        await set_alert_channel(bot.store, world.guild.id, alerts_channel.id, changed_by=world.admin.id)
+        await (await world.admin.slash(world.channel, "limits set", guild_daily=1)).wait_response()
+        served = await ask(fluxbot, "a lighthouse")
+        refused = await ask(fluxbot, "another lighthouse")
+        await world.emu.wait_until(lambda: "could not post an alert" in caplog.text, timeout=10)
+
+    assert status_line(served).startswith("✅")
+    assert "server's daily limit" in status_line(refused)
+    assert alerts_channel.messages == {}
+    assert f"guild {world.guild.id}: could not post an alert in channel {alerts_channel.id} (Forbidden)" in caplog.text
+
+
+# -- the runner's hook -------------------------------------------------------------------------------------
+
+
+async def test_the_runner_hands_account_refusals_to_its_hook_and_outlives_a_failing_one(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    flux_emulator: FluxEmulator,
+    http_session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flux_emulator.add_fault("POST", "/flux/images", status=403, code="used_up", times=2)
+    seen: list[tuple[int, type[AccountError]]] = []
+
+    async def broken_alert(job: Job, error: AccountError) -> None:
+        seen.append((job.id, type(error)))
+        raise RuntimeError("the alert broke")
+
+    courier = RecordingCourier()
+    flux = AceDataClient(session=http_session, api_key=SecretStr(KEY), base_url=flux_emulator.base_url, retry=NO_WAIT)
+    async with open_backend(request, "sqlite", tmp_path / "fluxbot.db") as store:
+        runner = JobRunner(
+            store=store,
+            flux=flux,
+            courier=courier,
+            session=http_session,
+            concurrency=1,
+            poll_interval=0.05,
+            job_timeout=60,
+            on_account_error=broken_alert,
+        )
+        await runner.start()
+        try:
+            jobs = []
+            for n in range(3):
+                job = await runner.submit(
+                    NewJob(
+                        guild_id=GUILD,
+                        channel_id=CHANNEL,
+                        user_id=USER,
+                        kind=JobKind.GENERATE,
+                        prompt=f"a lighthouse {n}",
+                        model="flux-dev",
+                        size="1:1",
+                        count=1,
+                        provider=Provider.ACEDATA,
+                    ),
+                    QuotaLimits(),
+                )
+                assert isinstance(job, Job)
+                await courier.wait_for(lambda job=job: courier.final(job.id) is not None)
+                jobs.append(job)
+        finally:
+            await runner.stop()
+
+    assert seen == [(jobs[0].id, BalanceError), (jobs[1].id, BalanceError)]
+    finals = [courier.final(job.id) for job in jobs]
+    assert all(isinstance(final, JobFailed) and "account needs attention" in final.message for final in finals[:2])
+    assert isinstance(finals[2], JobDone)
+    assert caplog.text.count("handling the provider's refusal of the account failed") == 2
