@@ -153,7 +153,7 @@ async def set_role_rule(
 
 
 async def clear_role_rule(store: Store, guild_id: int, role_id: int, *, changed_by: int) -> bool:
-    """Drop the role's rule, audited; its members get the server's values again. False if it had none."""
+    """Drop the role's rule, audited; its members get their other roles' or the server's values. False if none."""
     return await _clear_rule(store, _ROLES, guild_id, role_id, changed_by)
 
 
