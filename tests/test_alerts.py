@@ -224,6 +224,26 @@ async def test_reaching_80_and_100_percent_at_once_tells_only_100(
     assert await claims(store) == ["guild_daily:100:2026-12-03", "guild_daily:80:2026-12-03"]
 
 
+async def test_two_processes_seeing_the_same_usage_tell_it_once(
+    store: Store, other_store: Store, channel: Channel, clock: Clock
+) -> None:
+    processes = [Alerts(store, channel.post, clock=clock), Alerts(other_store, channel.post, clock=clock)]
+    await set_alert_channel(store, GUILD, ALERTS, changed_by=ADMIN)
+    await use(store, 9)
+    await asyncio.gather(
+        *(processes[n % 2].after_reservation(GUILD, guild_daily=10, guild_monthly=None) for n in range(10))
+    )
+    await use(other_store, 1)
+    await asyncio.gather(
+        *(processes[n % 2].after_reservation(GUILD, guild_daily=10, guild_monthly=None) for n in range(10))
+    )
+
+    assert [text.split(")")[0] for text in channel.texts] == [
+        "⚠️ This server has used 9 of its 10 images today (90%",
+        "🛑 This server has used 10 of its 10 images today (100%",
+    ]
+
+
 async def test_each_day_is_told_again(store: Store, alerts: Alerts, channel: Channel, clock: Clock) -> None:
     await set_alert_channel(store, GUILD, ALERTS, changed_by=ADMIN)
     await use(store, 4)
