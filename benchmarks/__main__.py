@@ -20,6 +20,7 @@ MODULES = (
     "benchmarks.ack_figures",
     "benchmarks.bot_figures",
     "benchmarks.multiprocess_figures",
+    "benchmarks.report_figures",
     "benchmarks.earlier_figures",
 )
 

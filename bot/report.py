@@ -29,7 +29,7 @@ from cogs.text import MESSAGE_LIMIT, fit_lines, shorten
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-__all__ = ["HEIGHT", "WIDTH", "member_name", "render_report", "report_summary"]
+__all__ = ["CAUSES", "HEIGHT", "WIDTH", "member_name", "render_report", "report_summary"]
 
 #: The size of every chart, in pixels: a few hundred kilobytes as PNG, far below Discord's upload limit.
 WIDTH, HEIGHT = 1200, 900
@@ -42,6 +42,24 @@ _MAX_NAME = 40
 #: The longest model name, error code or cause the summary shows (they are short codes; this is a safeguard).
 _MAX_CODE = 32
 _OTHER_MODELS = "other models"
+
+#: What each refusal cause (a :class:`bot.limits.RefusalKind` or :class:`bot.db.LimitKind` value) is called in a
+#: report; an unknown cause (from a newer version sharing the database) shows as its code.
+CAUSES: Mapping[str, str] = {
+    "user_daily": "member's daily limit",
+    "guild_daily": "server's daily limit",
+    "user_monthly": "member's monthly limit",
+    "guild_monthly": "server's monthly limit",
+    "max_concurrent": "jobs at a time",
+    "cooldown": "cooldown",
+    "channel": "channel not allowed",
+    "model": "model not allowed",
+    "count": "too many images at once",
+    "blocked_term": "blocked words",
+    "member_blocked": "blocked member",
+    "access": "no access role",
+    "dms_off": "direct messages off",
+}
 
 #: One chart at a time: matplotlib's rcParams and font caches are shared by every figure of the process.
 _DRAWING = threading.Lock()
@@ -80,7 +98,7 @@ def report_summary(report: UsageReport, *, names: Mapping[int, str]) -> str:
     if report.failures:
         lines.append("Failed jobs: " + _counts(report.failures))
     if report.refusals:
-        lines.append("Refused requests: " + _counts(report.refusals))
+        lines.append("Refused requests: " + _counts(_named_causes(report.refusals)))
     if report.top_members:
         lines.append("Top members:")
         lines.extend(
@@ -101,6 +119,10 @@ def _counts(counts: Mapping[str, int], shown: int = 10) -> str:
     if len(counts) > shown:
         items.append(f"… and {len(counts) - shown} more")
     return ", ".join(items)
+
+
+def _named_causes(refusals: Mapping[str, int]) -> dict[str, int]:
+    return {CAUSES.get(cause, cause): count for cause, count in refusals.items()}
 
 
 def _plural(count: int, noun: str) -> str:
@@ -190,7 +212,7 @@ def _draw_totals(axes: Axes, report: UsageReport, drawable: _Drawable) -> None:
     """Images per model, then failed jobs and refused requests by cause."""
     rows: list[tuple[str, str]] = [(drawable(model), str(count)) for model, count in report.per_model.items()]
     rows.append(("jobs posted", str(report.posted_jobs)))
-    for heading, counts in (("failed jobs", report.failures), ("refused requests", report.refusals)):
+    for heading, counts in (("failed jobs", report.failures), ("refused requests", _named_causes(report.refusals))):
         rows.append((f"{heading}: {sum(counts.values())}", ""))
         rows.extend((f"    {drawable(cause)}", str(count)) for cause, count in counts.items())
     _table(axes, "Totals", rows)
