@@ -89,22 +89,27 @@ async def reply_with_error(interaction: discord.Interaction[Any], error: BaseExc
 
 def describe_refusal(refusal: Refusal) -> str:
     """The member's explanation of a rule that refused their request (never naming a blocked term)."""
+    allowed = refusal.allowed
     match refusal.kind:
         case RefusalKind.DMS_OFF:
-            return "The bot does not take requests in direct messages. Use it in a server."
+            text = "The bot does not take requests in direct messages. Use it in a server."
         case RefusalKind.CHANNEL:
-            channels = fit_lines([f"<#{c}>" for c in refusal.allowed], 1000, sep=", ")
-            return f"The bot is not used in this channel here. Try {channels}."
+            channels = fit_lines([f"<#{channel}>" for channel in allowed], 1000, sep=", ")
+            text = f"The bot is not used in this channel here. Try {channels}."
         case RefusalKind.MODEL:
-            return f"That model is not allowed in this server. Allowed: {fit_lines(refusal.allowed, 1000, sep=', ')}."
+            text = f"That model is not allowed in this server. Allowed: {fit_lines(allowed, 1000, sep=', ')}."
         case RefusalKind.COUNT:
-            most = refusal.allowed[0]
-            return f"This server allows at most {most} image{'' if most == '1' else 's'} per request."
+            text = f"This server allows at most {allowed[0]} image{'' if allowed[0] == '1' else 's'} per request."
         case RefusalKind.BLOCKED_TERM:
-            return "This server does not allow a word or phrase in that prompt. Please rephrase it."
+            text = "This server does not allow a word or phrase in that prompt. Please rephrase it."
         case RefusalKind.MEMBER_BLOCKED:
-            reason = f" Reason: {refusal.allowed[0]}" if refusal.allowed else ""
-            return f"You are blocked from using the bot in this server.{reason}"
+            text = "You are blocked from using the bot in this server." + (f" Reason: {allowed[0]}" if allowed else "")
+        case RefusalKind.ACCESS if allowed:
+            roles = fit_lines([f"<@&{role}>" for role in allowed], 1000, sep=", ")
+            text = f"Only members with one of these roles may use the bot here: {roles}."
+        case RefusalKind.ACCESS:  # every listed role was deleted since
+            text = "Only members with certain roles may use the bot here. Ask a server admin."
+    return text
 
 
 def describe_quota_refusal(refusal: QuotaRefusal) -> str:

@@ -18,9 +18,10 @@ from discord.ext import commands
 from yarl import URL
 
 from bot.db import Job, JobKind, NewJob, QuotaRefusal
+from bot.db.report import count_refusal
 from bot.flux import MAX_COUNT, MAX_PROMPT_LENGTH, ModelCatalog, ModelSpec
 from bot.images import DownloadError, HostNotAllowed, SourceImage, fetch_source, size_text
-from bot.limits import Refusal, admit
+from bot.limits import Member, Refusal, RefusalKind, admit
 from cogs.feedback import (
     UserFacingError,
     describe_quota_refusal,
@@ -263,12 +264,13 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
             interaction_token=interaction.token if interaction else None,
             interaction_created_at=interaction.created_at.timestamp() if interaction else None,
         )
-        return await self.submit(new)
+        return await self.submit(new, member_of(requester))
 
-    async def submit(self, new: NewJob) -> Job:
-        """Check ``new`` against the server's rules, then record it under the server's quota and queue it.
+    async def submit(self, new: NewJob, member: Member) -> Job:
+        """Check ``new`` against the server's rules for ``member``, then record it under their quota and queue it.
 
         Every rule is checked before any provider call; the quota is checked and reserved with the job.
+        Refusals are counted by cause for the server's report.
         """
         try:
             limits = await admit(
@@ -276,19 +278,39 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
                 self.bot.settings,
                 guild_id=new.guild_id,
                 channel_id=new.channel_id,
-                user_id=new.user_id,
+                member=member,
                 model=new.model,
                 count=new.count,
                 prompt=new.prompt,
             )
         except Refusal as refusal:
-            raise UserFacingError(describe_refusal(refusal)) from None
+            await self._count_refusal(new.guild_id, refusal.kind)
+            raise UserFacingError(describe_refusal(self._known_roles_only(new.guild_id, refusal))) from None
         outcome = await self.bot.runner.submit(new, limits.quota)
         if isinstance(outcome, QuotaRefusal):
             self.bot.metrics.quota_refused(outcome.kind)
             log.info("user %d refused by the %s limit in guild %d", new.user_id, outcome.kind, new.guild_id)
+            await self._count_refusal(new.guild_id, outcome.kind)
+            await self.bot.alerts.quota_refused(new.guild_id, outcome)
             raise UserFacingError(describe_quota_refusal(outcome))
+        await self.bot.alerts.after_reservation(
+            new.guild_id, guild_daily=limits.guild_daily, guild_monthly=limits.guild_monthly
+        )
         return outcome
+
+    async def _count_refusal(self, guild_id: int, cause: str) -> None:
+        """Count a refusal for ``/limits report``; a count that cannot be written is not worth failing the answer."""
+        try:
+            await count_refusal(self.bot.store, guild_id, cause)
+        except Exception:
+            log.warning("could not count a %s refusal in guild %d", cause, guild_id, exc_info=True)
+
+    def _known_roles_only(self, guild_id: int, refusal: Refusal) -> Refusal:
+        """An access refusal naming only roles that still exist: a deleted role lets nobody in."""
+        guild = self.bot.get_guild(guild_id)
+        if refusal.kind is not RefusalKind.ACCESS or guild is None:
+            return refusal
+        return Refusal(refusal.kind, tuple(role for role in refusal.allowed if guild.get_role(int(role))))
 
     async def source_from_attachment(self, attachment: discord.Attachment) -> Source:
         """Check an uploaded image before anything is sent to the provider."""
@@ -338,6 +360,18 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
 def _is_discord_attachment(url: str) -> bool:
     """Whether ``url`` is a signed Discord attachment link (``?ex=…&is=…&hm=…``), which expires."""
     return {"ex", "is", "hm"} <= set(URL(url).query)
+
+
+def member_of(requester: Requester) -> Member:
+    """Who asks, as Discord describes them in this very request: roles are never cached by the bot, so a role
+    given, taken or deleted counts from the next request on."""
+    if isinstance(requester, discord.Interaction):
+        user, manages = requester.user, requester.permissions.manage_guild
+    else:
+        user = requester.author
+        manages = isinstance(user, discord.Member) and user.guild_permissions.manage_guild
+    roles = frozenset(role.id for role in user.roles) if isinstance(user, discord.Member) else frozenset[int]()
+    return Member(user.id, roles, manages)
 
 
 def first_image(message: discord.Message) -> discord.Attachment | str | None:

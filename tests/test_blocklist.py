@@ -14,7 +14,7 @@ import pytest
 
 from bot import db
 from bot.db import Store
-from bot.limits import Refusal, RefusalKind, admit, contains_blocked_term
+from bot.limits import Member, Refusal, RefusalKind, admit, contains_blocked_term
 from bot.settings import Settings
 from tests.fluxbot_harness import FluxbotHarness, status_line
 
@@ -29,7 +29,14 @@ def fullwidth(text: str) -> str:
 async def refused(store: Store, settings: Settings, prompt: str) -> bool:
     try:
         await admit(
-            store, settings, guild_id=GUILD, channel_id=CHANNEL, user_id=1, model="flux-dev", count=1, prompt=prompt
+            store,
+            settings,
+            guild_id=GUILD,
+            channel_id=CHANNEL,
+            member=Member(1),
+            model="flux-dev",
+            count=1,
+            prompt=prompt,
         )
     except Refusal as refusal:
         assert refusal.kind is RefusalKind.BLOCKED_TERM

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from bot import db
 from bot.db import Store
 from bot.db.guilds import comparable_text
-from bot.limits import Refusal, RefusalKind, admit, contains_blocked_term
+from bot.limits import Member, Refusal, RefusalKind, admit, contains_blocked_term
 from bot.settings import Settings
 from cogs.feedback import describe_refusal
 
@@ -89,7 +89,7 @@ def test_a_disguised_term_is_always_found(case: tuple[str, str], others: list[st
 async def check(store: Store, settings: Settings, guild_id: int, prompt: str) -> Refusal | None:
     try:
         await admit(
-            store, settings, guild_id=guild_id, channel_id=1, user_id=1, model="flux-dev", count=1, prompt=prompt
+            store, settings, guild_id=guild_id, channel_id=1, member=Member(1), model="flux-dev", count=1, prompt=prompt
         )
     except Refusal as refusal:
         return refusal
