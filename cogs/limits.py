@@ -4,14 +4,20 @@
 runs, because a server's permission overrides can show it to anyone. The run-time check is attached to every
 command under ``/limits``, sub-groups included: discord.py runs only the *direct* parent group's
 ``interaction_check``, so a check on the top group alone would skip ``/limits channels …``,
-``/limits blocklist …`` and ``/limits member …``.
+``/limits blocklist …``, ``/limits member …`` and the other sub-groups.
+
+Role and member rules, access roles and blocks are changed here; what they mean for one member is computed
+in :mod:`bot.limits` only. No answer or report pings anyone: mentions in them only name.
 
 Answers whose length depends on data are fitted into Discord's 2,000 characters (:mod:`cogs.text`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -20,10 +26,15 @@ from discord.ext import commands
 
 from bot import db
 from bot.db import JobStatus
+from bot.db.alerts import alert_channel, set_alert_channel
 from bot.db.days import next_utc_midnight, next_utc_month
-from bot.limits import DM_GUILD_ID, Limits, limits_for
-from cogs.feedback import UserFacingError
-from cogs.text import MESSAGE_LIMIT, code, fit_lines, shorten
+from bot.db.report import usage_report
+from bot.db.rules import RuleChanges, RuleOverrides
+from bot.limits import DM_GUILD_ID, Limits, Origin, limits_for, member_limits
+from bot.report import render_report, report_summary
+from cogs.feedback import DISCORD_ERRORS, UserFacingError
+from cogs.imagine import member_of
+from cogs.text import MESSAGE_LIMIT, code, fit_lines, pages, shorten
 
 if TYPE_CHECKING:
     from bot.app import FluxBot
@@ -35,6 +46,30 @@ log = logging.getLogger(__name__)
 
 def _limit(value: int | None) -> str:
     return "no limit" if value is None else str(value)
+
+
+#: How /limits calls each field of a role or member rule, in the order shown.
+_RULE_LABELS: Mapping[str, str] = {
+    "user_daily": "images a day",
+    "user_monthly": "images a month",
+    "max_count": "images per request",
+    "max_concurrent": "jobs at a time",
+    "cooldown_seconds": "s cooldown",
+}
+
+
+def _rule_text(rule: RuleOverrides) -> str:
+    """A rule in one line: "5 images a day, no limit on images a month, 10 s cooldown"."""
+    parts = []
+    for name, value in rule.fields().items():
+        label = _RULE_LABELS[name]
+        if name == "cooldown_seconds":
+            parts.append(f"{value:g} {label}" if value else "no cooldown")
+        elif value == 0 and name != "max_count":
+            parts.append(f"no limit on {label}")
+        else:
+            parts.append(f"{value:g} {label}")
+    return ", ".join(parts)
 
 
 async def require_manage_guild(interaction: discord.Interaction[Any]) -> bool:
@@ -94,7 +129,7 @@ class LimitsCog(commands.Cog, name="Limits"):
         await interaction.response.defer(ephemeral=True, thinking=True)
         store = self.bot.store
         guild_id = interaction.guild_id or DM_GUILD_ID
-        limits = await self.limits(guild_id)
+        limits = await member_limits(store, self.bot.settings, guild_id, member_of(interaction))
         mine = await db.user_usage(store, guild_id, interaction.user.id)
         head = [f"**Your images today:** {mine.today}" + _of(limits.user_daily, mine.today)]
         head.append(f"**This month:** {mine.month}" + _of(limits.user_monthly, mine.month))
@@ -110,10 +145,10 @@ class LimitsCog(commands.Cog, name="Limits"):
             if limits.guild_monthly is not None:
                 month = await db.guild_usage_month(store, guild_id)
                 tail.append(f"**This server this month:** {month}" + _of(limits.guild_monthly, month))
+        tail.append("**Your limits here:**")
+        tail.extend(f"• {label}: {value} ({_origin(limits, field)})" for label, field, value in _member_rows(limits))
         tail.append(
-            f"Up to {limits.max_count} images per request, {_limit(limits.max_concurrent)} jobs at a time"
-            + (f", one request every {limits.cooldown:g} s" if limits.cooldown else "")
-            + f". Daily counts reset <t:{int(next_utc_midnight(now))}:R>"
+            f"Daily counts reset <t:{int(next_utc_midnight(now))}:R>"
             + (
                 f", monthly ones <t:{int(next_utc_month(now))}:R>."
                 if limits.user_monthly is not None or limits.guild_monthly is not None
@@ -123,7 +158,9 @@ class LimitsCog(commands.Cog, name="Limits"):
         # The jobs give way first: the totals and the rules always show.
         room = MESSAGE_LIMIT - len("\n".join(head + tail)) - 2
         lines = [*head, *([fit_lines(jobs, room)] if jobs else []), *tail]
-        await interaction.followup.send(fit_lines(lines), ephemeral=True)
+        await interaction.followup.send(
+            fit_lines(lines), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+        )
 
     async def _job_state(self, job_id: int, status: JobStatus) -> str:
         if status is JobStatus.QUEUED:
@@ -133,15 +170,34 @@ class LimitsCog(commands.Cog, name="Limits"):
     # -- /limits -----------------------------------------------------------------------------------
 
     async def show(self, interaction: discord.Interaction[FluxBot]) -> None:
+        """The server's rules, then its role rules, access roles, member rules and blocks, over as many
+        messages as they need (a few at most; the rest is counted)."""
         assert interaction.guild_id is not None
-        limits = await self.limits(interaction.guild_id)
-        blocked = await db.blocked_members(self.bot.store, interaction.guild_id)
-        # The blocked members are mentioned so the admin sees who they are; nobody is pinged.
-        await interaction.response.send_message(
-            fit_lines([self._describe(limits), _blocked_members_text(blocked)]),
-            ephemeral=True,
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
+        store, guild_id = self.bot.store, interaction.guild_id
+        limits = await self.limits(guild_id)
+        roles = await db.role_rules(store, guild_id)
+        members = await db.member_rules(store, guild_id)
+        blocked = await db.blocked_members(store, guild_id)
+        channel = await alert_channel(store, guild_id)
+        role = _role_namer(interaction.guild)
+        lines = [
+            self._describe(limits),
+            f"**Alerts:** {f'in <#{channel}>' if channel else 'off'}",
+            "**Who may use the bot:** "
+            + (", ".join(map(role, limits.access_roles)) if limits.access_roles else "everyone")
+            + (" (and members with Manage Server)" if limits.access_roles else ""),
+            f"**Role rules ({len(roles)}):**" + ("" if roles else " none"),
+            *(f"• {role(role_id)}: {_rule_text(rule)}" for role_id, rule in roles.items()),
+            f"**Member rules ({len(members)}):**" + ("" if members else " none"),
+            *(f"• <@{user_id}>: {_rule_text(rule)}" for user_id, rule in members.items()),
+            _blocked_members_text(blocked),
+        ]
+        # Roles and members are mentioned so the admin sees who they are; nobody is pinged.
+        quiet = discord.AllowedMentions.none()
+        first, *more = pages(lines)
+        await interaction.response.send_message(first, ephemeral=True, allowed_mentions=quiet)
+        for page in more:
+            await interaction.followup.send(page, ephemeral=True, allowed_mentions=quiet)
 
     def _describe(self, limits: Limits, title: str | None = None) -> str:
         """The server's rules, one per line, within a message's length (with ``title`` above them)."""
@@ -265,6 +321,155 @@ class LimitsCog(commands.Cog, name="Limits"):
         text = f"{member.mention} is no longer blocked here." if changed else f"{member.mention} was not blocked here."
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
+    async def set_role_rule(
+        self, interaction: discord.Interaction[FluxBot], role: discord.Role, changes: RuleChanges
+    ) -> None:
+        assert interaction.guild_id is not None
+        if not changes:
+            raise UserFacingError("Give at least one limit for this role.")
+        rule = await db.set_role_rule(
+            self.bot.store, interaction.guild_id, role.id, changed_by=interaction.user.id, **changes
+        )
+        log.info(
+            "guild %d: user %d set the rule of role %d: %s", interaction.guild_id, interaction.user.id, role.id, changes
+        )
+        await self._answer(interaction, f"Members with {role.mention} now get: {_rule_text(rule)}.")
+
+    async def clear_role_rule(self, interaction: discord.Interaction[FluxBot], role: discord.Role) -> None:
+        assert interaction.guild_id is not None
+        cleared = await db.clear_role_rule(
+            self.bot.store, interaction.guild_id, role.id, changed_by=interaction.user.id
+        )
+        if cleared:
+            log.info(
+                "guild %d: user %d cleared the rule of role %d", interaction.guild_id, interaction.user.id, role.id
+            )
+        await self._answer(
+            interaction,
+            f"{role.mention} no longer changes any limit." if cleared else f"{role.mention} had no rule here.",
+        )
+
+    async def set_member_rule(
+        self, interaction: discord.Interaction[FluxBot], member: discord.abc.User, changes: RuleChanges
+    ) -> None:
+        assert interaction.guild_id is not None
+        if member.bot:
+            raise UserFacingError("Bots cannot use the image commands; they need no limits.")
+        if not changes:
+            raise UserFacingError("Give at least one limit for this member.")
+        rule = await db.set_member_rule(
+            self.bot.store, interaction.guild_id, member.id, changed_by=interaction.user.id, **changes
+        )
+        log.info(
+            "guild %d: user %d set the rule of member %d: %s",
+            interaction.guild_id,
+            interaction.user.id,
+            member.id,
+            changes,
+        )
+        await self._answer(interaction, f"{member.mention} now gets, whatever their roles: {_rule_text(rule)}.")
+
+    async def clear_member_rule(self, interaction: discord.Interaction[FluxBot], member: discord.abc.User) -> None:
+        assert interaction.guild_id is not None
+        store, guild_id, user_id = self.bot.store, interaction.guild_id, interaction.user.id
+        cleared = await db.clear_member_rule(store, guild_id, member.id, changed_by=user_id)
+        if cleared:
+            log.info("guild %d: user %d cleared the rule of member %d", guild_id, user_id, member.id)
+        await self._answer(
+            interaction,
+            f"{member.mention} gets the limits of their roles and the server again."
+            if cleared
+            else f"{member.mention} had no rule of their own here.",
+        )
+
+    async def change_access(
+        self, interaction: discord.Interaction[FluxBot], role: discord.Role | None, *, allow: bool
+    ) -> None:
+        """Add ``role`` to the roles that may use the bot, remove it, or (``role`` None) let everyone in."""
+        assert interaction.guild_id is not None
+        store, guild_id, user_id = self.bot.store, interaction.guild_id, interaction.user.id
+        if role is None:
+            removed = await db.clear_access_roles(store, guild_id, changed_by=user_id)
+            text = "Everyone may use the bot here again." if removed else "Everyone could already use the bot here."
+        elif role.is_default():
+            raise UserFacingError("Every member has @everyone. Use `/limits access everyone` instead.")
+        elif allow:
+            changed = await db.add_access_role(store, guild_id, role.id, changed_by=user_id)
+            text = f"Members with {role.mention} may use the bot." if changed else f"{role.mention} was on the list."
+        else:
+            changed = await db.remove_access_role(store, guild_id, role.id, changed_by=user_id)
+            text = f"{role.mention} is off the list." if changed else f"{role.mention} was not on the list."
+        log.info(
+            "guild %d: user %d %s",
+            guild_id,
+            user_id,
+            "opened the bot to everyone"
+            if role is None
+            else f"{'added' if allow else 'removed'} access role {role.id}",
+        )
+        roles = (await self.limits(guild_id)).access_roles
+        who = ", ".join(map(_role_namer(interaction.guild), roles)) if roles else "everyone"
+        await self._answer(interaction, f"{text}\n**Who may use the bot:** {who}")
+
+    async def set_alerts(self, interaction: discord.Interaction[FluxBot], channel_id: int | None) -> None:
+        assert interaction.guild_id is not None
+        guild = interaction.guild
+        target = guild.get_channel(channel_id) if guild is not None and channel_id is not None else None
+        if isinstance(target, discord.abc.GuildChannel) and guild is not None:
+            allowed = target.permissions_for(guild.me)
+            if not (allowed.view_channel and allowed.send_messages):
+                raise UserFacingError(
+                    f"I cannot post in {target.mention}. Give me View Channel and Send Messages there."
+                )
+        changed = await set_alert_channel(
+            self.bot.store, interaction.guild_id, channel_id, changed_by=interaction.user.id
+        )
+        if changed:
+            log.info(
+                "guild %d: user %d set the alert channel to %s", interaction.guild_id, interaction.user.id, channel_id
+            )
+        text = (
+            f"Alerts go to <#{channel_id}>: when this server reaches 80% and 100% of its daily or monthly images, "
+            "and when the image provider refuses the bot's account."
+            if channel_id is not None
+            else "Alerts are off."
+        )
+        await self._answer(interaction, text)
+
+    async def report(self, interaction: discord.Interaction[FluxBot], days: int) -> None:
+        """The server's usage over ``days`` days as a chart (drawn off the event loop) and a summary."""
+        assert interaction.guild_id is not None
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        report = await usage_report(self.bot.store, interaction.guild_id, days)
+        names = await self._names(interaction.guild, [user_id for user_id, _ in report.top_members])
+        title = f"{interaction.guild.name if interaction.guild else 'This server'}: the last {days} day(s)"
+        png = await render_report(report, names=names, title=title)
+        await interaction.followup.send(
+            report_summary(report, names=names),
+            file=discord.File(io.BytesIO(png), filename="report.png"),
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+    async def _names(self, guild: discord.Guild | None, user_ids: list[int]) -> dict[int, str]:
+        """Members' display names for the report; a member who left (or cannot be fetched) keeps no name."""
+        if guild is None:
+            return {}
+
+        async def name(user_id: int) -> tuple[int, str | None]:
+            member = guild.get_member(user_id)
+            if member is None:
+                try:
+                    member = await guild.fetch_member(user_id)
+                except DISCORD_ERRORS:
+                    return user_id, None
+            return user_id, member.display_name
+
+        return {user_id: found for user_id, found in await asyncio.gather(*map(name, user_ids)) if found}
+
+    async def _answer(self, interaction: discord.Interaction[FluxBot], text: str) -> None:
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+
     async def reset(self, interaction: discord.Interaction[FluxBot]) -> None:
         assert interaction.guild_id is not None
         await db.reset_guild_settings(self.bot.store, interaction.guild_id, interaction.user.id)
@@ -286,6 +491,37 @@ def _blocked_members_text(blocked: list[db.BlockedMember]) -> str:
         return "**Blocked members:** none"
     entries = [f"<@{b.user_id}>" + (f" ({shorten(b.reason, 100)})" if b.reason else "") for b in blocked]
     return f"**Blocked members ({len(blocked)}):** " + fit_lines(entries, 600, sep=", ")
+
+
+def _role_namer(guild: discord.Guild | None) -> Callable[[int], str]:
+    """How /limits names a role: its mention, or "role <id> (gone)" once it was deleted (it matches nobody)."""
+
+    def name(role_id: int) -> str:
+        if guild is not None and guild.get_role(role_id) is None:
+            return f"role {role_id} (gone)"
+        return f"<@&{role_id}>"
+
+    return name
+
+
+def _member_rows(limits: Limits) -> list[tuple[str, str, str]]:
+    """A member's own limits for /usage: (label, field, value)."""
+    return [
+        ("Images per day", "user_daily", _limit(limits.user_daily)),
+        ("Images per month (UTC)", "user_monthly", _limit(limits.user_monthly)),
+        ("Images per request", "max_count", str(limits.max_count)),
+        ("Jobs at a time", "max_concurrent", _limit(limits.max_concurrent)),
+        ("Cooldown", "cooldown", f"{limits.cooldown:g} s" if limits.cooldown else "none"),
+    ]
+
+
+def _origin(limits: Limits, field: str) -> str:
+    """Where a member's limit comes from: "from role @Patrons", "set for you", "this server's" or "default"."""
+    origin: Origin | None = limits.origins.get(field)
+    if origin is not None:
+        return "set for you" if origin.kind == "member" else f"from role <@&{origin.role_id}>"
+    stored = "cooldown_seconds" if field == "cooldown" else field
+    return "this server's" if stored in limits.overridden else "default"
 
 
 def _of(limit: int | None, used: int) -> str:
@@ -387,7 +623,110 @@ def _build_limits_group(cog: LimitsCog) -> LimitsGroup:
     async def reset(interaction: discord.Interaction[FluxBot]) -> None:
         await cog.reset(interaction)
 
+    _add_rule_commands(cog, group, member)
     return group
+
+
+def _add_rule_commands(cog: LimitsCog, group: LimitsGroup, member: app_commands.Group) -> None:
+    """``/limits role``, ``access``, ``member set`` and ``clear``, ``alerts`` and ``report``."""
+    role = app_commands.Group(name="role", description="Limits for members with a role", parent=group)
+    access = app_commands.Group(name="access", description="Which roles may use the bot", parent=group)
+    alerts = app_commands.Group(name="alerts", description="Where the bot warns admins", parent=group)
+
+    @role.command(name="set", description="Limits for members with this role; the most generous of their roles wins")
+    @_describe_rule_options
+    async def role_set(  # noqa: PLR0917 - one parameter per command option
+        interaction: discord.Interaction[FluxBot],
+        role: discord.Role,
+        user_daily: app_commands.Range[int, 0, 100_000] | None = None,
+        user_monthly: app_commands.Range[int, 0, 10_000_000] | None = None,
+        max_count: app_commands.Range[int, 1, 4] | None = None,
+        max_concurrent: app_commands.Range[int, 0, 100] | None = None,
+        cooldown: app_commands.Range[int, 0, 86_400] | None = None,
+    ) -> None:
+        await cog.set_role_rule(
+            interaction, role, _rule_changes(user_daily, user_monthly, max_count, max_concurrent, cooldown)
+        )
+
+    @role.command(name="clear", description="Remove this role's limits")
+    async def role_clear(interaction: discord.Interaction[FluxBot], role: discord.Role) -> None:
+        await cog.clear_role_rule(interaction, role)
+
+    @access.command(name="add", description="Let members with this role use the bot (then only listed roles may)")
+    async def access_add(interaction: discord.Interaction[FluxBot], role: discord.Role) -> None:
+        await cog.change_access(interaction, role, allow=True)
+
+    @access.command(name="remove", description="Take this role off the list of roles that may use the bot")
+    async def access_remove(interaction: discord.Interaction[FluxBot], role: discord.Role) -> None:
+        await cog.change_access(interaction, role, allow=False)
+
+    @access.command(name="everyone", description="Let every member use the bot again")
+    async def access_everyone(interaction: discord.Interaction[FluxBot]) -> None:
+        await cog.change_access(interaction, None, allow=True)
+
+    @member.command(name="set", description="Limits for this member alone; they beat the member's roles")
+    @_describe_rule_options
+    async def member_set(  # noqa: PLR0917 - one parameter per command option
+        interaction: discord.Interaction[FluxBot],
+        member: discord.User,
+        user_daily: app_commands.Range[int, 0, 100_000] | None = None,
+        user_monthly: app_commands.Range[int, 0, 10_000_000] | None = None,
+        max_count: app_commands.Range[int, 1, 4] | None = None,
+        max_concurrent: app_commands.Range[int, 0, 100] | None = None,
+        cooldown: app_commands.Range[int, 0, 86_400] | None = None,
+    ) -> None:
+        await cog.set_member_rule(
+            interaction, member, _rule_changes(user_daily, user_monthly, max_count, max_concurrent, cooldown)
+        )
+
+    @member.command(name="clear", description="Remove this member's own limits")
+    async def member_clear(interaction: discord.Interaction[FluxBot], member: discord.User) -> None:
+        await cog.clear_member_rule(interaction, member)
+
+    @alerts.command(name="channel", description="Post budget and provider alerts in this channel")
+    async def alerts_channel(interaction: discord.Interaction[FluxBot], channel: discord.TextChannel) -> None:
+        await cog.set_alerts(interaction, channel.id)
+
+    @alerts.command(name="off", description="Stop posting alerts")
+    async def alerts_off(interaction: discord.Interaction[FluxBot]) -> None:
+        await cog.set_alerts(interaction, None)
+
+    @group.command(name="report", description="A chart of this server's images, members, failures and refusals")
+    @app_commands.describe(days="How many days back, today included (1 to 90)")
+    async def report(interaction: discord.Interaction[FluxBot], days: app_commands.Range[int, 1, 90] = 30) -> None:
+        await cog.report(interaction, days)
+
+
+#: The options of ``/limits role set`` and ``/limits member set`` besides the role or member.
+_describe_rule_options = app_commands.describe(
+    user_daily="Images per day (0: no limit)",
+    user_monthly="Images per calendar month, UTC (0: no limit)",
+    max_count="Images per request",
+    max_concurrent="Jobs at a time (0: no limit)",
+    cooldown="Seconds between requests (0: none)",
+)
+
+
+def _rule_changes(
+    user_daily: int | None,
+    user_monthly: int | None,
+    max_count: int | None,
+    max_concurrent: int | None,
+    cooldown: int | None,
+) -> RuleChanges:
+    """The options given to a ``set`` command, as the rule's changes (options left out do not change)."""
+    changes = RuleChanges()
+    if user_daily is not None:
+        changes["user_daily"] = user_daily
+    if user_monthly is not None:
+        changes["user_monthly"] = user_monthly
+    if max_count is not None:
+        changes["max_count"] = max_count
+    if max_concurrent is not None:
+        changes["max_concurrent"] = max_concurrent
+    if cooldown is not None:
+        changes["cooldown_seconds"] = cooldown
+    return changes
 
 
 async def setup(bot: FluxBot) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["MESSAGE_LIMIT", "code", "fit_lines", "shorten"]
+__all__ = ["MESSAGE_LIMIT", "code", "fit_lines", "pages", "shorten"]
 
 #: Characters (code points, as Discord counts them) in a message's content.
 MESSAGE_LIMIT = 2000
@@ -51,6 +51,19 @@ def fit_lines(items: Sequence[str], limit: int = MESSAGE_LIMIT, *, sep: str = "\
             return shorten(items[0], limit)
         kept = [shorten(items[0], limit - len(sep) - len(_more(len(items) - 1)))]
     return shorten(sep.join([*kept, _more(len(items) - len(kept))]), limit)
+
+
+def pages(lines: Sequence[str], limit: int = MESSAGE_LIMIT, *, most: int = 5) -> list[str]:
+    """``lines`` in messages of at most ``limit`` characters each, never splitting a line (one too long for a
+    message alone is cut), at most ``most`` messages; the last one says how many lines were left out."""
+    grouped: list[list[str]] = [[]]
+    for index, line in enumerate(shorten(line, limit) for line in lines):
+        if grouped[-1] and len("\n".join([*grouped[-1], line])) > limit:
+            if len(grouped) == most:
+                return [*map("\n".join, grouped[:-1]), fit_lines([*grouped[-1], *lines[index:]], limit)]
+            grouped.append([])
+        grouped[-1].append(line)
+    return ["\n".join(group) for group in grouped if group]
 
 
 def _more(count: int) -> str:

@@ -18,7 +18,7 @@ from discord import app_commands
 from bot import db
 from bot.db import Store
 from cogs.limits import LimitsGroup, guard_every_command, require_manage_guild
-from tests.fakediscord import Channel, Member
+from tests.fakediscord import Channel, Member, Role
 from tests.fluxbot_harness import FluxbotHarness, status_line
 
 REFUSED = "You don't have permission to do that here."
@@ -31,7 +31,9 @@ def admin_commands(tree: app_commands.CommandTree[Any]) -> list[app_commands.Com
     return [command for command in root.walk_commands() if isinstance(command, app_commands.Command)]
 
 
-def options_for(command: app_commands.Command[Any, ..., Any], channel: Channel, member: Member) -> dict[str, Any]:
+def options_for(
+    command: app_commands.Command[Any, ..., Any], channel: Channel, member: Member, role: Role
+) -> dict[str, Any]:
     """A value for every option of ``command``, one that would change or reveal something if it ran."""
     values: dict[str, Any] = {}
     for param in command.parameters:
@@ -46,6 +48,8 @@ def options_for(command: app_commands.Command[Any, ..., Any], channel: Channel, 
                 values[param.display_name] = channel
             case discord.AppCommandOptionType.user:
                 values[param.display_name] = member
+            case discord.AppCommandOptionType.role:
+                values[param.display_name] = role
             case other:
                 pytest.fail(f"/{command.qualified_name} has an option of type {other}: teach options_for about it")
     return values
@@ -62,6 +66,7 @@ async def test_every_limits_command_refuses_a_member_without_manage_server(
 ) -> None:
     world = fluxbot.world
     art = world.guild.add_text_channel("art")
+    patrons = world.guild.add_role("Patrons")
     caplog.set_level(logging.INFO)
     async with fluxbot.running() as bot:
         # Something for every command to change or reveal.
@@ -78,7 +83,7 @@ async def test_every_limits_command_refuses_a_member_without_manage_server(
 
         refused = {}
         for command in commands:
-            options = options_for(command, art, world.member)
+            options = options_for(command, art, world.member, patrons)
             # force: a permission override shows /limits to this member
             inter = await world.member.slash(world.channel, command.qualified_name, force=True, **options)
             await inter.wait_response()
@@ -90,7 +95,7 @@ async def test_every_limits_command_refuses_a_member_without_manage_server(
         accepted = {}
         for command in commands:
             inter = await world.admin.slash(
-                world.channel, command.qualified_name, **options_for(command, art, world.member)
+                world.channel, command.qualified_name, **options_for(command, art, world.member, patrons)
             )
             await inter.wait_response()
             accepted[command.qualified_name] = status_line(inter)
