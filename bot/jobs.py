@@ -742,6 +742,7 @@ class JobRunner:
         """Delete finished jobs older than ``retention`` seconds, a small batch per transaction, so the
         database does not grow without bound. Daily usage totals are kept (they live in ``usage``)."""
         await work.prune_turns(self._store, before=self._clock() - TURNS_KEPT)
+        await db.prune_records(self._store)
         before = self._clock() - retention
         pruned = 0
         while self._running:

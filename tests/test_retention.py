@@ -13,6 +13,9 @@ import pytest
 
 from bot import db
 from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, SqliteStore, Store
+from bot.db.alerts import claim_alert
+from bot.db.report import count_refusal
+from bot.db.retention import ALERTS_KEPT, REFUSALS_KEPT_DAYS
 from tests.conftest import STORE_BACKENDS, open_backend
 
 GUILD = 5
@@ -217,3 +220,19 @@ async def test_a_batch_stopped_in_the_middle_is_all_or_nothing(db_path: Path, cl
 async def test_a_batch_must_delete_something(store: Store) -> None:
     with pytest.raises(ValueError, match="at least one"):
         await db.prune_finished_jobs(store, before=NOW, batch=0)
+
+
+async def test_old_alert_records_and_refusal_counts_are_pruned_and_recent_ones_kept(store: Store, clock: Clock) -> None:
+    await claim_alert(store, GUILD, "guild_daily:80:old")
+    await count_refusal(store, GUILD, "user_daily")
+    assert await db.prune_records(store) == 0  # all recent
+
+    clock.now += max(ALERTS_KEPT, REFUSALS_KEPT_DAYS * DAY) + DAY
+    await claim_alert(store, GUILD, "guild_daily:80:new")
+    await count_refusal(store, GUILD, "model")
+    assert await db.prune_records(store) == 2  # the old alert and the old day's refusals
+
+    alerts = await store.fetch_all("SELECT key FROM alerts_sent")
+    refusals = await store.fetch_all("SELECT cause FROM refusals")
+    assert [row[0] for row in alerts] == ["guild_daily:80:new"]
+    assert [row[0] for row in refusals] == ["model"]

@@ -68,7 +68,7 @@ from bot.db.models import (
     QuotaRefusal,
     UsageSummary,
 )
-from bot.db.retention import prune_finished_jobs
+from bot.db.retention import prune_finished_jobs, prune_records
 from bot.db.rules import (
     ACCESS_ROLE_FIELD,
     MEMBER_RULE_FIELD,
@@ -180,6 +180,7 @@ __all__ = [
     "open_store",
     "polling_handles",
     "prune_finished_jobs",
+    "prune_records",
     "queue_position",
     "recent_limit_changes",
     "remove_access_role",

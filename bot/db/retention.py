@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import logging
 
+from bot.db.days import utc_day
 from bot.db.store import Store
 
-__all__ = ["prune_finished_jobs"]
+__all__ = ["ALERTS_KEPT", "REFUSALS_KEPT_DAYS", "prune_finished_jobs", "prune_records"]
+
+#: Seconds an alert's record is kept: longer than the month its key may name, so no alert is posted twice.
+ALERTS_KEPT = 62 * 86400
+#: Days of refusal counts kept: the longest period ``/limits report`` shows, and a day to spare.
+REFUSALS_KEPT_DAYS = 91
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +57,15 @@ async def prune_finished_jobs(store: Store, *, before: float, batch: int = 500) 
         )
     log.debug("pruned %d finished job(s) older than %.0f", len(rows), before)  # the caller sums the batches up
     return len(rows)
+
+
+async def prune_records(store: Store) -> int:
+    """Delete the records that only serve a while: alerts posted more than :data:`ALERTS_KEPT` seconds ago and
+    refusal counts older than :data:`REFUSALS_KEPT_DAYS` days. Both tables are small (a few rows per server and
+    day), so one short transaction. Returns how many rows went."""
+    now = store.now()
+    first_day = utc_day(now - REFUSALS_KEPT_DAYS * 86400)
+    async with store.transaction() as tx:
+        alerts = await tx.execute("DELETE FROM alerts_sent WHERE sent_at < ?", (now - ALERTS_KEPT,))
+        refusals = await tx.execute("DELETE FROM refusals WHERE day < ?", (first_day,))
+    return alerts + refusals
