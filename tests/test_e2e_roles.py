@@ -110,6 +110,14 @@ async def test_access_roles_refuse_others_naming_the_roles_and_managers_always_p
         )
         reroll = await world.member.click(result, f"flux:reroll:{job_of(result)}")
         await world.emu.wait_until(lambda: settled(reroll), timeout=10)
+        asked = await world.member.send(world.channel, "make it night", reply_to=result, mention_bot=True)
+        reply = await world.emu.wait_for_message(
+            world.channel, lambda m: m.reference_id == asked.id, author=world.emu.bot_user
+        )
+        by_role = await carol.send(world.channel, "make it day", reply_to=result, mention_bot=True)
+        carols_reply = await world.emu.wait_for_message(
+            world.channel, lambda m: m.reference_id == by_role.id, author=world.emu.bot_user
+        )
         everyone = await ask(world.admin, fluxbot, "limits access everyone")
         (served,) = await imagine_all(fluxbot, [(world.member, "a harbour at last")])
 
@@ -118,10 +126,13 @@ async def test_access_roles_refuse_others_naming_the_roles_and_managers_always_p
     assert f"**Who may use the bot:** <@&{artists.id}>" in added
     assert status_line(refused) == f"Only members with one of these roles may use the bot here: <@&{artists.id}>."
     assert status_line(reroll) == status_line(refused)  # Re-roll is a request like any other
+    assert reply.content == status_line(refused)  # so is a reply asking for an edit (roles from the message)
+    assert not reply.pinged_role_ids and not reply.pinged_ids
+    assert "On it" in carols_reply.content
     assert status_line(allowed).startswith("✅") and status_line(manager).startswith("✅")
     assert "Everyone may use the bot here again." in everyone
     assert status_line(served).startswith("✅")
-    assert fluxbot.flux.count("POST", "/flux/images") == 4
+    assert fluxbot.flux.count("POST", "/flux/images") == 5  # carol's edit included
 
 
 async def test_a_deleted_role_stops_matching_and_limits_show_marks_it_gone(fluxbot: FluxbotHarness) -> None:
