@@ -44,6 +44,19 @@ def sleeps() -> SleepRecorder:
 STORE_BACKENDS = ("sqlite", "postgresql")
 
 
+class FakeClock:
+    """A clock the test moves by hand: give it to a store (or the bot's parts) as their ``clock``."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @asynccontextmanager
 async def open_backend(
     request: pytest.FixtureRequest, backend: str, path: Path, clock: Callable[[], float] = time.time

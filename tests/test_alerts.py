@@ -20,7 +20,7 @@ from bot.db import Job, JobKind, LimitKind, NewJob, Provider, QuotaLimits, Quota
 from bot.db.alerts import ALERT_CHANNEL_FIELD, alert_channel, claim_alert, set_alert_channel
 from bot.flux import AccountError, AceDataClient, BalanceError, CredentialsError
 from bot.jobs import JobDone, JobFailed, JobRunner
-from tests.conftest import KEY, NO_WAIT, STORE_BACKENDS, open_backend
+from tests.conftest import KEY, NO_WAIT, STORE_BACKENDS, FakeClock, open_backend
 from tests.fakediscord import Interaction, Message, Perm
 from tests.fluxbot_harness import FluxbotHarness, status_line
 from tests.fluxemu import FluxEmulator
@@ -40,19 +40,9 @@ DAY = 86_400.0
 PINGS = re.compile(r"<@[!&]?\d+>|@everyone|@here")
 
 
-class Clock:
-    """The time, moved by the test."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(NOON)
+def clock() -> FakeClock:
+    return FakeClock(NOON)
 
 
 @pytest.fixture
@@ -61,14 +51,14 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(params=STORE_BACKENDS)
-async def store(request: pytest.FixtureRequest, db_path: Path, clock: Clock) -> AsyncIterator[Store]:
+async def store(request: pytest.FixtureRequest, db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
     async with open_backend(request, request.param, db_path, clock) as opened:
         yield opened
 
 
 @pytest.fixture
 async def other_store(
-    request: pytest.FixtureRequest, store: Store, db_path: Path, clock: Clock
+    request: pytest.FixtureRequest, store: Store, db_path: Path, clock: FakeClock
 ) -> AsyncIterator[Store]:
     """A second connection to the database of ``store``, as another process would have."""
     async with open_backend(request, store.dialect, db_path, clock) as opened:
@@ -98,7 +88,7 @@ def channel() -> Channel:
 
 
 @pytest.fixture
-def alerts(store: Store, channel: Channel, clock: Clock) -> Alerts:
+def alerts(store: Store, channel: Channel, clock: FakeClock) -> Alerts:
     return Alerts(store, channel.post, clock=clock)
 
 
@@ -139,14 +129,14 @@ async def test_of_twenty_simultaneous_claims_from_two_processes_exactly_one_wins
     assert await claim_alert(store, GUILD, "guild_daily:100:2026-12-03") is True
 
 
-async def test_a_key_claimed_for_good_is_never_claimed_again(store: Store, clock: Clock) -> None:
+async def test_a_key_claimed_for_good_is_never_claimed_again(store: Store, clock: FakeClock) -> None:
     assert await claim_alert(store, GUILD, "guild_monthly:100:2026-12") is True
     clock.now += 365 * DAY
     assert await claim_alert(store, GUILD, "guild_monthly:100:2026-12") is False
 
 
 async def test_a_lasting_event_is_claimed_again_once_after_again_after(
-    store: Store, other_store: Store, clock: Clock
+    store: Store, other_store: Store, clock: FakeClock
 ) -> None:
     key = "provider:credentials"
     assert await claim_alert(store, GUILD, key, again_after=3600) is True
@@ -225,7 +215,7 @@ async def test_reaching_80_and_100_percent_at_once_tells_only_100(
 
 
 async def test_two_processes_seeing_the_same_usage_tell_it_once(
-    store: Store, other_store: Store, channel: Channel, clock: Clock
+    store: Store, other_store: Store, channel: Channel, clock: FakeClock
 ) -> None:
     processes = [Alerts(store, channel.post, clock=clock), Alerts(other_store, channel.post, clock=clock)]
     await set_alert_channel(store, GUILD, ALERTS, changed_by=ADMIN)
@@ -244,7 +234,7 @@ async def test_two_processes_seeing_the_same_usage_tell_it_once(
     ]
 
 
-async def test_each_day_is_told_again(store: Store, alerts: Alerts, channel: Channel, clock: Clock) -> None:
+async def test_each_day_is_told_again(store: Store, alerts: Alerts, channel: Channel, clock: FakeClock) -> None:
     await set_alert_channel(store, GUILD, ALERTS, changed_by=ADMIN)
     await use(store, 4)
     await alerts.after_reservation(GUILD, guild_daily=5, guild_monthly=None)
@@ -260,7 +250,7 @@ async def test_each_day_is_told_again(store: Store, alerts: Alerts, channel: Cha
 
 
 async def test_the_monthly_budget_is_told_once_a_month(
-    store: Store, alerts: Alerts, channel: Channel, clock: Clock
+    store: Store, alerts: Alerts, channel: Channel, clock: FakeClock
 ) -> None:
     await set_alert_channel(store, GUILD, ALERTS, changed_by=ADMIN)
     await use(store, 10)
@@ -382,7 +372,7 @@ async def test_a_request_refused_by_the_server_budget_tells_100_percent_once(
 
 
 async def test_a_provider_refusal_of_the_account_is_told_once_per_kind_and_again_after_hours(
-    store: Store, alerts: Alerts, channel: Channel, clock: Clock
+    store: Store, alerts: Alerts, channel: Channel, clock: FakeClock
 ) -> None:
     await set_alert_channel(store, GUILD, ALERTS, changed_by=ADMIN)
     secret = CredentialsError(f"rejected key {KEY}: {{'raw': 'body'}}", status=401, code="invalid_token")

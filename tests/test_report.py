@@ -32,7 +32,7 @@ from bot.db import (
 )
 from bot.db.report import MAX_REPORT_DAYS, UsageReport, count_refusal, usage_report
 from bot.report import HEIGHT, WIDTH, render_report, report_summary
-from tests.conftest import STORE_BACKENDS, open_backend
+from tests.conftest import STORE_BACKENDS, FakeClock, open_backend
 
 GUILD = 111
 OTHER_GUILD = 999
@@ -42,16 +42,6 @@ DAY = 86_400.0
 #: Today, for the store: 2025-03-14, noon UTC.
 NOON = datetime(2025, 3, 14, 12, 0, tzinfo=UTC).timestamp()
 TODAY_START = datetime(2025, 3, 14, tzinfo=UTC).timestamp()
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, Sqlit
 from bot.db.alerts import claim_alert
 from bot.db.report import count_refusal
 from bot.db.retention import ALERTS_KEPT, REFUSALS_KEPT_DAYS
-from tests.conftest import STORE_BACKENDS, open_backend
+from tests.conftest import STORE_BACKENDS, FakeClock, open_backend
 
 GUILD = 5
 CHANNEL = 6
@@ -27,17 +27,9 @@ RETENTION = 90 * DAY
 CUTOFF = NOW - RETENTION
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(NOW - 200 * DAY)
+def clock() -> FakeClock:
+    return FakeClock(NOW - 200 * DAY)
 
 
 @pytest.fixture
@@ -46,7 +38,7 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(params=STORE_BACKENDS)
-async def store(request: pytest.FixtureRequest, db_path: Path, clock: Clock) -> AsyncIterator[Store]:
+async def store(request: pytest.FixtureRequest, db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
     async with open_backend(request, request.param, db_path, clock) as opened:
         yield opened
 
@@ -99,7 +91,7 @@ async def usage_table(store: Store) -> list[tuple[object, ...]]:
     return [tuple(row) for row in await store.fetch_all("SELECT * FROM usage ORDER BY guild_id, user_id, day")]
 
 
-async def history(store: Store, clock: Clock) -> dict[str, set[int]]:
+async def history(store: Store, clock: FakeClock) -> dict[str, set[int]]:
     """Old ended jobs (every kind of end), old jobs still owing a last word, an old job still running,
     and recent ended jobs; the clock ends at NOW."""
     groups: dict[str, set[int]] = {"old": set(), "owed": set(), "running": set(), "recent": set()}
@@ -119,7 +111,7 @@ async def history(store: Store, clock: Clock) -> dict[str, set[int]]:
     return groups
 
 
-async def test_old_finished_jobs_go_in_batches_oldest_first_and_the_rest_stays(store: Store, clock: Clock) -> None:
+async def test_old_finished_jobs_go_in_batches_oldest_first_and_the_rest_stays(store: Store, clock: FakeClock) -> None:
     groups = await history(store, clock)
     oldest_ten = sorted(groups["old"])[:10]
 
@@ -134,7 +126,7 @@ async def test_old_finished_jobs_go_in_batches_oldest_first_and_the_rest_stays(s
     assert len(await db.jobs_in(store, JobStatus.SUBMITTED, JobStatus.QUEUED)) == 2
 
 
-async def test_a_job_owing_its_last_word_is_pruned_only_once_it_is_said(store: Store, clock: Clock) -> None:
+async def test_a_job_owing_its_last_word_is_pruned_only_once_it_is_said(store: Store, clock: FakeClock) -> None:
     groups = await history(store, clock)
     while await db.prune_finished_jobs(store, before=CUTOFF, batch=100):
         pass
@@ -145,7 +137,7 @@ async def test_a_job_owing_its_last_word_is_pruned_only_once_it_is_said(store: S
     assert not groups["owed"] & await all_ids(store)
 
 
-async def test_pruning_leaves_usage_and_what_usage_reports_show_unchanged(store: Store, clock: Clock) -> None:
+async def test_pruning_leaves_usage_and_what_usage_reports_show_unchanged(store: Store, clock: FakeClock) -> None:
     await history(store, clock)
     # Jobs that ended this month, and whose usage /usage shows, are old enough to prune with a short retention.
     clock.now = NOW - 2 * DAY
@@ -168,7 +160,7 @@ async def test_pruning_leaves_usage_and_what_usage_reports_show_unchanged(store:
     assert await db.guild_usage_today(store, GUILD) == server
 
 
-async def test_jobs_made_from_a_pruned_job_keep_their_rows_without_the_link(store: Store, clock: Clock) -> None:
+async def test_jobs_made_from_a_pruned_job_keep_their_rows_without_the_link(store: Store, clock: FakeClock) -> None:
     clock.now = NOW - 200 * DAY
     parent = await ended(store, "posted")
     clock.now = NOW - DAY
@@ -180,7 +172,9 @@ async def test_jobs_made_from_a_pruned_job_keep_their_rows_without_the_link(stor
     assert await db.get_job(store, parent.id) is None
 
 
-async def test_a_stop_between_batches_loses_nothing_and_the_next_start_carries_on(db_path: Path, clock: Clock) -> None:
+async def test_a_stop_between_batches_loses_nothing_and_the_next_start_carries_on(
+    db_path: Path, clock: FakeClock
+) -> None:
     async with await SqliteStore.open(db_path, clock=clock) as store:
         groups = await history(store, clock)
         assert await db.prune_finished_jobs(store, before=CUTOFF, batch=10) == 10
@@ -192,7 +186,7 @@ async def test_a_stop_between_batches_loses_nothing_and_the_next_start_carries_o
         assert await all_ids(store) == groups["owed"] | groups["running"] | groups["recent"]
 
 
-async def test_a_batch_stopped_in_the_middle_is_all_or_nothing(db_path: Path, clock: Clock) -> None:
+async def test_a_batch_stopped_in_the_middle_is_all_or_nothing(db_path: Path, clock: FakeClock) -> None:
     async with await SqliteStore.open(db_path, clock=clock) as store:
         groups = await history(store, clock)
         before = await all_ids(store)
@@ -222,7 +216,9 @@ async def test_a_batch_must_delete_something(store: Store) -> None:
         await db.prune_finished_jobs(store, before=NOW, batch=0)
 
 
-async def test_old_alert_records_and_refusal_counts_are_pruned_and_recent_ones_kept(store: Store, clock: Clock) -> None:
+async def test_old_alert_records_and_refusal_counts_are_pruned_and_recent_ones_kept(
+    store: Store, clock: FakeClock
+) -> None:
     await claim_alert(store, GUILD, "guild_daily:80:old")
     await count_refusal(store, GUILD, "user_daily")
     assert await db.prune_records(store) == 0  # all recent

@@ -35,7 +35,7 @@ from bot.db import (
     set_member_rule,
     set_role_rule,
 )
-from tests.conftest import STORE_BACKENDS, open_backend
+from tests.conftest import STORE_BACKENDS, FakeClock, open_backend
 
 GUILD = 111
 OTHER_GUILD = 112
@@ -47,19 +47,6 @@ NEWCOMERS = 9_003
 MEMBER = 333
 OTHER_MEMBER = 334
 NOON = datetime(2025, 3, 14, 12, 0, tzinfo=UTC).timestamp()
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

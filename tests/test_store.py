@@ -73,7 +73,7 @@ from bot.db import (
 from bot.db.days import month_bounds
 from bot.db.schema import split_statements
 from bot.db.usage import evaluate_quota
-from tests.conftest import STORE_BACKENDS, open_backend
+from tests.conftest import STORE_BACKENDS, FakeClock, open_backend
 
 GUILD = 111
 CHANNEL = 222
@@ -82,19 +82,6 @@ ADMIN = 444
 NOON = datetime(2025, 3, 14, 12, 0, tzinfo=UTC).timestamp()
 MIDNIGHT = datetime(2025, 3, 15, 0, 0, tzinfo=UTC).timestamp()
 NO_LIMITS = QuotaLimits()
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
