@@ -90,10 +90,8 @@ class Alerts:
         budgets = [(period, limit) for period, limit in ((_DAILY, guild_daily), (_MONTHLY, guild_monthly)) if limit]
         if not _is_server(guild_id) or not budgets:
             return
-        try:
-            channel_id = await alert_channel(self._store, guild_id)
-            if channel_id is None:
-                return
+
+        async def tell(channel_id: int) -> None:
             now = self._clock()
             for period, limit in budgets:
                 used = await period.usage(self._store, guild_id)
@@ -101,8 +99,8 @@ class Alerts:
                 if reached and await self._claim_up_to(guild_id, period, reached[-1], now):
                     text = _budget_text(period, reached[-1], used, limit, period.resets_at(now))
                     await self._send(guild_id, channel_id, text)
-        except Exception as error:
-            _log_failure(guild_id, "the budget alerts", error)
+
+        await self._if_channel(guild_id, "the budget alerts", tell)
 
     async def quota_refused(self, guild_id: int, refusal: QuotaRefusal) -> None:
         """After the server's daily or monthly budget refused a request: the server is out of images even below
@@ -111,10 +109,8 @@ class Alerts:
         period = _PERIOD_OF_REFUSAL.get(refusal.kind)
         if not _is_server(guild_id) or period is None:
             return
-        try:
-            channel_id = await alert_channel(self._store, guild_id)
-            if channel_id is None:
-                return
+
+        async def tell(channel_id: int) -> None:
             now = self._clock()
             if await self._claim_up_to(guild_id, period, THRESHOLDS[-1], now):
                 resets_at = refusal.resets_at if refusal.resets_at is not None else period.resets_at(now)
@@ -127,8 +123,8 @@ class Alerts:
                     refused=refusal.requested,
                 )
                 await self._send(guild_id, channel_id, text)
-        except Exception as error:
-            _log_failure(guild_id, "the budget alerts", error)
+
+        await self._if_channel(guild_id, "the budget alerts", tell)
 
     async def provider_refused(self, guild_id: int, error: AccountError) -> None:
         """After the provider refused a job of the server for the bot's account (credentials, balance): tell the
@@ -139,14 +135,22 @@ class Alerts:
         if not _is_server(guild_id):
             return
         cause = _account_cause(error)
-        try:
-            channel_id = await alert_channel(self._store, guild_id)
-            if channel_id is None:
-                return
+
+        async def tell(channel_id: int) -> None:
             if await claim_alert(self._store, guild_id, f"provider:{cause}", again_after=self._provider_repeat):
                 await self._send(guild_id, channel_id, _provider_text(cause, error.status, self._provider_repeat))
-        except Exception as failure:
-            _log_failure(guild_id, "the provider alert", failure)
+
+        await self._if_channel(guild_id, "the provider alert", tell)
+
+    async def _if_channel(self, guild_id: int, what: str, tell: Callable[[int], Awaitable[None]]) -> None:
+        """``tell(channel_id)`` if the server has an alert channel. Never raises: an alert must not break the
+        request or the runner that triggered it (what failed is logged)."""
+        try:
+            channel_id = await alert_channel(self._store, guild_id)
+            if channel_id is not None:
+                await tell(channel_id)
+        except Exception as error:
+            _log_failure(guild_id, what, error)
 
     async def _claim_up_to(self, guild_id: int, period: _Period, highest: int, now: float) -> bool:
         """Claim every threshold of ``period`` up to ``highest``; whether this call won ``highest``'s key."""

@@ -82,7 +82,7 @@ class RuleChanges(TypedDict, total=False):
 
 @dataclass(frozen=True, slots=True)
 class _RuleTable:
-    """Where one kind of rule lives. The SQL is spelled out per table so that no statement is assembled."""
+    """Where one kind of rule lives, and its statements."""
 
     audit_field: str
     key: str
@@ -92,53 +92,28 @@ class _RuleTable:
     delete: str
 
 
-_ROLES = _RuleTable(
-    audit_field=ROLE_RULE_FIELD,
-    key="role_id",
-    select_one="SELECT * FROM role_limits WHERE guild_id = ? AND role_id = ?",
-    select_all="SELECT * FROM role_limits WHERE guild_id = ? ORDER BY role_id",
-    upsert="""
-        INSERT INTO role_limits (
-            guild_id, role_id, user_daily, user_monthly, max_count, max_concurrent, cooldown_seconds,
-            updated_at, updated_by)
-        VALUES (
-            :guild_id, :key, :user_daily, :user_monthly, :max_count, :max_concurrent, :cooldown_seconds,
-            :updated_at, :updated_by)
-        ON CONFLICT (guild_id, role_id) DO UPDATE SET
-            user_daily = excluded.user_daily,
-            user_monthly = excluded.user_monthly,
-            max_count = excluded.max_count,
-            max_concurrent = excluded.max_concurrent,
-            cooldown_seconds = excluded.cooldown_seconds,
-            updated_at = excluded.updated_at,
-            updated_by = excluded.updated_by
-        """,
-    delete="DELETE FROM role_limits WHERE guild_id = ? AND role_id = ?",
-)
+def _rule_table(table: str, key: str, audit_field: str) -> _RuleTable:
+    """The statements of ``table``, whose rows are keyed by (guild_id, ``key``). The two tables have the same
+    columns, so their statements are made once, at import, from this module's constant names: no input ever
+    becomes SQL text (values travel as parameters, as everywhere)."""
+    settable = (*RULE_FIELDS, "updated_at", "updated_by")
+    return _RuleTable(
+        audit_field=audit_field,
+        key=key,
+        select_one=f"SELECT * FROM {table} WHERE guild_id = ? AND {key} = ?",  # noqa: S608 - constant names
+        select_all=f"SELECT * FROM {table} WHERE guild_id = ? ORDER BY {key}",  # noqa: S608 - constant names
+        upsert=(
+            f"INSERT INTO {table} (guild_id, {key}, {', '.join(settable)}) "  # noqa: S608 - constant names
+            f"VALUES (:guild_id, :key, {', '.join(':' + name for name in settable)}) "
+            f"ON CONFLICT (guild_id, {key}) DO UPDATE SET "
+            + ", ".join(f"{name} = excluded.{name}" for name in settable)
+        ),
+        delete=f"DELETE FROM {table} WHERE guild_id = ? AND {key} = ?",  # noqa: S608 - constant names
+    )
 
-_MEMBERS = _RuleTable(
-    audit_field=MEMBER_RULE_FIELD,
-    key="user_id",
-    select_one="SELECT * FROM member_limits WHERE guild_id = ? AND user_id = ?",
-    select_all="SELECT * FROM member_limits WHERE guild_id = ? ORDER BY user_id",
-    upsert="""
-        INSERT INTO member_limits (
-            guild_id, user_id, user_daily, user_monthly, max_count, max_concurrent, cooldown_seconds,
-            updated_at, updated_by)
-        VALUES (
-            :guild_id, :key, :user_daily, :user_monthly, :max_count, :max_concurrent, :cooldown_seconds,
-            :updated_at, :updated_by)
-        ON CONFLICT (guild_id, user_id) DO UPDATE SET
-            user_daily = excluded.user_daily,
-            user_monthly = excluded.user_monthly,
-            max_count = excluded.max_count,
-            max_concurrent = excluded.max_concurrent,
-            cooldown_seconds = excluded.cooldown_seconds,
-            updated_at = excluded.updated_at,
-            updated_by = excluded.updated_by
-        """,
-    delete="DELETE FROM member_limits WHERE guild_id = ? AND user_id = ?",
-)
+
+_ROLES = _rule_table("role_limits", "role_id", ROLE_RULE_FIELD)
+_MEMBERS = _rule_table("member_limits", "user_id", MEMBER_RULE_FIELD)
 
 
 async def set_role_rule(
