@@ -74,11 +74,32 @@ async def open_backend(
         yield opened
 
 
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """Where the SQLite store of a test lives."""
+    return tmp_path / "fluxbot.db"
+
+
+@pytest.fixture
+def clock() -> Callable[[], float]:
+    """The stores' clock: the real time, unless a test module overrides this fixture (with a FakeClock)."""
+    return time.time
+
+
 @pytest.fixture(params=STORE_BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+async def store(request: pytest.FixtureRequest, db_path: Path, clock: Callable[[], float]) -> AsyncIterator[Store]:
     """A fresh store, migrated like the bot's: once a SQLite file in the test's own folder, once a PostgreSQL
     database of its own."""
-    async with open_backend(request, request.param, tmp_path / "fluxbot.db") as opened:
+    async with open_backend(request, request.param, db_path, clock) as opened:
+        yield opened
+
+
+@pytest.fixture
+async def other_store(
+    request: pytest.FixtureRequest, store: Store, db_path: Path, clock: Callable[[], float]
+) -> AsyncIterator[Store]:
+    """A second connection to the database of ``store``, as another process would have."""
+    async with open_backend(request, store.dialect, db_path, clock) as opened:
         yield opened
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from bot.db import Job, JobKind, LimitKind, NewJob, Provider, QuotaLimits, Quota
 from bot.db.alerts import ALERT_CHANNEL_FIELD, alert_channel, claim_alert, set_alert_channel
 from bot.flux import AccountError, AceDataClient, BalanceError, CredentialsError
 from bot.jobs import JobDone, JobFailed, JobRunner
-from tests.conftest import KEY, NO_WAIT, STORE_BACKENDS, FakeClock, open_backend
+from tests.conftest import KEY, NO_WAIT, FakeClock, open_backend
 from tests.fakediscord import Interaction, Message, Perm
 from tests.fluxbot_harness import FluxbotHarness, status_line
 from tests.fluxemu import FluxEmulator
@@ -43,26 +42,6 @@ PINGS = re.compile(r"<@[!&]?\d+>|@everyone|@here")
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(NOON)
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "fluxbot.db"
-
-
-@pytest.fixture(params=STORE_BACKENDS)
-async def store(request: pytest.FixtureRequest, db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    async with open_backend(request, request.param, db_path, clock) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def other_store(
-    request: pytest.FixtureRequest, store: Store, db_path: Path, clock: FakeClock
-) -> AsyncIterator[Store]:
-    """A second connection to the database of ``store``, as another process would have."""
-    async with open_backend(request, store.dialect, db_path, clock) as opened:
-        yield opened
 
 
 class Channel:

@@ -8,7 +8,6 @@ import io
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from bot.db import (
 )
 from bot.db.report import MAX_REPORT_DAYS, UsageReport, count_refusal, usage_report
 from bot.report import HEIGHT, WIDTH, render_report, report_summary
-from tests.conftest import STORE_BACKENDS, FakeClock, open_backend
+from tests.conftest import FakeClock
 
 GUILD = 111
 OTHER_GUILD = 999
@@ -47,12 +46,6 @@ TODAY_START = datetime(2025, 3, 14, tzinfo=UTC).timestamp()
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(NOON)
-
-
-@pytest.fixture(params=STORE_BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    async with open_backend(request, request.param, tmp_path / "fluxbot.db", clock) as opened:
-        yield opened
 
 
 async def new_job(store: Store, *, user: int, model: str = "flux-dev", count: int = 1, guild: int = GUILD) -> Job:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from bot.db import Job, JobKind, JobStatus, NewJob, Provider, QuotaLimits, Sqlit
 from bot.db.alerts import claim_alert
 from bot.db.report import count_refusal
 from bot.db.retention import ALERTS_KEPT, REFUSALS_KEPT_DAYS
-from tests.conftest import STORE_BACKENDS, FakeClock, open_backend
+from tests.conftest import FakeClock
 
 GUILD = 5
 CHANNEL = 6
@@ -30,17 +29,6 @@ CUTOFF = NOW - RETENTION
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(NOW - 200 * DAY)
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "fluxbot.db"
-
-
-@pytest.fixture(params=STORE_BACKENDS)
-async def store(request: pytest.FixtureRequest, db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    async with open_backend(request, request.param, db_path, clock) as opened:
-        yield opened
 
 
 def request(user_id: int = USER, parent: int | None = None) -> NewJob:

@@ -35,7 +35,7 @@ from bot.db import (
     set_member_rule,
     set_role_rule,
 )
-from tests.conftest import STORE_BACKENDS, FakeClock, open_backend
+from tests.conftest import FakeClock, open_backend
 
 GUILD = 111
 OTHER_GUILD = 112
@@ -52,12 +52,6 @@ NOON = datetime(2025, 3, 14, 12, 0, tzinfo=UTC).timestamp()
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(NOON)
-
-
-@pytest.fixture(params=STORE_BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    async with open_backend(request, request.param, tmp_path / "fluxbot.db", clock) as opened:
-        yield opened
 
 
 @pytest.fixture

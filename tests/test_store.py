@@ -7,7 +7,6 @@ import asyncio
 import json
 import random
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,7 +72,7 @@ from bot.db import (
 from bot.db.days import month_bounds
 from bot.db.schema import split_statements
 from bot.db.usage import evaluate_quota
-from tests.conftest import STORE_BACKENDS, FakeClock, open_backend
+from tests.conftest import FakeClock
 
 GUILD = 111
 CHANNEL = 222
@@ -96,21 +95,6 @@ def db_path(tmp_path: Path) -> Path:
 
 #: For tests of what only the SQLite store does (its file, its connection, its pragmas).
 sqlite_only = pytest.mark.parametrize("store", ["sqlite"], indirect=True)
-
-
-@pytest.fixture(params=STORE_BACKENDS)
-async def store(request: pytest.FixtureRequest, db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    async with open_backend(request, request.param, db_path, clock) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def other_store(
-    request: pytest.FixtureRequest, store: Store, db_path: Path, clock: FakeClock
-) -> AsyncIterator[Store]:
-    """A second connection to the database of ``store``, as another process would have."""
-    async with open_backend(request, store.dialect, db_path, clock) as opened:
-        yield opened
 
 
 def request(**overrides: object) -> NewJob:
