@@ -7,5 +7,5 @@ CREATE TABLE member_settings (
     size       TEXT    CHECK (size IS NULL OR size <> ''),
     count      INTEGER CHECK (count IS NULL OR count >= 1),
     updated_at REAL    NOT NULL,
-    CHECK (coalesce(model, size, count) IS NOT NULL)
+    CHECK (model IS NOT NULL OR size IS NOT NULL OR count IS NOT NULL)
 ) STRICT;

@@ -5,5 +5,5 @@ CREATE TABLE member_settings (
     size       text    CHECK (size IS NULL OR size <> ''),
     count      integer CHECK (count IS NULL OR count >= 1),
     updated_at double precision NOT NULL,
-    CHECK (coalesce(model, size, count) IS NOT NULL)
+    CHECK (model IS NOT NULL OR size IS NOT NULL OR count IS NOT NULL)
 );
