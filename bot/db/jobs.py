@@ -7,11 +7,13 @@ wrong status changes nothing and returns ``False``)::
     submitting -> succeeded            (providers that answer the submit with the images)
     queued | submitting | submitted | succeeded -> failed
     submitting -> lost
+    queued | submitting | submitted -> cancelled      (the member's Cancel: :func:`cancel_job`)
 
 Every transition is one statement, a transaction of its own (:meth:`~bot.db.Store.write_alone`). The
 reservation is settled by the database in the statement that ends the job (trigger ``jobs_settle``),
 which also drops what the job kept inline (trigger ``jobs_drop_inline``):
-``posted`` charges what was delivered (at most what was reserved), ``failed`` and ``lost`` charge nothing.
+``posted`` charges what was delivered (at most what was reserved), ``failed`` and ``lost`` charge nothing,
+``cancelled`` nothing while queued and what was reserved once the submit may have been sent (it is billed).
 Because a terminal job can never transition again, repeating a call can never charge or release twice.
 The transition that ends a job also records that its member is owed a last word (done, or why not);
 :func:`mark_told` settles that once it is said, and clears the interaction token, a secret of no more use.
@@ -29,12 +31,23 @@ import logging
 from collections.abc import Sequence
 
 from bot.db.days import month_bounds, utc_day
-from bot.db.models import Job, JobKind, JobStatus, NewJob, PollHandle, Provider, QuotaLimits, QuotaRefusal
+from bot.db.models import (
+    CancelOutcome,
+    Job,
+    JobKind,
+    JobStatus,
+    NewJob,
+    PollHandle,
+    Provider,
+    QuotaLimits,
+    QuotaRefusal,
+)
 from bot.db.store import Row, Store, lock_key
 from bot.db.usage import evaluate_quota
 
 __all__ = [
     "active_jobs",
+    "cancel_job",
     "count_in",
     "create_job",
     "get_job",
@@ -329,6 +342,44 @@ async def mark_lost(store: Store, job_id: int, message: str, *, owner: str | Non
     return await _done(store, job_id, rows, JobStatus.LOST)
 
 
+async def cancel_job(store: Store, job_id: int, user_id: int, *, owner: str | None = None) -> CancelOutcome:
+    """The member ``user_id`` cancels their job: queued, submitting or submitted -> cancelled.
+
+    Still queued, nothing was sent: the reservation is released (``CANCELLED_QUEUED``). Once the submit may
+    have been sent, the provider bills the job whatever happens to it: what it reserved is charged
+    (``CANCELLED_BILLED``), and its result, if it comes, is never recorded (``mark_succeeded`` and the other
+    transitions leave only live statuses). A job whose result is recorded is past cancelling (``TOO_LATE``),
+    as is one that ended otherwise (``ALREADY_ENDED``); another member's job is refused (``NOT_YOURS``).
+
+    One conditional ``UPDATE``, so a Cancel racing the result (or a submit's answer, or another Cancel) either
+    ends the job before it or finds it moved on: on PostgreSQL a concurrent writer's change is waited for
+    and the condition checked again against it. The settle trigger charges ``charged_images``: a job reserves
+    at least one image, so a charged one tells a billed cancel from a free one. ``owner``: the process that
+    will tell the member (see :mod:`bot.db.work`); by default the job keeps its owner.
+    """
+    rows = await store.write_alone(
+        """
+        UPDATE jobs SET status = 'cancelled', finished_at = :now, final_word_owed = 1, owner = coalesce(:owner, owner),
+                        charged_images = CASE WHEN status = 'queued' THEN 0 ELSE reserved_images END
+        WHERE id = :job AND user_id = :user AND status IN ('queued', 'submitting', 'submitted')
+        RETURNING charged_images
+        """,
+        {"now": store.now(), "owner": owner, "user": user_id, "job": job_id},
+    )
+    if rows:
+        billed = int(rows[0]["charged_images"]) > 0
+        log.info("job %d cancelled by its member (%s)", job_id, "billed" if billed else "nothing charged")
+        return CancelOutcome.CANCELLED_BILLED if billed else CancelOutcome.CANCELLED_QUEUED
+    row = await store.fetch_one("SELECT user_id, status FROM jobs WHERE id = ?", (job_id,))
+    if row is None:
+        return CancelOutcome.ALREADY_ENDED  # pruned long ago
+    if int(row["user_id"]) != user_id:
+        return CancelOutcome.NOT_YOURS
+    if row["status"] in (JobStatus.SUCCEEDED, JobStatus.POSTED):
+        return CancelOutcome.TOO_LATE
+    return CancelOutcome.ALREADY_ENDED
+
+
 async def mark_told(store: Store, job_id: int) -> None:
     """The member has been given the ended job's last word: forget the interaction token."""
     await store.write_alone(
@@ -436,6 +487,8 @@ async def _done(store: Store, job_id: int, rows: Sequence[Row], target: JobStatu
     current = await store.fetch_one("SELECT status FROM jobs WHERE id = ?", (job_id,))
     if current is None:
         log.warning("job %d: cannot mark %s: no such job", job_id, target)
+    elif current[0] == JobStatus.CANCELLED:  # its member cancelled it meanwhile: nothing more happens to it
+        log.info("job %d: not marked %s: its member cancelled it", job_id, target)
     else:
         log.warning("job %d: cannot mark %s from status %s", job_id, target, current[0])
     return False

@@ -9,7 +9,9 @@ from bot.settings import Provider
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "CANCELLABLE_STATUSES",
     "INTERACTION_LIFETIME",
+    "CancelOutcome",
     "GuildSettings",
     "Job",
     "JobKind",
@@ -50,10 +52,13 @@ class JobStatus(StrEnum):
     """Terminal: ``error_code``/``error_message`` say why; nothing charged."""
     LOST = "lost"
     """Terminal: the bot stopped while submitting, so the outcome is unknown; nothing charged."""
+    CANCELLED = "cancelled"
+    """Terminal: its member cancelled it. Nothing charged if it was still queued; once the submit may have
+    been sent, the provider bills it, so what was reserved is charged (``charged_images``)."""
 
     @property
     def is_terminal(self) -> bool:
-        """True for posted, failed and lost: nothing will happen to the job any more."""
+        """True for posted, failed, lost and cancelled: nothing will happen to the job any more."""
         return self not in ACTIVE_STATUSES
 
 
@@ -61,6 +66,31 @@ class JobStatus(StrEnum):
 ACTIVE_STATUSES: frozenset[JobStatus] = frozenset(
     {JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.SUBMITTED, JobStatus.SUCCEEDED}
 )
+
+
+#: The statuses from which a member may cancel a job: before its result is recorded.
+CANCELLABLE_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.QUEUED, JobStatus.SUBMITTING, JobStatus.SUBMITTED})
+
+
+class CancelOutcome(StrEnum):
+    """What a member's Cancel did (:func:`bot.db.cancel_job`)."""
+
+    CANCELLED_QUEUED = "cancelled_queued"
+    """The job was still queued: it ended, nothing was sent, its reservation was released."""
+    CANCELLED_BILLED = "cancelled_billed"
+    """The submit may have been sent: the job ended, its result will not be posted, and what it reserved is
+    charged (the provider bills it)."""
+    TOO_LATE = "too_late"
+    """The result was already recorded (being posted, or posted): the job goes on."""
+    ALREADY_ENDED = "already_ended"
+    """The job had already failed, been lost or cancelled (or is no longer known)."""
+    NOT_YOURS = "not_yours"
+    """Only the member who asked for the job may cancel it."""
+
+    @property
+    def cancelled(self) -> bool:
+        """True if this Cancel ended the job."""
+        return self in (CancelOutcome.CANCELLED_QUEUED, CancelOutcome.CANCELLED_BILLED)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,8 +162,13 @@ class Job:
 
     @property
     def is_terminal(self) -> bool:
-        """True once the job is posted, failed or lost."""
+        """True once the job is posted, failed, lost or cancelled."""
         return self.status.is_terminal
+
+    @property
+    def cancellable(self) -> bool:
+        """Whether its member may still cancel it (see :class:`CancelOutcome`)."""
+        return self.status in CANCELLABLE_STATUSES
 
     @property
     def interaction_expires_at(self) -> float | None:

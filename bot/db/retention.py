@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 
 async def prune_finished_jobs(store: Store, *, before: float, batch: int = 500) -> int:
-    """Delete up to ``batch`` ended jobs (posted, failed or lost) that finished before ``before`` (unix
-    seconds) and owe their member nothing any more, oldest first; return how many were deleted.
+    """Delete up to ``batch`` ended jobs (posted, failed, lost or cancelled) that finished before ``before``
+    (unix seconds) and owe their member nothing any more, oldest first; return how many were deleted.
 
     One short transaction per call, so a caller prunes a large backlog by calling again until it gets
     fewer than ``batch``, and other writers get the database in between. A batch is all or nothing: a
@@ -41,14 +41,16 @@ async def prune_finished_jobs(store: Store, *, before: float, batch: int = 500) 
                 sqlite="""
                 DELETE FROM jobs WHERE id IN (
                     SELECT id FROM jobs INDEXED BY jobs_ended
-                    WHERE status IN ('posted', 'failed', 'lost') AND finished_at < :before AND final_word_owed = 0
+                    WHERE status IN ('posted', 'failed', 'lost', 'cancelled') AND finished_at < :before
+                      AND final_word_owed = 0
                     ORDER BY finished_at LIMIT :batch)
                 RETURNING id
                 """,
                 postgresql="""
                 DELETE FROM jobs WHERE id IN (
                     SELECT id FROM jobs
-                    WHERE status IN ('posted', 'failed', 'lost') AND finished_at < :before AND final_word_owed = 0
+                    WHERE status IN ('posted', 'failed', 'lost', 'cancelled') AND finished_at < :before
+                      AND final_word_owed = 0
                     ORDER BY finished_at LIMIT :batch)
                 RETURNING id
                 """,
