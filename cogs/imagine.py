@@ -3,6 +3,10 @@
 Every path ends in :meth:`ImagineCog.start_job`: acknowledge first, check the request, record the job
 (the runner reserves its images), and leave the rest to the runner, which reports progress in the
 member's deferred response and posts the result in the channel.
+
+An option a member leaves out of /imagine or /edit takes their own default (``/settings``) when the server
+allows it there and then (:func:`generate_options`, :func:`edit_options`); a default it does not allow is left
+out with a one-line note, never an error. Options given always win.
 """
 
 from __future__ import annotations
@@ -10,19 +14,23 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 from yarl import URL
 
-from bot.db import Job, JobKind, NewJob, QuotaRefusal
+from bot.db import Job, JobKind, MemberSettings, NewJob, QuotaRefusal, get_member_settings
 from bot.db.report import count_refusal
-from bot.flux import MAX_COUNT, MAX_PROMPT_LENGTH, ModelCatalog, ModelSpec
+from bot.flux import MAX_COUNT, MAX_PROMPT_LENGTH, InvalidParameters, ModelCatalog, ModelSpec
+from bot.flux.catalog import check_size
+from bot.i18n import tr
 from bot.images import DownloadError, HostNotAllowed, SourceImage, fetch_source, size_text
-from bot.limits import Member, Refusal, RefusalKind, admit
+from bot.limits import DM_GUILD_ID, Limits, Member, Refusal, RefusalKind, admit, member_limits
 from cogs.feedback import (
+    DISCORD_ERRORS,
     UserFacingError,
     describe_quota_refusal,
     describe_refusal,
@@ -34,7 +42,19 @@ from cogs.results import IMAGINE_COG
 if TYPE_CHECKING:
     from bot.app import FluxBot
 
-__all__ = ["ImagineCog", "setup"]
+__all__ = [
+    "DEFAULT_SIZE",
+    "DefaultUse",
+    "ImagineCog",
+    "Options",
+    "Unused",
+    "default_note",
+    "edit_options",
+    "generate_options",
+    "model_choices",
+    "setup",
+    "size_choices",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +64,11 @@ Requester = discord.Interaction["FluxBot"] | discord.Message
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 _MENTION = re.compile(r"<@!?(\d+)>")
 
+#: The size of an image when neither the member nor their defaults name one: every model makes it.
+DEFAULT_SIZE = "1:1"
+#: How many images a request makes when neither the member nor their defaults say.
+DEFAULT_COUNT = 1
+
 
 @dataclass(frozen=True, slots=True)
 class Source:
@@ -51,6 +76,170 @@ class Source:
 
     image: SourceImage
     ref: str
+
+
+class Unused(StrEnum):
+    """Why one of a member's defaults is left out of a request."""
+
+    GONE = "gone"
+    """The bot no longer offers that model (the provider's list changed since it was set)."""
+    NOT_ALLOWED = "not_allowed"
+    """The server does not allow that model."""
+    CANNOT_EDIT = "cannot_edit"
+    """The model cannot edit images (an /edit)."""
+    SIZE = "size"
+    """The default size is not one the model makes; or the default model cannot make the size asked for."""
+    OVER_LIMIT = "over_limit"
+    """More images than the member may ask for at once here."""
+    OVER_MODEL = "over_model"
+    """More images than the model makes at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultUse:
+    """One of the member's defaults in one request: used as it is, or left out (``unused``) for ``used``.
+
+    ``model`` is the model a default size or count was checked against; ``size`` the size asked for, which a
+    default model could not make; ``limit`` the most images allowed, when a count was too many.
+    """
+
+    option: Literal["model", "size", "count"]
+    default: str | int
+    used: str | int
+    unused: Unused | None = None
+    model: str = ""
+    size: str = ""
+    limit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The model, size and count a request uses, and how the member's defaults took part (``defaults``).
+
+    ``size`` is None for an edit: its size comes from the source image.
+    """
+
+    model: str
+    size: str | None
+    count: int
+    defaults: tuple[DefaultUse, ...] = ()
+
+    def notes(self, locale: discord.Locale | str | None) -> list[str]:
+        """One line per default left out, telling why and what was used instead."""
+        return [default_note(locale, use) for use in self.defaults if use.unused is not None]
+
+
+def generate_options(
+    catalog: ModelCatalog,
+    own: MemberSettings,
+    limits: Limits,
+    *,
+    model: str | None,
+    size: str | None,
+    count: int | None,
+) -> Options:
+    """The options of an /imagine: those given, else the member's defaults (``own``) that ``limits`` (the
+    member's rules where they ask) and the catalog let them use, else the bot's.
+
+    A default model is left out when the bot no longer offers it, the server does not allow it, or it cannot
+    make the size given; a default size when the model used cannot make it; a default count when it is more
+    than the member may ask for here, or than the model makes at once. An option given is never checked here:
+    the catalog and the server's rules check the request as a whole afterwards, as without defaults.
+    """
+    uses: list[DefaultUse] = []
+    chosen = model
+    if chosen is None and own.model is not None:
+        unused = _model_unused(catalog, limits, own.model, edit=False, size=size)
+        chosen = own.model if unused is None else catalog.default_model
+        uses.append(DefaultUse("model", own.model, chosen, unused, size=size or ""))
+    chosen = chosen or catalog.default_model
+    spec = _spec(catalog, chosen)
+    picked_size = size
+    if picked_size is None and own.size is not None:
+        fits = spec is None or _makes(spec, own.size)
+        picked_size = own.size if fits else DEFAULT_SIZE
+        uses.append(DefaultUse("size", own.size, picked_size, None if fits else Unused.SIZE, model=chosen))
+    picked_count = count
+    if picked_count is None and own.count is not None:
+        unused, limit = None, 0
+        if own.count > limits.max_count:
+            unused, limit = Unused.OVER_LIMIT, limits.max_count
+        elif spec is not None and own.count > spec.max_count:
+            unused, limit = Unused.OVER_MODEL, spec.max_count
+        picked_count = own.count if unused is None else DEFAULT_COUNT
+        uses.append(DefaultUse("count", own.count, picked_count, unused, model=chosen, limit=limit))
+    return Options(chosen, picked_size or DEFAULT_SIZE, picked_count or DEFAULT_COUNT, tuple(uses))
+
+
+def edit_options(catalog: ModelCatalog, own: MemberSettings, limits: Limits, *, model: str | None) -> Options:
+    """The model of an /edit: the one given, else the member's default model if it can edit and the server
+    allows it, else the bot's edit model. Sizes come from the source image and an edit makes one image, so a
+    default size or count plays no part."""
+    if model is not None or own.model is None:
+        return Options(model or catalog.default_edit_model, None, 1)
+    unused = _model_unused(catalog, limits, own.model, edit=True, size=None)
+    chosen = own.model if unused is None else catalog.default_edit_model
+    return Options(chosen, None, 1, (DefaultUse("model", own.model, chosen, unused),))
+
+
+def _model_unused(catalog: ModelCatalog, limits: Limits, model: str, *, edit: bool, size: str | None) -> Unused | None:
+    spec = _spec(catalog, model)
+    if spec is None:
+        return Unused.GONE
+    if limits.allowed_models is not None and model not in limits.allowed_models:
+        return Unused.NOT_ALLOWED
+    if edit and not spec.can_edit:
+        return Unused.CANNOT_EDIT
+    if size is not None and not _makes(spec, size):
+        return Unused.SIZE
+    return None
+
+
+def _spec(catalog: ModelCatalog, model: str) -> ModelSpec | None:
+    return catalog.get(model) if model in catalog.names else None
+
+
+def _makes(spec: ModelSpec, size: str) -> bool:
+    try:
+        check_size(spec, size)
+    except InvalidParameters:
+        return False
+    return True
+
+
+def default_note(locale: discord.Locale | str | None, use: DefaultUse) -> str:
+    """Why a default was left out, and what was used instead, in one line for the member."""
+    values = {"default": use.default, "used": use.used, "model": use.model, "size": use.size, "limit": use.limit}
+    match use.option, use.unused:
+        case "model", Unused.GONE:
+            text = tr(locale, "Your default model {default} is no longer offered; {used} is used instead.", **values)
+        case "model", Unused.NOT_ALLOWED:
+            text = tr(locale, "Your default model {default} is not allowed here; {used} is used instead.", **values)
+        case "model", Unused.CANNOT_EDIT:
+            text = tr(locale, "Your default model {default} cannot edit images; {used} is used instead.", **values)
+        case "model", _:
+            text = tr(
+                locale, "Your default model {default} cannot make the size {size}; {used} is used instead.", **values
+            )
+        case "size", _:
+            text = tr(
+                locale, "Your default size {default} is not available for {model}; {used} is used instead.", **values
+            )
+        case "count", Unused.OVER_LIMIT:
+            text = tr(
+                locale,
+                "Your default number of images ({default}) is more than you may ask for here (at most {limit}); "
+                "{used} is used instead.",
+                **values,
+            )
+        case "count", _:
+            text = tr(
+                locale,
+                "Your default number of images ({default}) is more than {model} makes at once (at most {limit}); "
+                "{used} is used instead.",
+                **values,
+            )
+    return text
 
 
 class ImagineCog(commands.Cog, name=IMAGINE_COG):
@@ -77,18 +266,78 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
     # -- the entry points ---------------------------------------------------------------------------
 
     async def imagine(
-        self, interaction: discord.Interaction[FluxBot], *, prompt: str, model: str, size: str, count: int
+        self,
+        interaction: discord.Interaction[FluxBot],
+        *,
+        prompt: str,
+        model: str | None,
+        size: str | None,
+        count: int | None,
     ) -> None:
+        """/imagine; an option left out (None) takes the member's default where allowed, else the bot's."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        self.catalog.check_generate(prompt=prompt, model=model, size=size, count=count)
-        await self.start_job(interaction, kind=JobKind.GENERATE, prompt=prompt, model=model, size=size, count=count)
+        own = await get_member_settings(self.bot.store, interaction.user.id)
+        left_out = {"model": model is None, "size": size is None, "count": count is None}
+        if any(left_out[name] and getattr(own, name) is not None for name in left_out):
+            limits = await self._member_limits(interaction)
+            options = generate_options(self.catalog, own, limits, model=model, size=size, count=count)
+        else:  # no default of theirs in play: no rules to read for it
+            options = Options(model or self.catalog.default_model, size or DEFAULT_SIZE, count or DEFAULT_COUNT)
+        assert options.size is not None
+        self.catalog.check_generate(prompt=prompt, model=options.model, size=options.size, count=options.count)
+        notes = options.notes(interaction.locale)
+        await self._show_notes(interaction, notes, first=True)
+        await self.start_job(
+            interaction,
+            kind=JobKind.GENERATE,
+            prompt=prompt,
+            model=options.model,
+            size=options.size,
+            count=options.count,
+        )
+        await self._show_notes(interaction, notes, first=False)
 
     async def edit(
-        self, interaction: discord.Interaction[FluxBot], *, image: discord.Attachment, prompt: str, model: str
+        self, interaction: discord.Interaction[FluxBot], *, image: discord.Attachment, prompt: str, model: str | None
     ) -> None:
+        """/edit; a model left out (None) is the member's default where it can edit and is allowed, else the bot's."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        spec = self.catalog.check_edit(prompt=prompt, model=model, size=None)
-        await self._start_edit(interaction, spec, prompt, await self.source_from_attachment(image))
+        own = await get_member_settings(self.bot.store, interaction.user.id)
+        if model is None and own.model is not None:
+            options = edit_options(self.catalog, own, await self._member_limits(interaction), model=None)
+        else:
+            options = Options(model or self.catalog.default_edit_model, None, 1)
+        spec = self.catalog.check_edit(prompt=prompt, model=options.model, size=None)
+        source = await self.source_from_attachment(image)
+        notes = options.notes(interaction.locale)
+        await self._show_notes(interaction, notes, first=True)
+        await self._start_edit(interaction, spec, prompt, source)
+        await self._show_notes(interaction, notes, first=False)
+
+    async def _member_limits(self, interaction: discord.Interaction[FluxBot]) -> Limits:
+        """The rules in force for the member where they ask: which models, how many images at once."""
+        guild_id = interaction.guild_id or DM_GUILD_ID
+        return await member_limits(self.bot.store, self.bot.settings, guild_id, member_of(interaction))
+
+    async def _show_notes(self, interaction: discord.Interaction[FluxBot], notes: list[str], *, first: bool) -> None:
+        """Tell the member which of their defaults were left out, without hiding the job's status line.
+
+        The runner shows the status in the deferred response, and a first follow-up would replace that
+        response (Discord's "thinking…") rather than add a message. So the notes are shown in the response
+        first (``first``, before the job is recorded: nothing races with it), and once the job is recorded
+        they follow in a message of their own, which stays when the status line takes the response over.
+        A note that cannot be shown is not worth failing the request.
+        """
+        if not notes:
+            return
+        text = "\n".join(f"📝 {note}" for note in notes)
+        try:
+            if first:
+                await interaction.edit_original_response(content=text)
+            else:
+                await interaction.followup.send(text, ephemeral=True)
+        except DISCORD_ERRORS as exc:
+            log.info("could not tell the member in interaction %s about their defaults: %s", interaction.id, exc)
 
     async def _edit_image_menu(self, interaction: discord.Interaction[FluxBot], message: discord.Message) -> None:
         if first_image(message) is None:
@@ -412,32 +661,37 @@ class EditPromptModal(discord.ui.Modal, title="Edit image"):
         await reply_with_error(interaction, error)
 
 
+def model_choices(catalog: ModelCatalog, *, edit: bool = False) -> list[app_commands.Choice[str]]:
+    """The models a member picks from (those that can edit, for ``edit``): /imagine's, /edit's and /settings'."""
+    return [app_commands.Choice(name=name, value=name) for name in (catalog.edit_names if edit else catalog.names)]
+
+
+def size_choices(catalog: ModelCatalog) -> list[app_commands.Choice[str]]:
+    """The sizes a member picks from: every size some model of the catalog offers, each once."""
+    sizes = dict.fromkeys(size for spec in catalog.models for size in spec.sizes)
+    return [app_commands.Choice(name=size, value=size) for size in sizes]
+
+
 def _imagine_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Any]:
     catalog = cog.catalog
-    sizes = list(dict.fromkeys(size for spec in catalog.models for size in spec.sizes))
 
     @app_commands.command(name="imagine", description="Generate images from a text prompt")
     @app_commands.describe(
         prompt="What to draw",
-        model=f"Which Flux model (default {catalog.default_model})",
-        size="Aspect ratio (default 1:1); pixel sizes only for models that take them",
-        count=f"How many images, 1 to {MAX_COUNT} (default 1)",
+        model=f"Which Flux model (default: yours from /settings, else {catalog.default_model})",
+        size="Aspect ratio (default: yours, else 1:1); pixel sizes only for models that take them",
+        count=f"How many images, 1 to {MAX_COUNT} (default: yours, else 1)",
     )
-    @app_commands.choices(
-        model=[app_commands.Choice(name=name, value=name) for name in catalog.names],
-        size=[app_commands.Choice(name=size, value=size) for size in sizes],
-    )
+    @app_commands.choices(model=model_choices(catalog), size=size_choices(catalog))
     @app_commands.allowed_contexts(guilds=True, dms=cog.bot.settings.allow_dms, private_channels=False)
     async def imagine(
         interaction: discord.Interaction[FluxBot],
         prompt: app_commands.Range[str, 1, MAX_PROMPT_LENGTH],
         model: str | None = None,
         size: str | None = None,
-        count: app_commands.Range[int, 1, MAX_COUNT] = 1,
+        count: app_commands.Range[int, 1, MAX_COUNT] | None = None,
     ) -> None:
-        await cog.imagine(
-            interaction, prompt=prompt, model=model or catalog.default_model, size=size or "1:1", count=count
-        )
+        await cog.imagine(interaction, prompt=prompt, model=model, size=size, count=count)
 
     return imagine
 
@@ -449,9 +703,9 @@ def _edit_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Any]:
     @app_commands.describe(
         image="The image to edit (PNG, JPEG, WebP or GIF)",
         prompt="How the image should change",
-        model=f"Which Flux model (default {catalog.default_edit_model})",
+        model=f"Which Flux model (default: yours from /settings, else {catalog.default_edit_model})",
     )
-    @app_commands.choices(model=[app_commands.Choice(name=name, value=name) for name in catalog.edit_names])
+    @app_commands.choices(model=model_choices(catalog, edit=True))
     @app_commands.allowed_contexts(guilds=True, dms=cog.bot.settings.allow_dms, private_channels=False)
     async def edit(
         interaction: discord.Interaction[FluxBot],
@@ -459,7 +713,7 @@ def _edit_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Any]:
         prompt: app_commands.Range[str, 1, MAX_PROMPT_LENGTH],
         model: str | None = None,
     ) -> None:
-        await cog.edit(interaction, image=image, prompt=prompt, model=model or catalog.default_edit_model)
+        await cog.edit(interaction, image=image, prompt=prompt, model=model)
 
     return edit
 

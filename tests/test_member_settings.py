@@ -1,5 +1,7 @@
 """Members' own defaults in the store, specified on a real SQLite file and a real PostgreSQL database: what is
-kept, how changes merge, what is refused before anything is written, and that racing changes lose nothing."""
+kept, how changes merge, what is refused before anything is written, and that racing changes lose nothing.
+Then how a request uses them: which default a server's rules and the model catalog leave out, and the note
+that tells the member."""
 
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ from bot.db import (
     reset_member_settings,
     update_member_settings,
 )
+from bot.flux import catalog_for
+from bot.limits import Limits
+from bot.settings import Provider
+from cogs.imagine import edit_options, generate_options
 from tests.conftest import FakeClock
 
 MEMBER = 333
@@ -133,3 +139,98 @@ async def test_changes_of_one_member_racing_from_two_processes_both_stay(store: 
     )
 
     assert await stored_rows(store) == [(member, "flux-pro", "9:16", 2) for member in members]
+
+
+# -- how a request uses them ------------------------------------------------------------------------------
+
+
+def server_rules(*, allowed_models: tuple[str, ...] | None = None, max_count: int = 4) -> Limits:
+    """A member's rules in a server that only (maybe) restricts models and images per request."""
+    return Limits(
+        guild_id=111,
+        user_daily=None,
+        guild_daily=None,
+        max_count=max_count,
+        max_concurrent=None,
+        cooldown=0.0,
+        user_monthly=None,
+        guild_monthly=None,
+        allowed_models=allowed_models,
+        allowed_channels=None,
+        blocked_terms=(),
+        overridden=frozenset(),
+    )
+
+
+ACEDATA = catalog_for(Provider.ACEDATA)
+
+
+def test_options_given_always_win_and_leave_nothing_to_note() -> None:
+    own = MemberSettings(MEMBER, "flux-retired", "1024x1792", 4)
+    options = generate_options(ACEDATA, own, server_rules(max_count=1), model="flux-pro", size="16:9", count=1)
+
+    assert (options.model, options.size, options.count, options.defaults) == ("flux-pro", "16:9", 1, ())
+
+
+def test_a_default_model_the_bot_no_longer_offers_is_left_out() -> None:
+    options = generate_options(
+        ACEDATA, MemberSettings(MEMBER, model="flux-retired"), server_rules(), model=None, size=None, count=None
+    )
+
+    assert (options.model, options.size, options.count) == ("flux-dev", "1:1", 1)
+    assert options.notes("en-US") == ["Your default model flux-retired is no longer offered; flux-dev is used instead."]
+
+
+def test_a_default_model_that_cannot_make_the_size_given_is_left_out() -> None:
+    own = MemberSettings(MEMBER, model="flux-kontext-pro", count=2)
+    options = generate_options(ACEDATA, own, server_rules(), model=None, size="1024x1792", count=None)
+
+    assert (options.model, options.size, options.count) == ("flux-dev", "1024x1792", 2)
+    assert options.notes(None) == [
+        "Your default model flux-kontext-pro cannot make the size 1024x1792; flux-dev is used instead."
+    ]
+
+
+def test_each_default_left_out_is_noted_once_in_the_order_of_the_options() -> None:
+    own = MemberSettings(MEMBER, model="flux-pro", size="1024x1792", count=3)
+    rules = server_rules(allowed_models=("flux-kontext-pro", "flux-dev"), max_count=2)
+    options = generate_options(ACEDATA, own, rules, model="flux-kontext-pro", size=None, count=None)
+    unnamed = generate_options(ACEDATA, own, rules, model=None, size=None, count=None)
+
+    assert (options.model, options.size, options.count) == ("flux-kontext-pro", "1:1", 1)
+    assert [use.option for use in options.defaults] == ["size", "count"]  # the model was given: no default in play
+    assert [use.option for use in unnamed.defaults] == ["model", "size", "count"]
+    assert unnamed.notes(None) == [
+        "Your default model flux-pro is not allowed here; flux-dev is used instead.",
+        "Your default number of images (3) is more than you may ask for here (at most 2); 1 is used instead.",
+    ]  # flux-dev makes 1024x1792: the size is used
+
+
+def test_a_default_count_above_what_the_model_makes_at_once_is_left_out() -> None:
+    bfl = catalog_for(Provider.BFL)
+    options = generate_options(bfl, MemberSettings(MEMBER, count=3), server_rules(), model=None, size=None, count=None)
+
+    assert options.count == 1
+    assert options.notes(None) == [
+        "Your default number of images (3) is more than flux-2-pro makes at once (at most 1); 1 is used instead."
+    ]
+
+
+def test_an_edit_takes_the_default_model_only_when_it_edits_and_is_allowed() -> None:
+    rules = server_rules(allowed_models=("flux-kontext-pro", "flux-kontext-max", "flux-2-klein"))
+
+    def edit_with(model: str | None, default: str) -> tuple[str, list[str]]:
+        options = edit_options(ACEDATA, MemberSettings(MEMBER, model=default, size="16:9", count=4), rules, model=model)
+        assert (options.size, options.count) == (None, 1)
+        return options.model, options.notes(None)
+
+    assert edit_with(None, "flux-kontext-max") == ("flux-kontext-max", [])
+    assert edit_with("flux-kontext-pro", "flux-kontext-max") == ("flux-kontext-pro", [])
+    assert edit_with(None, "flux-2-klein") == (
+        "flux-kontext-pro",
+        ["Your default model flux-2-klein cannot edit images; flux-kontext-pro is used instead."],
+    )
+    assert edit_with(None, "flux-2-pro") == (
+        "flux-kontext-pro",
+        ["Your default model flux-2-pro is not allowed here; flux-kontext-pro is used instead."],
+    )
