@@ -21,7 +21,15 @@ async def test_the_real_bot_comes_online_with_its_commands_synced(fluxbot: Fluxb
         commands = {(c.name, c.type) for c in fluxbot.discord.commands(None)}
 
     # every extension loaded, no name twice (discord.py refuses a second command of the same name and type)
-    assert commands == {("imagine", 1), ("edit", 1), ("Edit image", 3), ("usage", 1), ("limits", 1), ("history", 1)}
+    assert commands == {
+        ("imagine", 1),
+        ("edit", 1),
+        ("Edit image", 3),
+        ("usage", 1),
+        ("limits", 1),
+        ("history", 1),
+        ("settings", 1),
+    }
     assert fluxbot.discord.online_times[-1] < 2.0
     assert fluxbot.discord.intents  # the bot identified
 
