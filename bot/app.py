@@ -36,6 +36,7 @@ from bot.db import Store, open_store
 from bot.endpoints import point_discord_at
 from bot.flux import FluxClient, create_flux_client
 from bot.health import HealthServer
+from bot.i18n import CommandTranslator
 from bot.jobs import JobRunner
 from bot.metrics import Metrics, stop_using, using
 from bot.settings import Settings
@@ -180,6 +181,8 @@ class FluxBot(commands.AutoShardedBot):
         if not self._buttons_added:
             self.add_dynamic_items(JobButton)
             self._buttons_added = True
+        if self.tree.translator is None:  # before the sync: it sends each command's translations with it
+            await self.tree.set_translator(CommandTranslator())
         await self.sync_commands_if_changed()
         if not self._runner_started:
             self._runner_started = True
@@ -330,8 +333,17 @@ class FluxBot(commands.AutoShardedBot):
         await super().close()
 
     async def sync_commands_if_changed(self) -> None:
-        """Sync the application commands only when they differ from the last sync (it is rate limited)."""
-        payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
+        """Sync the application commands only when they differ from the last sync (it is rate limited).
+
+        The commands are compared with their translations, as ``tree.sync()`` sends them: a catalog changed
+        since the last sync syncs again."""
+        translator = self.tree.translator
+        if translator is None:
+            payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
+        else:
+            payload = [
+                await command.get_translated_payload(self.tree, translator) for command in self.tree.get_commands()
+            ]
         # The application is part of it: the same database used with another bot token must sync again.
         signed = {"application_id": self.application_id, "commands": payload}
         fingerprint = hashlib.sha256(json.dumps(signed, sort_keys=True).encode()).hexdigest()
