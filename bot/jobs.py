@@ -18,6 +18,10 @@ The runner is the only writer of a job's lifecycle after :func:`bot.db.create_jo
 After a restart, :meth:`JobRunner.start` marks jobs caught submitting as lost, and the loops pick up
 the rest: queued jobs are dispatched, submitted ones polled, succeeded ones posted.
 
+A member may cancel their job until its result is recorded (:meth:`JobRunner.cancel`): a queued one is never
+sent, and one at the provider is neither polled nor recorded any more (every transition leaves only live
+statuses), so its result is never posted. Once the result is recorded, the Cancel is too late.
+
 Several processes may share one database (PostgreSQL). Each holds a lease it renews, and claims the work it
 does (:mod:`bot.db.work`): any of them dispatches (the concurrency counts the jobs at the provider across all
 of them, in a fair order), one of them, holding the poller role, polls the provider for the whole bot and
@@ -50,7 +54,18 @@ from typing import Any, Protocol
 import aiohttp
 
 from bot import db, metrics
-from bot.db import Job, JobKind, JobStatus, NewJob, QuotaLimits, QuotaRefusal, Store, StoreBusyError, work
+from bot.db import (
+    CancelOutcome,
+    Job,
+    JobKind,
+    JobStatus,
+    NewJob,
+    QuotaLimits,
+    QuotaRefusal,
+    Store,
+    StoreBusyError,
+    work,
+)
 from bot.flux import (
     AccountError,
     EditRequest,
@@ -72,6 +87,7 @@ from bot.tasks import TaskSet
 __all__ = [
     "Courier",
     "DeliveryError",
+    "JobCancelled",
     "JobDone",
     "JobFailed",
     "JobQueued",
@@ -157,7 +173,16 @@ class JobFailed:
     message: str
 
 
-JobUpdate = JobQueued | JobStarted | JobDone | JobFailed
+@dataclass(frozen=True, slots=True)
+class JobCancelled:
+    """The member cancelled the job. ``billed``: the provider had it already, so it counts all the same."""
+
+    billed: bool
+
+
+JobUpdate = JobQueued | JobStarted | JobDone | JobFailed | JobCancelled
+#: The last word about a job that ended.
+FinalWord = JobDone | JobFailed | JobCancelled
 
 
 class DeliveryError(Exception):
@@ -364,6 +389,32 @@ class JobRunner:
         """Ask the provider at once instead of at the next tick (a callback arrived, or a test wants it)."""
         self._poll_needed.set()
 
+    async def cancel(self, job_id: int, user_id: int) -> CancelOutcome:
+        """The member ``user_id`` cancels job ``job_id`` (see :func:`bot.db.cancel_job` for the outcomes).
+
+        A job that ends here frees its place in the queue or its provider slot at once, in every process, and
+        its member is given the last word (on their status line, whose Cancel button it removes). A submit
+        or poll under way for it finds it cancelled when it comes back and records nothing.
+        """
+        outcome = await db.cancel_job(self._store, job_id, user_id, owner=self._owner)
+        if not outcome.cancelled:
+            return outcome
+        self._dispatch_needed.set()
+        try:
+            await self._store.notify(QUEUE_CHANNEL)  # the others' dispatchers, and the places the poller reports
+        except Exception as error:
+            log.warning("job %d: could not tell other processes it was cancelled: %s", job_id, error)
+        self._forget(job_id)
+        job = await db.get_job(self._store, job_id)
+        if job is None:  # cannot be pruned while its last word is owed; only a manual deletion gets here
+            return outcome
+        metrics.current().job_cancelled(job.kind, job.charged_images)
+        try:
+            await self._tell_final(job, JobCancelled(outcome is CancelOutcome.CANCELLED_BILLED))
+        except StoreBusyError as error:  # the word stays owed: a sweep says it again
+            log.warning("job %d: recording that its member was told of the cancel: %s", job_id, error)
+        return outcome
+
     # -- the lease ------------------------------------------------------------------------------
 
     async def _lease_loop(self) -> None:
@@ -438,7 +489,8 @@ class JobRunner:
         }
         if due:
             jobs = await db.jobs_by_ids(self._store, list(due))
-            await asyncio.gather(*(self._progress(job, due[job.id]) for job in jobs))
+            # A job cancelled since the queue was read has had its last word: no place shown over it.
+            await asyncio.gather(*(self._progress(job, due[job.id]) for job in jobs if job.status is JobStatus.QUEUED))
 
     async def _lose(self, job: Job) -> None:
         lost = await db.mark_lost(self._store, job.id, LOST_MESSAGE, owner=self._owner)
@@ -508,8 +560,9 @@ class JobRunner:
         if submission.finished is not None:
             await self._finished(job, submission.finished)
             return
-        await db.mark_submitted(self._store, job.id, submission.handle)
-        await self._progress(job, JobStarted(self._clock()))
+        # Not recorded if its member cancelled it meanwhile: nothing is shown over the last word.
+        if await db.mark_submitted(self._store, job.id, submission.handle):
+            await self._progress(job, JobStarted(self._clock()))
 
     # -- polling --------------------------------------------------------------------------------
 
@@ -703,7 +756,7 @@ class JobRunner:
             await self._tell_final(job, JobFailed(message))
         self._forget(job.id)
 
-    async def _tell_final(self, job: Job, update: JobDone | JobFailed) -> None:
+    async def _tell_final(self, job: Job, update: FinalWord) -> None:
         """Give the member an ended job's last word, then settle it (and forget the interaction token).
 
         The word is owed in the database from the moment the job ended, so a bot stopped in between, or a
@@ -724,6 +777,8 @@ class JobRunner:
                 continue
             if job.status is JobStatus.POSTED and job.posted_message_id is not None:
                 await self._tell_final(job, JobDone(job.posted_message_id))
+            elif job.status is JobStatus.CANCELLED:  # a job reserves at least one image: charged means billed
+                await self._tell_final(job, JobCancelled(job.charged_images > 0))
             else:
                 await self._tell_final(job, JobFailed(job.error_message or INTERNAL_ERROR_MESSAGE))
 

@@ -75,6 +75,11 @@ class Metrics:
             "fluxbot_jobs", "Jobs that ended, by kind and outcome.", ["kind", "outcome"], registry=registry
         )
         self.images_total = Counter("fluxbot_images", "Images posted to Discord.", registry=registry)
+        self.cancelled_images_total = Counter(
+            "fluxbot_cancelled_images",
+            "Images of jobs cancelled after they were sent to the provider, charged since the provider bills them.",
+            registry=registry,
+        )
         self.job_seconds = Histogram(
             "fluxbot_job_seconds", "Seconds from accepting a job to posting it.", ["kind"],
             buckets=JOB_BUCKETS, registry=registry,
@@ -108,6 +113,11 @@ class Metrics:
         self.job_ended(kind, "posted")
         self.images_total.inc(images)
         self.job_seconds.labels(kind=str(kind)).observe(max(seconds, 0.0))
+
+    def job_cancelled(self, kind: str, charged: int) -> None:
+        """A member cancelled a job (outcome ``cancelled``); ``charged``: the images billed all the same."""
+        self.job_ended(kind, "cancelled")
+        self.cancelled_images_total.inc(charged)
 
     def provider_request(self, url: str, status: int | str, seconds: float) -> None:
         self.provider_requests_total.labels(provider=self.provider, endpoint=endpoint_of(url), status=str(status)).inc()

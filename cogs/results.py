@@ -1,8 +1,9 @@
-"""How jobs look on Discord: the posted result, the member's status line, and the result's buttons.
+"""How jobs look on Discord: the posted result, the member's status line, and the buttons on both.
 
 :class:`DiscordCourier` is the runner's courier: it posts results to the channel as regular messages with
 the bot token (never through the 15-minute interaction token), and edits the member's deferred response to
-show where the job stands while that token lives.
+show where the job stands while that token lives. While the job can still be cancelled (queued, or at the
+provider), the status line carries a **Cancel** button; the last word removes it.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 import discord
 
 from bot import db
-from bot.db import INTERACTION_LIFETIME, Job, JobKind
+from bot.db import INTERACTION_LIFETIME, CancelOutcome, Job, JobKind
+from bot.i18n import tr
 from bot.images import DownloadedImage, ImageRejected, fit_images, fits_unchanged
-from bot.jobs import DeliveryError, JobDone, JobFailed, JobQueued, JobStarted, JobUpdate, PostedResult
+from bot.jobs import DeliveryError, JobCancelled, JobDone, JobFailed, JobQueued, JobStarted, JobUpdate, PostedResult
 from bot.tasks import TaskSet
 from cogs.feedback import DISCORD_ERRORS, TRANSPORT_ERRORS, reply_with_error
 
 if TYPE_CHECKING:
     from bot.app import FluxBot
 
-__all__ = ["DiscordCourier", "JobButton", "jump_url", "status_line"]
+__all__ = ["DiscordCourier", "JobButton", "cancel_view", "jump_url", "status_line"]
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,8 @@ def jump_url(guild_id: int, channel_id: int, message_id: int) -> str:
     return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
 
 
-def status_line(job: Job, update: JobUpdate) -> str:
-    """The one line the member sees in their deferred response."""
+def status_line(job: Job, update: JobUpdate, locale: discord.Locale | str | None = None) -> str:
+    """The one line the member sees in their deferred response (in ``locale``, their client's language)."""
     match update:
         case JobQueued(position):
             return f"⏳ Queued — #{position} in line."
@@ -68,6 +70,12 @@ def status_line(job: Job, update: JobUpdate) -> str:
             return f"✅ Done: {jump_url(job.guild_id, job.channel_id, message_id)}"
         case JobFailed(message):
             return f"❌ {message}"
+        case JobCancelled(billed=True):
+            return "🛑 " + tr(
+                locale, "Cancelled. The image service had already started, so it still counts toward your limits."
+            )
+        case JobCancelled():
+            return "🛑 " + tr(locale, "Cancelled. Nothing was charged.")
 
 
 class DiscordCourier:
@@ -167,9 +175,13 @@ class DiscordCourier:
         returns; a progress line is sent :data:`PROGRESS_SETTLE` s later, in the background, unless a newer
         line replaced it by then."""
         line = status_line(job, update)
-        if job.interaction_token and job.interaction_application_id and self._token_alive(job):
+        # While it may be cancelled the line offers Cancel; the last word takes the button away.
+        view = cancel_view(job.id) if isinstance(update, JobQueued | JobStarted) else None
+        if job.interaction_token and job.interaction_application_id and token_alive(job):
             asked = self._ask(job.id)
-            edit = self._edit_response(job, job.interaction_application_id, job.interaction_token, line, asked)
+            edit = self._edit_response(
+                job, job.interaction_application_id, job.interaction_token, line, asked, view=view
+            )
             if isinstance(update, JobQueued | JobStarted):
                 self._progress.spawn(self._quietly(job, edit, settle=PROGRESS_SETTLE), name=f"job-{job.id}")
                 return
@@ -198,17 +210,24 @@ class DiscordCourier:
         return True
 
     async def _edit_response(
-        self, job: Job, application_id: int, token: str, line: str, asked: tuple[_Editing, int]
+        self,
+        job: Job,
+        application_id: int,
+        token: str,
+        line: str,
+        asked: tuple[_Editing, int],
+        *,
+        view: discord.ui.View | None,
     ) -> None:
-        """Show ``line`` in the member's response, after the edits asked for before it; skipped if a newer
-        line for the same job was asked for by its turn (that one is sent instead)."""
+        """Show ``line`` (and ``view``'s buttons, or none) in the member's response, after the edits asked for
+        before it; skipped if a newer line for the same job was asked for by its turn (that one is sent instead)."""
         editing, mine = asked
         try:
             async with editing.turn, self._edits:
                 if editing.newest != mine:
                     return
                 webhook = discord.Webhook.partial(application_id, token, client=self._bot)
-                await webhook.edit_message(ORIGINAL_RESPONSE, content=line)
+                await webhook.edit_message(ORIGINAL_RESPONSE, content=line, view=view)
         finally:
             if editing.newest == mine and self._editing.get(job.id) is editing:  # nothing newer waits
                 del self._editing[job.id]
@@ -223,10 +242,11 @@ class DiscordCourier:
         except DISCORD_ERRORS as exc:
             log.info("job %d: could not tell the member in the channel: %s", job.id, exc)
 
-    @staticmethod
-    def _token_alive(job: Job) -> bool:
-        created = job.interaction_created_at or job.created_at
-        return time.time() < created + INTERACTION_LIFETIME - TOKEN_MARGIN
+
+def token_alive(job: Job) -> bool:
+    """Whether the job's own interaction token can still edit the member's status line."""
+    created = job.interaction_created_at or job.created_at
+    return time.time() < created + INTERACTION_LIFETIME - TOKEN_MARGIN
 
 
 class _Editing:
@@ -275,10 +295,18 @@ def result_view(job_id: int) -> discord.ui.View:
     return view
 
 
+def cancel_view(job_id: int, locale: discord.Locale | str | None = None) -> discord.ui.View:
+    """The status line's button while the job may be cancelled."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(JobButton("cancel", job_id, label=tr(locale, "Cancel")))
+    return view
+
+
 _BUTTONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
     "reroll": ("Re-roll", "🎲", discord.ButtonStyle.secondary),
     "edit": ("Edit", "✏️", discord.ButtonStyle.secondary),
     "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
+    "cancel": ("Cancel", "✖️", discord.ButtonStyle.secondary),
 }
 
 
@@ -300,14 +328,19 @@ class ResultActions(Protocol):
 
 
 class JobButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"flux:(?P<action>reroll|edit|delete):(?P<job>\d+)"
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"flux:(?P<action>reroll|edit|delete|cancel):(?P<job>\d+)",
 ):
-    """A result's button. Its custom_id carries the action and the job id, so it keeps working after a
-    restart: the job's parameters come from the database."""
+    """A result's button, or the status line's Cancel. Its custom_id carries the action and the job id, so it
+    keeps working after a restart: the job's parameters come from the database."""
 
-    def __init__(self, action: str, job_id: int) -> None:
-        label, emoji, style = _BUTTONS[action]
-        super().__init__(discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"flux:{action}:{job_id}"))
+    def __init__(self, action: str, job_id: int, *, label: str | None = None) -> None:
+        default_label, emoji, style = _BUTTONS[action]
+        super().__init__(
+            discord.ui.Button(
+                label=label or default_label, emoji=emoji, style=style, custom_id=f"flux:{action}:{job_id}"
+            )
+        )
         self.action = action
         self.job_id = job_id
 
@@ -319,6 +352,9 @@ class JobButton(
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         try:
+            if self.action == "cancel":
+                await cancel_job(interaction, self.job_id)
+                return
             cog = interaction.client.get_cog(IMAGINE_COG)
             if not isinstance(cog, ResultActions):
                 raise RuntimeError(f"the {IMAGINE_COG} cog is not loaded")
@@ -333,6 +369,34 @@ class JobButton(
                 await delete_result(interaction, job)
         except Exception as error:
             await reply_with_error(interaction, error)
+
+
+async def cancel_job(interaction: discord.Interaction[Any], job_id: int) -> None:
+    """The member clicked Cancel on their status line: the runner ends the job if it still may.
+
+    A job that ends has its last word shown on the status line by the runner, through the job's own
+    interaction token; once that token is too old, through the click's instead. Otherwise the member is told
+    why not, privately: another member's job (a status line is ephemeral, but custom ids are no secret), a
+    job already ended, or one whose result is being posted (then the result is posted all the same).
+    """
+    await interaction.response.defer()  # the status line stays as it is until the outcome is known
+    bot = interaction.client
+    outcome = await bot.runner.cancel(job_id, interaction.user.id)
+    locale = interaction.locale
+    if outcome.cancelled:
+        job = await db.get_job(bot.store, job_id)
+        if job is not None and not token_alive(job):
+            line = status_line(job, JobCancelled(outcome is CancelOutcome.CANCELLED_BILLED), locale)
+            await interaction.edit_original_response(content=line, view=None)
+        log.info("job %d: cancelled by its member (%s)", job_id, outcome)
+        return
+    if outcome is CancelOutcome.TOO_LATE:
+        text = tr(locale, "Too late to cancel: the result is being posted.")
+    elif outcome is CancelOutcome.NOT_YOURS:
+        text = tr(locale, "Only the member who asked for this image can cancel it.")
+    else:
+        text = tr(locale, "This request has already ended.")
+    await interaction.followup.send(text, ephemeral=True)
 
 
 async def delete_result(interaction: discord.Interaction[Any], job: Job) -> None:

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from bot.db import (
     CancelOutcome,
@@ -41,7 +46,11 @@ from bot.db import (
     user_usage,
     work,
 )
-from tests.conftest import FakeClock
+from bot.flux import AceDataClient, GenerateRequest, Submission
+from bot.images import DownloadedImage
+from bot.jobs import JobCancelled, JobDone, JobRunner, JobUpdate, PostedResult
+from tests.conftest import KEY, NO_WAIT, FakeClock
+from tests.fluxemu import FluxEmulator
 
 GUILD = 5001
 CHANNEL = 5002
@@ -49,6 +58,17 @@ USER = 5003
 OTHER = 5004
 START = 1_800_000_000.0
 INLINE_SOURCE = "data:image/png;base64,iVBORw0KGgo="
+REQUEST = NewJob(
+    guild_id=GUILD,
+    channel_id=CHANNEL,
+    user_id=USER,
+    kind=JobKind.GENERATE,
+    prompt="a kingfisher",
+    model="flux-dev",
+    size="1:1",
+    count=1,
+    provider=Provider.ACEDATA,
+)
 
 
 @pytest.fixture
@@ -328,3 +348,82 @@ async def test_migration_12_rebuilds_jobs_keeping_every_row_link_and_reservation
         # ... and its self-reference points at the new table: deleting the parent unlinks the child.
         await store.write_alone("DELETE FROM jobs WHERE id = ?", (parent.id,))
         assert (await current(store, child)).parent_job_id is None
+
+
+# -- the runner -------------------------------------------------------------------------------------------
+
+
+class Courier:
+    """The chat side, recording what the runner tells members."""
+
+    def __init__(self) -> None:
+        self.updates: list[tuple[int, JobUpdate]] = []
+        self.changed = asyncio.Condition()
+
+    async def deliver(self, job: Job, images: Sequence[DownloadedImage]) -> int:
+        return 1000 + job.id
+
+    async def find_posted(self, job: Job) -> PostedResult | None:
+        return None
+
+    async def notify(self, job: Job, update: JobUpdate) -> None:
+        async with self.changed:
+            self.updates.append((job.id, update))
+            self.changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[], object]) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(predicate), 10)
+
+    def told(self, job_id: int) -> list[JobUpdate]:
+        return [update for job, update in self.updates if job == job_id]
+
+
+class FirstAnswerHeld(AceDataClient):
+    """The first submit reaches the provider (its task exists), but its answer waits for ``release``."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.reached = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def generate(self, request: GenerateRequest) -> Submission:
+        submission = await super().generate(request)
+        if not self.reached.is_set():
+            self.reached.set()
+            await self.release.wait()
+        return submission
+
+
+async def test_a_job_cancelled_while_its_submit_is_answered_frees_its_slot_and_is_never_shown_started(
+    store: Store, flux_emulator: FluxEmulator, http_session: aiohttp.ClientSession
+) -> None:
+    flux = FirstAnswerHeld(session=http_session, api_key=SecretStr(KEY), base_url=flux_emulator.base_url, retry=NO_WAIT)
+    courier = Courier()
+    runner = JobRunner(
+        store=store, flux=flux, courier=courier, session=http_session, concurrency=1, poll_interval=0.05,
+        job_timeout=60.0,
+    )  # fmt: skip
+    await runner.start()
+    try:
+        first = await runner.submit(replace(REQUEST, count=2), QuotaLimits())
+        second = await runner.submit(REQUEST, QuotaLimits())
+        assert isinstance(first, Job) and isinstance(second, Job)
+        await flux.reached.wait()
+        assert (await current(store, second)).status is JobStatus.QUEUED  # the one provider slot is taken
+
+        assert await runner.cancel(first.id, USER) is CancelOutcome.CANCELLED_BILLED
+
+        # The slot is free at once: the next job is sent and posted while the first submit's answer is held.
+        await courier.wait_for(lambda: any(isinstance(update, JobDone) for update in courier.told(second.id)))
+    finally:
+        flux.release.set()
+        await runner.stop()  # lets the held submit's answer be recorded (or not) first
+
+    assert courier.told(first.id) == [JobCancelled(billed=True)]  # never shown as started
+    ended = await current(store, first)
+    assert (ended.status, ended.provider_task_id, ended.charged_images) == (JobStatus.CANCELLED, None, 2)
+    assert first.id not in [job.id for job in await jobs_owing_final_word(store)]  # told, once
+    assert not [update for update in courier.told(second.id) if isinstance(update, JobCancelled)]
+    assert isinstance(courier.told(second.id)[-1], JobDone)
+    assert flux_emulator.count("POST", "/flux/images") == 2
