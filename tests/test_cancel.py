@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
+from bot import metrics
 from bot.db import (
     CancelOutcome,
     Job,
@@ -135,6 +136,18 @@ async def test_a_queued_job_cancelled_is_never_sent_and_charges_nothing(store: S
     assert await work.claim_queued(store, "worker", concurrency=5) == []
     assert not await mark_submitting(store, job.id)
     assert [owed.id for owed in await jobs_owing_final_word(store)] == [job.id]  # "Cancelled. Nothing was charged."
+
+
+async def test_queue_places_and_the_members_live_jobs_skip_a_cancelled_job(store: Store) -> None:
+    first, second, third = await new_job(store), await new_job(store), await new_job(store)
+    assert await work.queue_position(store, third.id) == 3
+
+    assert await cancel_job(store, second.id, USER) is CancelOutcome.CANCELLED_QUEUED
+
+    assert await work.queue_order(store) == [first.id, third.id]
+    assert await work.queue_position(store, third.id) == 2
+    assert [job.id for job in await active_jobs(store, GUILD, USER)] == [first.id, third.id]
+    assert [job.id for job in await work.claim_queued(store, "worker", concurrency=5)] == [first.id, third.id]
 
 
 async def test_a_cancel_while_submitting_charges_what_was_reserved_and_records_no_later_answer(store: Store) -> None:
@@ -404,6 +417,8 @@ async def test_a_job_cancelled_while_its_submit_is_answered_frees_its_slot_and_i
         store=store, flux=flux, courier=courier, session=http_session, concurrency=1, poll_interval=0.05,
         job_timeout=60.0,
     )  # fmt: skip
+    recorded = metrics.Metrics()
+    using = metrics.using(recorded)
     await runner.start()
     try:
         first = await runner.submit(replace(REQUEST, count=2), QuotaLimits())
@@ -419,6 +434,7 @@ async def test_a_job_cancelled_while_its_submit_is_answered_frees_its_slot_and_i
     finally:
         flux.release.set()
         await runner.stop()  # lets the held submit's answer be recorded (or not) first
+        metrics.stop_using(using)
 
     assert courier.told(first.id) == [JobCancelled(billed=True)]  # never shown as started
     ended = await current(store, first)
@@ -427,3 +443,6 @@ async def test_a_job_cancelled_while_its_submit_is_answered_frees_its_slot_and_i
     assert not [update for update in courier.told(second.id) if isinstance(update, JobCancelled)]
     assert isinstance(courier.told(second.id)[-1], JobDone)
     assert flux_emulator.count("POST", "/flux/images") == 2
+    sample = recorded.registry.get_sample_value
+    assert sample("fluxbot_jobs_total", {"kind": "generate", "outcome": "cancelled"}) == 1
+    assert sample("fluxbot_cancelled_images_total") == 2
