@@ -353,7 +353,7 @@ class JobButton(
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         try:
             if self.action == "cancel":
-                await cancel_job(interaction, self.job_id)
+                await cancel_clicked(interaction, self.job_id)
                 return
             cog = interaction.client.get_cog(IMAGINE_COG)
             if not isinstance(cog, ResultActions):
@@ -371,7 +371,7 @@ class JobButton(
             await reply_with_error(interaction, error)
 
 
-async def cancel_job(interaction: discord.Interaction[Any], job_id: int) -> None:
+async def cancel_clicked(interaction: discord.Interaction[Any], job_id: int) -> None:
     """The member clicked Cancel on their status line: the runner ends the job if it still may.
 
     A job that ends has its last word shown on the status line by the runner, through the job's own
@@ -388,7 +388,6 @@ async def cancel_job(interaction: discord.Interaction[Any], job_id: int) -> None
         if job is not None and not token_alive(job):
             line = status_line(job, JobCancelled(outcome is CancelOutcome.CANCELLED_BILLED), locale)
             await interaction.edit_original_response(content=line, view=None)
-        log.info("job %d: cancelled by its member (%s)", job_id, outcome)
         return
     if outcome is CancelOutcome.TOO_LATE:
         text = tr(locale, "Too late to cancel: the result is being posted.")
