@@ -6,10 +6,11 @@
 value (a prompt, a name, a number) is never translated. An unknown locale, or a text the catalog lacks, falls
 back to English. :func:`N_` marks a text for the catalogs where it is defined but translated later.
 
-Commands are translated by Discord itself: :class:`CommandTranslator`, installed on the command tree, gives
+Commands are shown translated by Discord: :class:`CommandTranslator`, installed on the command tree, gives
 discord.py the name, description and choice localizations it sends with the commands, so each member sees
-them in their client's language. A description with a value in it is written ``localized("... {value}",
-value=...)``, so its message id stays the same whatever the value.
+them in their client's language (Discord still sends the bot the English names). A description with a value
+in it is written ``localized("... {value}", value=...)``, so its message id stays the same whatever the
+value. A choice whose name is its value (a model's name, a size) is an identifier and is not translated.
 
 The catalogs are gettext ``.po`` files, read with Babel: ``bot/locales/<language>/LC_MESSAGES/<domain>.po``.
 A language may have several domains (one per feature); they are merged when the language is first used.
@@ -26,10 +27,12 @@ Wording: ``tr`` has no plural forms, so a text with a number is written so that 
 Updating the catalogs after adding texts (the message ids are found in ``tr(locale, "...")``,
 ``N_("...")`` and ``localized("...")`` calls in ``bot/`` and ``cogs/``, and in the bot's command tree)::
 
-    python -m bot.locales.extract            # writes bot/locales/fluxbot.pot, lists what each catalog lacks
+    python -m bot.locales.extract                     # lists what each language's catalogs lack
+    python -m bot.locales.extract --pot fluxbot.pot   # and writes every message id as a gettext template
 
-then add the missing entries to each language's ``.po`` file (or a new ``<domain>.po`` beside it). The
-texts in code alone can also be listed with Babel's own command::
+then add the missing entries to each language's ``.po`` file (or a new ``<domain>.po`` beside it); the
+tests in ``tests/test_i18n.py`` fail until every language has them. The texts in code alone (not the
+command tree's) can also be listed with Babel's own command::
 
     pybabel extract -k tr:2 -k N_ -k localized --no-default-keywords -o messages.pot bot cogs
 """
