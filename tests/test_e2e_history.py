@@ -165,3 +165,16 @@ async def test_the_buttons_work_after_a_restart(fluxbot: FluxbotHarness) -> None
         second = await click(world.member, first, "Next")
 
     assert (prompts(second), footer(second)) == (jobs(1), "Page 2 of 2")
+
+
+async def test_the_page_is_in_the_members_language(fluxbot: FluxbotHarness) -> None:
+    world = fluxbot.world
+    german = world.guild.add_member("greta", locale="de")
+    async with fluxbot.running():
+        inter = await german.slash(world.channel, "imagine", prompt="ein Leuchtturm")
+        await world.emu.wait_until(lambda: settled(inter), 10, "the job to end")
+        page = await history(german, world.channel)
+
+    assert (page.embeds[0]["title"], footer(page)) == ("Deine Bilder auf diesem Server", "Seite 1 von 1")
+    assert [button["label"] for button in buttons(page)] == ["Zurück", "Weiter"]
+    assert prompts(page) == ["ein Leuchtturm"]  # the prompt as it was typed

@@ -14,6 +14,7 @@ import discord
 import pytest
 
 from bot.db import (
+    CancelOutcome,
     Job,
     JobKind,
     JobStatus,
@@ -22,6 +23,7 @@ from bot.db import (
     QuotaLimits,
     SqliteStore,
     Store,
+    cancel_job,
     create_job,
     mark_failed,
     mark_posted,
@@ -138,8 +140,10 @@ async def test_an_entry_has_what_the_page_shows_of_its_job(store: Store, clock: 
     posted = await ask(store, clock, "a posted one")
     failed = await ask(store, clock, "a failed one")
     queued = await ask(store, clock, "a queued one")
+    cancelled = await ask(store, clock, "a cancelled one")
     await post(store, posted, 9_001)
     assert await mark_failed(store, failed.id, "provider_error", "The provider could not draw this.")
+    assert await cancel_job(store, cancelled.id, MEMBER) is CancelOutcome.CANCELLED_QUEUED
 
     by_id = {entry.id: entry for entry in (await member_history(store, GUILD, MEMBER, 1)).entries}
 
@@ -162,6 +166,7 @@ async def test_an_entry_has_what_the_page_shows_of_its_job(store: Store, clock: 
         "The provider could not draw this.",
     )
     assert (by_id[queued.id].status, by_id[queued.id].posted_message_id) == (JobStatus.QUEUED, None)
+    assert by_id[cancelled.id].status is JobStatus.CANCELLED
 
 
 @pytest.mark.parametrize("page", [0, -1, MAX_PAGE + 1])
@@ -241,6 +246,7 @@ def test_a_queued_job_shows_its_place_in_line_and_an_unknown_status_shows_as_sto
 
     assert "queued, #3 in line" in drawn(entry(1, status=JobStatus.QUEUED, posted_message_id=None), queue={1: 3})
     assert "⏳ queued" in text
+    assert "🚫 cancelled" in drawn(entry(1, status=JobStatus.CANCELLED, posted_message_id=None))
     assert "archived" in text
     assert "https://" not in text  # nothing to link to
 
