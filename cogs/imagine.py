@@ -26,7 +26,7 @@ from bot.db import Job, JobKind, MemberSettings, NewJob, QuotaRefusal, get_membe
 from bot.db.report import count_refusal
 from bot.flux import MAX_COUNT, MAX_PROMPT_LENGTH, InvalidParameters, ModelCatalog, ModelSpec
 from bot.flux.catalog import check_size
-from bot.i18n import tr
+from bot.i18n import localized, tr
 from bot.images import DownloadError, HostNotAllowed, SourceImage, fetch_source, size_text
 from bot.limits import DM_GUILD_ID, Limits, Member, Refusal, RefusalKind, admit, member_limits
 from cogs.feedback import (
@@ -678,7 +678,7 @@ def _imagine_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Any]:
     @app_commands.command(name="imagine", description="Generate images from a text prompt")
     @app_commands.describe(
         prompt="What to draw",
-        model=f"Which Flux model (default: yours from /settings, else {catalog.default_model})",
+        model=localized("Which Flux model (default: yours from /settings, else {model})", model=catalog.default_model),
         size="Aspect ratio (default: yours, else 1:1); pixel sizes only for models that take them",
         count=f"How many images, 1 to {MAX_COUNT} (default: yours, else 1)",
     )
@@ -703,7 +703,9 @@ def _edit_command(cog: ImagineCog) -> app_commands.Command[Any, ..., Any]:
     @app_commands.describe(
         image="The image to edit (PNG, JPEG, WebP or GIF)",
         prompt="How the image should change",
-        model=f"Which Flux model (default: yours from /settings, else {catalog.default_edit_model})",
+        model=localized(
+            "Which Flux model (default: yours from /settings, else {model})", model=catalog.default_edit_model
+        ),
     )
     @app_commands.choices(model=model_choices(catalog, edit=True))
     @app_commands.allowed_contexts(guilds=True, dms=cog.bot.settings.allow_dms, private_channels=False)
