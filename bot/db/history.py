@@ -73,7 +73,7 @@ async def member_history(store: Store, guild_id: int, user_id: int, page: int) -
     """
     if not 1 <= page <= MAX_PAGE:
         raise ValueError(f"a history page is between 1 and {MAX_PAGE}, not {page}")
-    # Counted in the index alone, and only as far as the pages reach: a member's whole history is never read.
+    # Counted in the index alone (no job row is read), and no further than the pages reach.
     counted = await store.fetch_one(
         """
         SELECT count(*) FROM (
