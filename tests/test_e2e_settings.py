@@ -200,3 +200,20 @@ async def test_edit_takes_the_default_model_when_it_can_edit_and_notes_when_it_c
     ]
     assert edited.followups == []
     assert note.content == "📝 Your default model flux-2-klein cannot edit images; flux-kontext-pro is used instead."
+
+
+async def test_a_member_whose_discord_is_in_german_gets_the_note_and_show_in_german(fluxbot: FluxbotHarness) -> None:
+    world = fluxbot.world
+    greta = world.guild.add_member("greta", locale="de")
+    async with fluxbot.running():
+        await answer(greta, world.channel, "settings set", model="flux-pro")
+        await answer(world.admin, world.channel, "limits models", allowed="flux-dev")
+        inter = await imagine(world, greta, world.channel, prompt="ein Leuchtturm")
+        note = await inter.wait_followup()
+        shown = await answer(greta, world.channel, "settings show")
+
+    assert (
+        note.content == "📝 Dein Standardmodell flux-pro ist hier nicht erlaubt; stattdessen wird flux-dev verwendet."
+    )
+    assert "**Modell:** flux-pro (deins, wird hier nicht verwendet)" in shown
+    assert [body["model"] for body in provider_bodies(fluxbot)] == ["flux-dev"]
