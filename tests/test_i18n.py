@@ -143,6 +143,16 @@ def test_name_translations_are_names_discord_accepts(language: str) -> None:
     assert [f"{msgid} -> {text}" for msgid, text in names.items() if not accepted_by_discord(text)] == []
 
 
+@pytest.mark.parametrize("locale", sorted(DISCORD_LOCALES))
+def test_tr_shows_every_translation_of_the_catalogs(locale: str) -> None:
+    entries = catalog_entries(LANGUAGES[locale])
+    texts = {msgid: translated for (context, msgid), translated in entries.items() if context is None}
+    assert texts
+    for msgid, translated in texts.items():
+        values = {name: f"<{name}>" for name in placeholders(msgid)}
+        assert tr(locale, msgid, **values) == (translated.format(**values) if values else translated)
+
+
 # -- the synced commands ---------------------------------------------------------------------------
 
 
