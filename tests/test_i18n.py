@@ -84,13 +84,13 @@ async def test_every_text_of_the_command_tree_is_translated_in_every_language() 
         language: [f"[{text.context or ''}] {text.msgid} ({text.where})" for text in missing(texts, language)]
         for language in SHIPPED
     }
-    assert {language: texts for language, texts in lacking.items() if texts} == {}
+    assert {language: lacks for language, lacks in lacking.items() if lacks} == {}
 
 
 def test_every_text_in_the_code_is_translated_in_every_language() -> None:
     texts = texts_in_code()
     lacking = {language: [f"{text.msgid} ({text.where})" for text in missing(texts, language)] for language in SHIPPED}
-    assert {language: texts for language, texts in lacking.items() if texts} == {}
+    assert {language: lacks for language, lacks in lacking.items() if lacks} == {}
 
 
 def test_the_texts_in_code_are_the_arguments_of_tr_n_and_localized(tmp_path: Path) -> None:
