@@ -25,7 +25,8 @@ Wording: ``tr`` has no plural forms, so a text with a number is written so that 
 ("Images today: {count}", not "{count} images"), and a sentence is one message id, never glued from pieces.
 
 Updating the catalogs after adding texts (the message ids are found in ``tr(locale, "...")``,
-``N_("...")`` and ``localized("...")`` calls in ``bot/`` and ``cogs/``, and in the bot's command tree)::
+``N_("...")``, ``lazy("...")`` and ``localized("...")`` calls in ``bot/`` and ``cogs/``, and in the bot's
+command tree)::
 
     python -m bot.locales.extract                     # lists what each language's catalogs lack
     python -m bot.locales.extract --pot fluxbot.pot   # and writes every message id as a gettext template
@@ -34,7 +35,7 @@ then add the missing entries to each language's ``.po`` file (or a new ``<domain
 tests in ``tests/test_i18n.py`` fail until every language has them. The texts in code alone (not the
 command tree's) can also be listed with Babel's own command::
 
-    pybabel extract -k tr:2 -k N_ -k localized --no-default-keywords -o messages.pot bot cogs
+    pybabel extract -k tr:2 -k N_ -k lazy -k localized --no-default-keywords -o messages.pot bot cogs
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import logging
 import string
 import unicodedata
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -62,11 +64,14 @@ __all__ = [
     "NAME_CONTEXT",
     "N_",
     "CommandTranslator",
+    "Text",
     "catalog_language",
     "is_valid_command_name",
+    "lazy",
     "localized",
     "message_context",
     "placeholders",
+    "say",
     "tr",
 ]
 
@@ -110,6 +115,38 @@ def tr(locale: discord.Locale | str | None, message: str, /, **values: object) -
             except (KeyError, IndexError, ValueError):  # checked when loaded; never let a catalog break an answer
                 log.warning("the %s translation of %r does not format; English is used", language, message)
     return message.format(**values) if values else message
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A member-facing text whose language is chosen where it is shown, not where it is made.
+
+    An error raised deep in the code (a refusal, an image that is too large) reaches a member whose locale
+    only the code that answers them knows: it carries a :class:`Text` (made with :func:`lazy`) and the answer
+    renders it. Values that are texts themselves are rendered in the same language. ``str()`` is English,
+    for logs.
+    """
+
+    message: str
+    values: Mapping[str, object] = field(default_factory=dict)
+
+    def render(self, locale: discord.Locale | str | None) -> str:
+        values = {name: say(locale, value) if isinstance(value, Text) else value for name, value in self.values.items()}
+        return tr(locale, self.message, **values)
+
+    def __str__(self) -> str:
+        return self.render(None)
+
+
+def lazy(message: str, /, **values: object) -> Text:
+    """``message`` with ``values``, to be translated where it is shown (see :class:`Text`)."""
+    return Text(message, values)
+
+
+def say(locale: discord.Locale | str | None, text: Text | str) -> str:
+    """``text`` in ``locale``'s language: a :class:`Text` rendered, a plain string looked up as it is (a
+    message id kept in the database, say, such as a job's error message), unchanged if it is not one."""
+    return text.render(locale) if isinstance(text, Text) else tr(locale, text)
 
 
 def localized(message: str, /, **values: object) -> app_commands.locale_str:

@@ -1,6 +1,6 @@
 """Every message id the catalogs must have, and what each catalog lacks: ``python -m bot.locales.extract``.
 
-The message ids come from two places: the code (``tr(locale, "...")``, ``N_("...")`` and
+The message ids come from two places: the code (``tr(locale, "...")``, ``N_("...")``, ``lazy("...")`` and
 ``localized("...")`` in ``bot/`` and ``cogs/``, found by Babel's extractor) and the bot's command tree (each
 name, description and choice, found by asking the tree for its translations exactly as discord.py does when it
 syncs, so a command added later is found without a change here). ``--pot PATH`` also writes them as a gettext
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 #: The functions whose string arguments are message ids (Babel's keyword specification).
-KEYWORDS: dict[str, Any] = {"tr": (2,), "N_": None, "localized": None}
+KEYWORDS: dict[str, Any] = {"tr": (2,), "N_": None, "lazy": None, "localized": None}
 #: The folders of the project whose code is searched.
 SOURCES = ("bot", "cogs")
 _ROOT = Path(__file__).resolve().parents[2]
@@ -65,7 +65,7 @@ class Text:
 
 
 def texts_in_code(root: Path = _ROOT) -> list[Text]:
-    """The message ids of ``tr``, ``N_`` and ``localized`` calls in the project's code."""
+    """The message ids of ``tr``, ``N_``, ``lazy`` and ``localized`` calls in the project's code."""
     found: list[Text] = []
     for folder in SOURCES:
         for filename, lineno, message, _, context in extract_from_dir(root / folder, keywords=KEYWORDS):
