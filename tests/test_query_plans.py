@@ -41,7 +41,9 @@ import pytest
 
 from bot import db
 from bot.db import JobKind, JobStatus, NewJob, Provider, QuotaLimits, QuotaRefusal, SqliteStore, Store, work
+from bot.db.alerts import alert_channel
 from bot.db.history import MAX_PAGE, PAGE_SIZE, HistoryPage, member_history
+from bot.db.report import count_refusal
 from bot.db.postgres import PostgresStore, server_log
 
 GUILD = 71
@@ -249,6 +251,9 @@ async def hot_paths(recorder: Recorder, clock: Clock) -> None:
         await db.access_roles(store, GUILD),
     )
     assert len(rules[0]) == 2 and rules[1] is not None and len(rules[2]) == 2  # the server's own, only
+    await run("accept: member defaults", lambda: db.get_member_settings(store, USER))
+    await run("accept: alert channel", lambda: alert_channel(store, GUILD))
+    await run("refuse: count_refusal", lambda: count_refusal(store, GUILD, "user_daily"))
     jobs = []
     for n in range(6):
         clock.now += 1.0
@@ -289,6 +294,7 @@ async def hot_paths(recorder: Recorder, clock: Clock) -> None:
     await run("deliver: db.mark_posted of an edit", lambda: db.mark_posted(store, edit.id, 9_000_002, 1))
     await run("deliver: db.mark_failed", lambda: db.mark_failed(store, jobs[1].id, "delivery", "could not post"))
     await run("fail: db.mark_failed while queued", lambda: db.mark_failed(store, jobs[5].id, "cancelled", "gone"))
+    await run("cancel: db.cancel_job", lambda: db.cancel_job(store, jobs[4].id, USER))
     await run("sweep: work.claim_final_words", lambda: work.claim_final_words(store, OWNER))
     await run("last word: db.mark_told", lambda: db.mark_told(store, jobs[0].id))
 
