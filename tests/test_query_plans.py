@@ -43,8 +43,8 @@ from bot import db
 from bot.db import JobKind, JobStatus, NewJob, Provider, QuotaLimits, QuotaRefusal, SqliteStore, Store, work
 from bot.db.alerts import alert_channel
 from bot.db.history import MAX_PAGE, PAGE_SIZE, HistoryPage, member_history
-from bot.db.report import count_refusal
 from bot.db.postgres import PostgresStore, server_log
+from bot.db.report import count_refusal
 
 GUILD = 71
 USER = 72
