@@ -37,6 +37,7 @@ from pydantic_core import core_schema
 from yarl import URL
 
 from bot.bodies import BodyTooLarge, read_capped
+from bot.i18n import N_, Text, lazy
 
 __all__ = [
     "DEFAULT_MEDIA_HOSTS",
@@ -71,8 +72,9 @@ MULTIPART_HEADROOM = 64 * 1024
 
 _TIMES = "\N{MULTIPLICATION SIGN}"  # for "9000 by 9000 pixels"; spelled out because ruff flags the literal
 
-NOT_AN_IMAGE = "That file is not an image (PNG, JPEG, WebP or GIF)."
-_NOT_DOWNLOADED = "The bot could not download that image."
+NOT_AN_IMAGE = N_("That file is not an image (PNG, JPEG, WebP or GIF).")
+_NOT_DOWNLOADED = lazy("The bot could not download that image.")
+_DAMAGED = lazy("That image is damaged or incomplete; please upload it again.")
 
 _MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 _EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
@@ -103,21 +105,23 @@ _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})  # rotated by 90° one way or
 
 
 class ImageError(Exception):
-    """Base class; ``user_message`` is a short sentence that is safe to show a member."""
+    """Base class; ``user_message`` is a short sentence that is safe to show a member, shown in their
+    language (``detail``, the log's, is English)."""
 
-    user_message: str
+    user_message: Text
 
-    def __init__(self, detail: str, *, user_message: str | None = None) -> None:
+    def __init__(self, detail: str, *, user_message: Text | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
-        self.user_message = user_message or detail
+        self.user_message = user_message or Text(detail)
 
 
 class ImageRejected(ImageError):
-    """An image the bot will not use; ``str(error)`` is the member-facing reason, e.g. the size limit."""
+    """An image the bot will not use; ``user_message`` is the reason, e.g. the size limit (``str(error)``
+    is it in English)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: Text) -> None:
+        super().__init__(str(reason), user_message=reason)
 
 
 class DownloadError(ImageError):
@@ -128,12 +132,13 @@ class DownloadError(ImageError):
     """
 
     def __init__(
-        self, detail: str, *, retryable: bool, status: int | None = None, user_message: str | None = None
+        self, detail: str, *, retryable: bool, status: int | None = None, user_message: Text | None = None
     ) -> None:
+        # No values in these: a job's failure is kept in English and still found in the catalogs when shown.
         default = (
-            "The finished image could not be fetched from the image service. Please try again later."
+            lazy("The finished image could not be fetched from the image service. Please try again later.")
             if retryable
-            else "The image service's finished image could not be used."
+            else lazy("The image service's finished image could not be used.")
         )
         super().__init__(detail, user_message=user_message or default)
         self.retryable = retryable
@@ -148,7 +153,7 @@ class HostNotAllowed(DownloadError):
         super().__init__(
             detail,
             retryable=False,
-            user_message=(
+            user_message=lazy(
                 "The bot only uses images stored on Discord, and that image links somewhere else. "
                 "Upload the image itself (or use /edit with the file) and try again."
             ),
@@ -310,9 +315,11 @@ def _unsupported_kind(data: bytes) -> str | None:
     return None
 
 
-def _not_an_image(data: bytes) -> str:
+def _not_an_image(data: bytes) -> Text:
     kind = _unsupported_kind(data)
-    return f"{kind} images are not supported; please use PNG, JPEG, WebP or GIF." if kind else NOT_AN_IMAGE
+    if kind:
+        return lazy("{kind} images are not supported; please use PNG, JPEG, WebP or GIF.", kind=kind)
+    return lazy(NOT_AN_IMAGE)
 
 
 def _probe(data: bytes, fmt: str) -> Image.Image:
@@ -410,7 +417,13 @@ def inspect_source(
     claims to be huge (a decompression bomb) costs nothing. Then the first frame is decoded completely.
     """
     if len(data) > max_bytes:
-        raise ImageRejected(f"The image is {size_text(len(data), round_up=True)}; the limit is {size_text(max_bytes)}.")
+        raise ImageRejected(
+            lazy(
+                "The image is {size}; the limit is {limit}.",
+                size=size_text(len(data), round_up=True),
+                limit=size_text(max_bytes),
+            )
+        )
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageRejected(_not_an_image(data))
@@ -418,22 +431,35 @@ def inspect_source(
         image = _probe(data, fmt)
     except Image.DecompressionBombError as exc:
         raise ImageRejected(
-            f"The image's dimensions are far too large; each side must be at most {max_side} pixels."
+            lazy("The image's dimensions are far too large; each side must be at most {most} pixels.", most=max_side)
         ) from exc
     except _DECODE_ERRORS as exc:
-        raise ImageRejected("That image is damaged or incomplete; please upload it again.") from exc
+        raise ImageRejected(_DAMAGED) from exc
     with image:
         width, height = image.size
+    dimensions = f"{width}{_TIMES}{height}"
     if max(width, height) > max_side:
-        raise ImageRejected(f"The image is {width}{_TIMES}{height} pixels; each side must be at most {max_side}.")
+        raise ImageRejected(
+            lazy(
+                "The image is {dimensions} pixels; each side must be at most {most}.",
+                dimensions=dimensions,
+                most=max_side,
+            )
+        )
     if min(width, height) < min_side:
-        raise ImageRejected(f"The image is {width}{_TIMES}{height} pixels; each side must be at least {min_side}.")
+        raise ImageRejected(
+            lazy(
+                "The image is {dimensions} pixels; each side must be at least {least}.",
+                dimensions=dimensions,
+                least=min_side,
+            )
+        )
     try:
         with _decode(data, fmt) as decoded:
             # Only now: a PNG's EXIF may follow its pixels, and getexif() would decode them to find it.
             orientation = decoded.getexif().get(ExifTags.Base.Orientation)
     except _DECODE_ERRORS as exc:
-        raise ImageRejected("That image is damaged or incomplete; please upload it again.") from exc
+        raise ImageRejected(_DAMAGED) from exc
     if orientation in _TRANSPOSED_ORIENTATIONS:
         width, height = height, width
     return SourceImage(format=fmt, width=width, height=height, data=data)
@@ -524,7 +550,7 @@ async def fetch_source(
     ``Location`` checked the same way first. Other failures are :class:`DownloadError`.
     """
     if url.startswith("data:"):
-        data = _inline_bytes(url, max_bytes, "That image")
+        data = _inline_bytes(url, max_bytes, member=True)
     else:
         data, _shown, _declared = await _fetch(session, url, max_bytes, timeout, allowed_hosts, member=True)
     return await asyncio.to_thread(inspect_source, data, max_bytes=max_bytes)
@@ -543,7 +569,7 @@ async def _fetch(
 
     ``member``: the errors speak of the member's image rather than the provider's finished image."""
     shown = public_url(url)
-    subject, message = ("That image", _NOT_DOWNLOADED) if member else ("The finished image", None)
+    message = _NOT_DOWNLOADED if member else None
     target: str | URL = url if allowed_hosts is None else allowed_hosts.check(url)
     client_timeout = aiohttp.ClientTimeout(total=timeout_s)
     headers = {"Accept": "image/*"}
@@ -559,7 +585,7 @@ async def _fetch(
                         shown = public_url(str(target))
                         log.debug("following redirect %d to %s", hop + 1, shown)
                         continue
-                    data, declared = await _image_body(response, shown, max_bytes, subject, message)
+                    data, declared = await _image_body(response, shown, max_bytes, member, message)
                     return data, shown, declared
             raise DownloadError(
                 f"GET {shown} redirected more than {MAX_MEDIA_REDIRECTS} times", retryable=False, user_message=message
@@ -579,7 +605,7 @@ async def _fetch(
 
 
 async def _image_body(
-    response: aiohttp.ClientResponse, shown: str, max_bytes: int, subject: str, message: str | None
+    response: aiohttp.ClientResponse, shown: str, max_bytes: int, member: bool, message: Text | None
 ) -> tuple[bytes, str | None]:
     """The body of a final answer and its declared media type, if the status, type and size are acceptable."""
     status = response.status
@@ -598,7 +624,7 @@ async def _image_body(
     try:
         return await read_capped(response, max_bytes), declared
     except BodyTooLarge as exc:
-        raise _too_large(shown, exc.size, max_bytes, subject) from None
+        raise _too_large(shown, exc.size, max_bytes, member=member) from None
 
 
 def _redirect_target(response: aiohttp.ClientResponse, allowed_hosts: MediaHosts, shown: str) -> URL:
@@ -615,7 +641,7 @@ def _redirect_target(response: aiohttp.ClientResponse, allowed_hosts: MediaHosts
     return target
 
 
-def _inline_bytes(uri: str, max_bytes: int, subject: str = "The finished image") -> bytes:
+def _inline_bytes(uri: str, max_bytes: int, *, member: bool = False) -> bytes:
     """The bytes of a ``data:...;base64,`` URI (relays may answer with inline bytes instead of a URL).
 
     The length of the base64 text is checked against ``max_bytes`` before anything is decoded."""
@@ -623,22 +649,25 @@ def _inline_bytes(uri: str, max_bytes: int, subject: str = "The finished image")
     if not header.endswith(";base64"):
         raise DownloadError("an inline image is not base64-encoded", retryable=False)
     if len(payload) > 4 * math.ceil(max_bytes / 3):
-        raise _too_large("an inline image", f"{len(payload)} base64 characters", max_bytes, subject)
+        raise _too_large("an inline image", f"{len(payload)} base64 characters", max_bytes, member=member)
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise DownloadError("an inline image is not valid base64", retryable=False) from exc
     if len(data) > max_bytes:
-        raise _too_large("an inline image", f"{len(data)} bytes", max_bytes, subject)
+        raise _too_large("an inline image", f"{len(data)} bytes", max_bytes, member=member)
     return data
 
 
-def _too_large(shown: str, size: str, max_bytes: int, subject: str = "The finished image") -> DownloadError:
-    return DownloadError(
-        f"GET {shown} sent {size}; the limit is {max_bytes}",
-        retryable=False,
-        user_message=f"{subject} is larger than {size_text(max_bytes)}, so the bot cannot use it.",
+def _too_large(shown: str, size: str, max_bytes: int, *, member: bool = False) -> DownloadError:
+    """``member``: the member's own image, else the provider's finished one (whole sentences, each)."""
+    limit = size_text(max_bytes)
+    message = (
+        lazy("That image is larger than {limit}, so the bot cannot use it.", limit=limit)
+        if member
+        else lazy("The finished image is larger than {limit}, so the bot cannot use it.", limit=limit)
     )
+    return DownloadError(f"GET {shown} sent {size}; the limit is {max_bytes}", retryable=False, user_message=message)
 
 
 def _identify(data: bytes, shown: str, declared: str | None) -> tuple[str, int, int]:
@@ -805,9 +834,13 @@ def fit_images(images: Sequence[DownloadedImage], limit_bytes: int, *, stem: str
         min(len(image.data), len(shrinker.smallest().data)) for image, shrinker in zip(fitted, shrinkers, strict=True)
     )
     if floor > budget:
-        noun = "The image" if len(images) == 1 else "These images"
+        limit = size_text(limit_bytes)
         raise ImageRejected(
-            f"{noun} cannot be made small enough for this server's upload limit of {size_text(limit_bytes)}."
+            lazy("The image cannot be made small enough for this server's upload limit of {limit}.", limit=limit)
+            if len(images) == 1
+            else lazy(
+                "These images cannot be made small enough for this server's upload limit of {limit}.", limit=limit
+            )
         )
     while total > budget:
         candidates = [index for index, shrinker in enumerate(shrinkers) if not shrinker.exhausted]

@@ -517,14 +517,14 @@ class JobRunner:
                 log.warning("job %d: submit failed: %s", job.id, error)
                 code, message = (
                     error.code or type(error).__name__,
-                    UNKNOWN_OUTCOME_MESSAGE if unknown else error.user_message,
+                    UNKNOWN_OUTCOME_MESSAGE if unknown else str(error.user_message),
                 )
                 await self._persist(job, partial(self._fail, job, code, message))
                 if isinstance(error, AccountError):
                     await self._account_refused(job, error)
             except ImageError as error:  # refused before anything was sent
                 log.warning("job %d: refused before submitting: %s", job.id, error)
-                await self._persist(job, partial(self._fail, job, "source", error.user_message))
+                await self._persist(job, partial(self._fail, job, "source", str(error.user_message)))
             except Exception:
                 log.exception("job %d: the submit failed unexpectedly; it is not sent again", job.id)
                 await self._persist(job, partial(self._fail, job, "internal", UNKNOWN_OUTCOME_MESSAGE))
@@ -656,7 +656,7 @@ class JobRunner:
         if status.state is TaskState.FAILED:
             assert status.error is not None
             log.warning("job %d failed at the provider: %s", job.id, status.error)
-            await self._fail(job, status.error.code or type(status.error).__name__, status.error.user_message)
+            await self._fail(job, status.error.code or type(status.error).__name__, str(status.error.user_message))
             return
         # A job posts at most the images it reserved, whatever the provider returned.
         refs = [image.url if image.url else _data_uri(image.data or b"") for image in status.images][: job.count]

@@ -116,7 +116,7 @@ async def test_a_failed_task_carries_its_error_and_trace_id(client: AceDataClien
     assert status.state is TaskState.FAILED
     assert isinstance(status.error, BalanceError)
     assert status.error.trace_id
-    assert status.error.user_message.startswith("The bot's image service account needs attention")
+    assert str(status.error.user_message).startswith("The bot's image service account needs attention")
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,7 @@ async def test_each_error_code_maps_to_its_class_and_a_failed_submit_is_not_rese
     assert caught.value.trace_id
     assert flux_emulator.count("POST", "/flux/images") == times
     if expected is BadRequestError:
-        assert "model is invalid" in caught.value.user_message
+        assert "model is invalid" in str(caught.value.user_message)
 
 
 async def test_a_bare_403_is_content_moderation(client: AceDataClient, flux_emulator: FluxEmulator) -> None:
@@ -159,7 +159,7 @@ async def test_a_bare_403_is_content_moderation(client: AceDataClient, flux_emul
     with pytest.raises(ModerationError) as caught:
         await client.generate(cat())
     assert caught.value.trace_id == "t-1"
-    assert "rephrase" in caught.value.user_message
+    assert "rephrase" in str(caught.value.user_message)
 
 
 async def test_a_submit_refused_with_429_is_retried_after_retry_after(
@@ -356,7 +356,7 @@ async def test_invalid_requests_are_refused_before_any_network_call(
 ) -> None:
     with pytest.raises(InvalidParameters) as caught:
         await client.generate(request_)
-    assert named in caught.value.user_message
+    assert named in str(caught.value.user_message)
     assert flux_emulator.requests == []
 
 
@@ -365,7 +365,7 @@ async def test_a_model_that_cannot_edit_is_refused_with_the_ones_that_can(
 ) -> None:
     with pytest.raises(InvalidParameters) as caught:
         await client.edit(EditRequest(prompt="blue", model="flux-2-klein", image_url="https://x.example/a.png"))
-    assert "flux-kontext-pro" in caught.value.user_message
+    assert "flux-kontext-pro" in str(caught.value.user_message)
     assert flux_emulator.requests == []
 
 
@@ -379,5 +379,5 @@ async def test_the_key_never_shows_in_reprs_errors_or_logs(
     with pytest.raises(CredentialsError) as caught:
         await client.generate(cat())
 
-    texts = [repr(client), str(caught.value), repr(caught.value), caught.value.user_message, caplog.text]
+    texts = [repr(client), str(caught.value), repr(caught.value), str(caught.value.user_message), caplog.text]
     assert all(KEY not in text for text in texts)

@@ -469,15 +469,15 @@ async def test_a_provider_reason_reaches_members_only_as_neutral_code(
             request_for(provider, model="flux-2-pro") if provider is Provider.BFL else request_for(provider)
         )
 
-    assert_neutral(refused.value.user_message)
-    assert "Re-verify your account" in refused.value.user_message
+    assert_neutral(str(refused.value.user_message))
+    assert "Re-verify your account" in str(refused.value.user_message)
     assert "evil.example/verify" in refused.value.detail  # the operator still sees it all in the log
 
 
 def test_our_own_validation_text_is_shown_as_it_is() -> None:
     with pytest.raises(InvalidParameters) as refused:
         catalog_for(Provider.ACEDATA).check_generate(prompt="x", model="no-such-model", size="1:1", count=1)
-    assert refused.value.user_message == refused.value.detail
+    assert str(refused.value.user_message) == refused.value.detail
 
 
 def test_an_empty_or_blank_reason_gives_our_sentence_alone() -> None:

@@ -160,5 +160,5 @@ async def test_sizes_outside_the_kontext_enum_are_refused_locally(
 ) -> None:
     with pytest.raises(InvalidParameters) as caught:
         await client.generate(kontext(size="3:2"))
-    assert "21:9" in caught.value.user_message
+    assert "21:9" in str(caught.value.user_message)
     assert flux_emulator.requests == []

@@ -82,7 +82,7 @@ def _inspect(data: bytes) -> None:
     try:
         source = inspect_source(data, max_bytes=64 * 1024)
     except ImageRejected as refused:
-        assert str(refused) and refused.user_message
+        assert str(refused) and str(refused.user_message)
         return
     assert isinstance(source, SourceImage)
     assert source.format == sniff_format(data)
@@ -120,7 +120,7 @@ def test_an_inline_result_is_an_image_or_a_download_error(data: bytes, media_typ
     try:
         image = asyncio.run(download_image(session, uri, max_bytes=4096))
     except DownloadError as error:
-        assert error.user_message
+        assert str(error.user_message)
         return
     assert isinstance(image, DownloadedImage) and len(image.data) <= 4096
 
@@ -170,7 +170,7 @@ def _checked(hosts: MediaHosts, url: str) -> bool:
     try:
         parsed = hosts.check(url)
     except HostNotAllowed as refused:
-        assert not allowed and refused.user_message
+        assert not allowed and str(refused.user_message)
         return False
     assert allowed and isinstance(parsed, URL)
     return True

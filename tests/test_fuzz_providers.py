@@ -120,7 +120,7 @@ def only_flux_errors(call: Any, *args: Any) -> Any:
     try:
         return call(*args)
     except FluxError as error:
-        assert error.user_message
+        assert str(error.user_message)
         return error
 
 
@@ -268,7 +268,7 @@ def test_a_provider_reason_never_becomes_a_link_or_mention(message: str) -> None
     assert "`" not in shown and "](" not in shown and "://" not in shown
     assert all(part.startswith("\u200b") for part in shown.split("@")[1:])
     assert len(shown) <= 120
-    user_message = error_for(status=400, code=None, message=message).user_message
+    user_message = str(error_for(status=400, code=None, message=message).user_message)
     assert user_message.count("`") in (0, 2)
 
 

@@ -159,7 +159,7 @@ def test_anything_else_is_refused_without_raising(url: str) -> None:
     assert DISCORD.allows(url) is False
     with pytest.raises(HostNotAllowed) as refused:
         DISCORD.check(url)
-    assert "only uses images stored on Discord" in refused.value.user_message
+    assert "only uses images stored on Discord" in str(refused.value.user_message)
 
 
 def test_an_entry_with_a_port_allows_http_and_https_on_that_port_only() -> None:
@@ -313,7 +313,7 @@ async def test_redirects_within_the_list_are_followed_a_few_times_only(
 
     with pytest.raises(DownloadError, match="redirected more than") as looped:
         await fetch_source(http_session, cdn.url("/loop0"), allowed_hosts=hosts, max_bytes=2**20)
-    assert looped.value.user_message == "The bot could not download that image."
+    assert str(looped.value.user_message) == "The bot could not download that image."
     assert cdn.requests.count("/loop0") == 1 and f"/loop{MAX_MEDIA_REDIRECTS + 1}" not in cdn.requests
 
 
@@ -340,7 +340,7 @@ async def test_a_member_image_over_the_limit_is_refused_in_the_members_words(
     with pytest.raises(DownloadError) as refused:
         await fetch_source(http_session, url, allowed_hosts=MediaHosts.parse(cdn.host_port), max_bytes=4096)
 
-    assert refused.value.user_message == "That image is larger than 4 KiB, so the bot cannot use it."
+    assert str(refused.value.user_message) == "That image is larger than 4 KiB, so the bot cannot use it."
 
 
 async def test_provider_results_still_follow_redirects_to_any_host(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from bot.i18n import Text, lazy
 from bot.settings import Provider
 
 from .errors import InvalidParameters
@@ -48,11 +49,18 @@ class PixelRule:
     multiple: int = 32
     max_pixels: int | None = None
 
-    def describe(self) -> str:
+    def describe(self) -> Text | str:
+        """The pixel sizes taken, for a member: the presets as they are, else the rule, in their language."""
         if self.presets:
             return ", ".join(self.presets)
-        limit = f", at most {self.max_pixels // 1_000_000} MP" if self.max_pixels else ""
-        return f"WxH with sides {self.min_side}..{self.max_side}, multiples of {self.multiple}{limit}"
+        values = {"low": self.min_side, "high": self.max_side, "multiple": self.multiple}
+        if self.max_pixels:
+            return lazy(
+                "WxH with sides {low}..{high}, multiples of {multiple}, at most {megapixels} MP",
+                megapixels=self.max_pixels // 1_000_000,
+                **values,
+            )
+        return lazy("WxH with sides {low}..{high}, multiples of {multiple}", **values)
 
     def accepts(self, width: int, height: int) -> bool:
         if self.presets:
@@ -105,21 +113,39 @@ class ModelCatalog:
         try:
             return self._by_name[name]
         except KeyError:
-            raise InvalidParameters(f"Unknown model {name!r}. Available: {', '.join(self.names)}.") from None
+            raise InvalidParameters(
+                lazy("Unknown model {model}. Available: {models}.", model=repr(name), models=", ".join(self.names))
+            ) from None
 
     def check_generate(self, *, prompt: str, model: str, size: str, count: int) -> ModelSpec:
         spec = self.get(model)
         check_prompt(prompt)
         check_size(spec, size)
         if not 1 <= count <= spec.max_count:
-            allowed = "1" if spec.max_count == 1 else f"1 to {spec.max_count}"
-            raise InvalidParameters(f"count must be {allowed} for {model} (got {count}).")
+            if spec.max_count == 1:
+                raise InvalidParameters(
+                    lazy("{model} makes one image per request (you asked for {count}).", model=model, count=count)
+                )
+            raise InvalidParameters(
+                lazy(
+                    "Images per request for {model}: 1 to {most} (you asked for {count}).",
+                    model=model,
+                    most=spec.max_count,
+                    count=count,
+                )
+            )
         return spec
 
     def check_edit(self, *, prompt: str, model: str, size: str | None) -> ModelSpec:
         spec = self.get(model)
         if not spec.can_edit:
-            raise InvalidParameters(f"{model} cannot edit images. Models that can: {', '.join(self.edit_names)}.")
+            raise InvalidParameters(
+                lazy(
+                    "{model} cannot edit images. Models that can: {models}.",
+                    model=model,
+                    models=", ".join(self.edit_names),
+                )
+            )
         check_prompt(prompt)
         if size is not None:
             check_size(spec, size)
@@ -128,9 +154,15 @@ class ModelCatalog:
 
 def check_prompt(prompt: str) -> None:
     if not prompt.strip():
-        raise InvalidParameters("The prompt is empty. Describe the image you want.")
+        raise InvalidParameters(lazy("The prompt is empty. Describe the image you want."))
     if len(prompt) > MAX_PROMPT_LENGTH:
-        raise InvalidParameters(f"The prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_LENGTH}.")
+        raise InvalidParameters(
+            lazy(
+                "The prompt is too long. Characters: {length}; the limit is {limit}.",
+                length=len(prompt),
+                limit=MAX_PROMPT_LENGTH,
+            )
+        )
 
 
 def check_size(spec: ModelSpec, size: str) -> None:
@@ -139,10 +171,16 @@ def check_size(spec: ModelSpec, size: str) -> None:
     pixels = _PIXELS.fullmatch(size)
     if pixels and spec.pixels and spec.pixels.accepts(int(pixels[1]), int(pixels[2])):
         return
-    allowed = ", ".join(spec.ratios)
+    values = {"size": repr(size), "model": spec.name, "ratios": ", ".join(spec.ratios)}
     if spec.pixels:
-        allowed += f"; or {spec.pixels.describe()}"
-    raise InvalidParameters(f"Size {size!r} is not available for {spec.name}. Allowed: {allowed}.")
+        raise InvalidParameters(
+            lazy(
+                "Size {size} is not available for {model}. Allowed: {ratios}; or {pixels}.",
+                pixels=spec.pixels.describe(),
+                **values,
+            )
+        )
+    raise InvalidParameters(lazy("Size {size} is not available for {model}. Allowed: {ratios}.", **values))
 
 
 def ratio_to_pixels(size: str, *, multiple: int = 32, target_pixels: int = 1024 * 1024) -> tuple[int, int]:
@@ -152,7 +190,9 @@ def ratio_to_pixels(size: str, *, multiple: int = 32, target_pixels: int = 1024 
         return int(pixels[1]), int(pixels[2])
     ratio = _RATIO.fullmatch(size)
     if not ratio:
-        raise InvalidParameters(f"Size {size!r} is neither a ratio like 16:9 nor a size like 1024x1024.")
+        raise InvalidParameters(
+            lazy("Size {size} is neither a ratio like 16:9 nor a size like 1024x1024.", size=repr(size))
+        )
     rw, rh = int(ratio[1]), int(ratio[2])
     height = (target_pixels * rh / rw) ** 0.5
     width = height * rw / rh

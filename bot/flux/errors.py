@@ -2,9 +2,9 @@
 
 Every error carries ``user_message``, a short sentence in our own words that is safe to show a Discord
 member (a provider's reason about the member's own request appears only as neutralised inline code, see
-:func:`shown_reason`), and ``trace_id`` when the provider sent one. ``str(error)`` is the operator's view,
-with the provider's status, code and message, for the log. No error ever contains the API key: requests
-are never embedded in errors.
+:func:`shown_reason`), as a :class:`~bot.i18n.Text` shown in the reader's language, and ``trace_id`` when
+the provider sent one. ``str(error)`` is the operator's view, with the provider's status, code and message,
+for the log. No error ever contains the API key: requests are never embedded in errors.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping
+
+from bot.i18n import Text, lazy
 
 __all__ = [
     "AccountError",
@@ -33,9 +35,13 @@ __all__ = [
 
 
 class FluxError(Exception):
-    """Base class. ``detail`` is for operators; :attr:`user_message` is for members."""
+    """Base class. ``detail`` is for operators; :attr:`user_message` is for members.
 
-    default_user_message = "The image service failed. Please try again later."
+    The default messages carry no values, so a job's failure kept in the database (as English) is still
+    found in the catalogs when it is shown.
+    """
+
+    default_user_message: Text = lazy("The image service failed. Please try again later.")
 
     def __init__(
         self,
@@ -44,14 +50,14 @@ class FluxError(Exception):
         trace_id: str | None = None,
         status: int | None = None,
         code: str | None = None,
-        user_message: str | None = None,
+        user_message: Text | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.trace_id = trace_id
         self.status = status
         self.code = code
-        self.user_message = user_message or self.default_user_message
+        self.user_message: Text = user_message or self.default_user_message
 
     def __str__(self) -> str:
         facts = [
@@ -63,10 +69,13 @@ class FluxError(Exception):
 
 
 class InvalidParameters(FluxError):
-    """The request was refused by our own validation, before any network call; names the allowed values."""
+    """The request was refused by our own validation, before any network call; names the allowed values.
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, user_message=detail)
+    The member reads ``text`` in their language; the log (``detail``) has it in English.
+    """
+
+    def __init__(self, text: Text) -> None:
+        super().__init__(str(text), user_message=text)
 
 
 class FluxConnectionError(FluxError):
@@ -76,7 +85,7 @@ class FluxConnectionError(FluxError):
     was refused or the name did not resolve); a dropped connection mid-request may have been processed.
     """
 
-    default_user_message = "The image service could not be reached. Please try again later."
+    default_user_message = lazy("The image service could not be reached. Please try again later.")
 
     def __init__(self, detail: str, *, reached_server: bool) -> None:
         super().__init__(detail)
@@ -86,7 +95,7 @@ class FluxConnectionError(FluxError):
 class FluxTimeoutError(FluxError):
     """The provider did not answer in time (or a job passed its deadline). The outcome is unknown."""
 
-    default_user_message = "The image service took too long to answer. Please try again later."
+    default_user_message = lazy("The image service took too long to answer. Please try again later.")
 
 
 class CallbackError(FluxError):
@@ -100,7 +109,7 @@ class FluxAPIError(FluxError):
 class AccountError(FluxAPIError):
     """Something only the bot's operator can fix: the provider account or its configuration."""
 
-    default_user_message = (
+    default_user_message = lazy(
         "The bot's image service account needs attention; the bot's operator can see why in the log. "
         "Please try again later."
     )
@@ -117,20 +126,20 @@ class BalanceError(AccountError):
 class ModerationError(FluxAPIError):
     """The provider's safety filter refused the prompt, the source image or the result."""
 
-    default_user_message = "The image service's safety filter refused this request. Please rephrase the prompt."
+    default_user_message = lazy("The image service's safety filter refused this request. Please rephrase the prompt.")
 
 
 class BadRequestError(FluxAPIError):
     """The provider refused the request's parameters; ``user_message`` shows the provider's reason as
     neutralised inline code (see :func:`shown_reason`)."""
 
-    default_user_message = "The image service refused the request's parameters."
+    default_user_message = lazy("The image service refused the request's parameters.")
 
 
 class RateLimitedError(FluxAPIError):
     """Too many requests; ``retry_after`` is the provider's hint in seconds, when it gave one."""
 
-    default_user_message = "The image service is busy. Please try again in a minute."
+    default_user_message = lazy("The image service is busy. Please try again in a minute.")
 
     def __init__(
         self,
@@ -148,7 +157,7 @@ class RateLimitedError(FluxAPIError):
 class UpstreamError(FluxAPIError):
     """The provider (or the model behind it) failed; trying again later may work."""
 
-    default_user_message = "The image service is having trouble. Please try again later."
+    default_user_message = lazy("The image service is having trouble. Please try again later.")
 
 
 # Error codes seen across the three API families (FLUX_API.md), mapped to what a member or operator can do.
@@ -213,9 +222,10 @@ def error_for(
     detail = f"{cls.__name__}: {text or 'no message'}"
     if cls is RateLimitedError:
         return RateLimitedError(detail, retry_after=retry_after, trace_id=trace_id, status=status, code=code)
-    user_message = None
+    user_message: Text | None = None
     if cls is BadRequestError and (reason := shown_reason(text)):
-        user_message = f"The image service refused the request's parameters. Its reason: `{reason}`"
+        # The provider's reason stays as it wrote it (a value): only our sentence around it is translated.
+        user_message = lazy("The image service refused the request's parameters. Its reason: `{reason}`", reason=reason)
     return cls(detail, trace_id=trace_id, status=status, code=code, user_message=user_message)
 
 
