@@ -81,7 +81,7 @@ async def test_only_managers_change_limits_and_changes_apply_at_once(fluxbot: Fl
     assert "permission" in status_line(sneaky)
     assert "Images per member per day:** 0" not in before
     assert "Images per request:** 1 (set here)" in status_line(changed)
-    assert "at most 1 image per request" in status_line(over)
+    assert "this server allows at most 1." in status_line(over)
     assert fluxbot.flux.count("POST", "/flux/images") == 0
 
 
@@ -135,7 +135,7 @@ async def test_cooldown_and_concurrency_are_enforced_and_reported(fluxbot: Fluxb
         usage = await world.member.slash(world.channel, "usage")
         usage_text = (await usage.wait_followup()).content
 
-    assert "2 jobs in progress; the limit is 2" in status_line(first[2])
+    assert "Jobs in progress: 2; the limit is 2" in status_line(first[2])
     assert "Cooldown" in status_line(two) and "<t:" in status_line(two)
     assert not status_line(one).startswith("❌") and "Cooldown" not in status_line(one)
     assert usage_text.count("generating") == 2
@@ -222,7 +222,7 @@ async def test_a_monthly_limit_refuses_naming_itself_and_the_first_of_next_month
     assert "Images for the server per month (UTC):** 100 (set here)" in status_line(changed)
     assert status_line(first).startswith("✅")
     refusal = status_line(over)
-    assert "Monthly limit reached: you have used 2 of your 3 images this month and asked for 2 more." in refusal
+    assert "Monthly limit reached. Your images this month: 2 of 3; this request asks for 2." in refusal
     assert any(f"It resets <t:{month}:R>." in refusal for month in months)
     assert "**This month:** 2 of 3 (1 left)" in usage_text
     assert "**This server this month:** 2 of 100 (98 left)" in usage_text

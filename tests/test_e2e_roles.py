@@ -73,9 +73,9 @@ async def test_the_most_generous_role_wins_each_limit_and_a_member_rule_beats_ro
 
     accepted = [sum(status_line(i).startswith("✅") for i in batch) for batch in (carols, daves, bobs)]
     assert accepted == [3, 1, 1]
-    assert all("your 3 images" in status_line(i) for i in carols if not status_line(i).startswith("✅"))
-    assert "at most 2 images per request" in status_line(big[0])
-    assert all("your 1 images" in status_line(i) for i in daves if not status_line(i).startswith("✅"))
+    assert all("Your images today: 3 of 3" in status_line(i) for i in carols if not status_line(i).startswith("✅"))
+    assert "this server allows at most 2." in status_line(big[0])
+    assert all("Your images today: 1 of 1" in status_line(i) for i in daves if not status_line(i).startswith("✅"))
     assert f"Members with <@&{patrons.id}> now get: 3 images a day." in patrons_answer
     assert f"<@{dave.id}> now gets, whatever their roles: 1 images a day." in member_answer
     assert f"• Images per day: 3 (from role <@&{patrons.id}>)" in usage_text

@@ -116,7 +116,7 @@ async def test_a_server_refuses_a_disguised_term_without_naming_it(
     assert refusal is not None and refusal.kind is RefusalKind.BLOCKED_TERM
     # Nothing of the term travels with the refusal, so the member's message cannot name it.
     assert refusal.args == (RefusalKind.BLOCKED_TERM.value,) and refusal.allowed == ()
-    assert describe_refusal(refusal) == describe_refusal(Refusal(RefusalKind.BLOCKED_TERM))
+    assert describe_refusal(refusal, None) == describe_refusal(Refusal(RefusalKind.BLOCKED_TERM), None)
 
 
 @FUZZ
