@@ -47,6 +47,7 @@ from bot.db import (
     user_usage,
     work,
 )
+from bot.db.days import utc_day
 from bot.flux import AceDataClient, GenerateRequest, Submission
 from bot.images import DownloadedImage
 from bot.jobs import JobCancelled, JobDone, JobRunner, JobUpdate, PostedResult
@@ -332,35 +333,52 @@ async def test_the_jobs_checks_other_than_those_cancelling_loosened_still_hold(s
     assert (await current(store, job)).status is JobStatus.QUEUED
 
 
+async def v11_job(store: Store, kind: JobKind = JobKind.GENERATE) -> int:
+    """A queued job of two images recorded as the bot did at schema version 11 (before jobs had a locale)."""
+    rows = await store.write_alone(
+        """
+        INSERT INTO jobs (guild_id, channel_id, user_id, kind, prompt, model, size, count, source_image_url,
+                          provider, status, created_at, reserved_images, usage_day)
+        VALUES (?, ?, ?, ?, 'a heron at dawn', 'flux-dev', '1:1', 2, ?, 'acedata', 'queued', ?, 2, ?)
+        RETURNING id
+        """,
+        (GUILD, CHANNEL, USER, kind.value, INLINE_SOURCE if kind is JobKind.EDIT else None, START, utc_day(START)),
+    )
+    return int(rows[0][0])
+
+
 async def test_migration_12_rebuilds_jobs_keeping_every_row_link_and_reservation(
     db_path: Path, clock: FakeClock
 ) -> None:
     async with await SqliteStore.open(db_path, clock=clock, migrations=load_migrations()[:11]) as old:
-        parent = await new_job(old)
-        assert await mark_submitting(old, parent.id)
-        assert await mark_submitted(old, parent.id, "task-1")
-        assert await mark_succeeded(old, parent.id, ["https://img.example/1.png"], 1)
-        assert await mark_posted(old, parent.id, 77, 2)
+        parent = await v11_job(old)
+        assert await mark_submitting(old, parent)
+        assert await mark_submitted(old, parent, "task-1")
+        assert await mark_succeeded(old, parent, ["https://img.example/1.png"], 1)
+        assert await mark_posted(old, parent, 77, 2)
         await old.write_alone("UPDATE jobs SET owner = 'me'")
-        child = await new_job(old, kind=JobKind.EDIT)
-        await old.write_alone("UPDATE jobs SET parent_job_id = ? WHERE id = ?", (parent.id, child.id))
+        child = await v11_job(old, kind=JobKind.EDIT)
+        await old.write_alone("UPDATE jobs SET parent_job_id = ? WHERE id = ?", (parent, child))
     with sqlite3.connect(db_path) as conn:
         conn.row_factory = sqlite3.Row
         before = [dict(row) for row in conn.execute("SELECT * FROM jobs ORDER BY id")]
         usage_before = [tuple(row) for row in conn.execute("SELECT * FROM usage")]
     conn.close()
 
+    # Up to the latest version: the rows of version 11 as they were, with a locale (0013) nobody recorded.
     async with await SqliteStore.open(db_path, clock=clock) as store:
-        assert store.schema_version == 12
-        assert [dict(row) for row in await store.fetch_all("SELECT * FROM jobs ORDER BY id")] == before
+        assert store.schema_version >= 12
+        after = [dict(row) for row in await store.fetch_all("SELECT * FROM jobs ORDER BY id")]
+        assert after == [{**row, "locale": None} for row in before]
         assert [tuple(row) for row in await store.fetch_all("SELECT * FROM usage")] == usage_before
         assert await store.fetch_all("PRAGMA foreign_key_check") == []
         # The rebuilt table's triggers still settle: the queued edit's cancel releases its two images.
-        assert await cancel_job(store, child.id, USER) is CancelOutcome.CANCELLED_QUEUED
+        assert await cancel_job(store, child, USER) is CancelOutcome.CANCELLED_QUEUED
         assert await usage(store) == (2, 0)
         # ... and its self-reference points at the new table: deleting the parent unlinks the child.
-        await store.write_alone("DELETE FROM jobs WHERE id = ?", (parent.id,))
-        assert (await current(store, child)).parent_job_id is None
+        await store.write_alone("DELETE FROM jobs WHERE id = ?", (parent,))
+        unlinked = await get_job(store, child)
+        assert unlinked is not None and unlinked.parent_job_id is None
 
 
 # -- the runner -------------------------------------------------------------------------------------------

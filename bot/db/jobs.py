@@ -82,11 +82,11 @@ _CREATE_JOB = """
     INSERT INTO jobs (
         guild_id, channel_id, user_id, kind, prompt, model, size, count, seed,
         source_image_url, parent_job_id, interaction_application_id, interaction_token,
-        interaction_created_at, provider, status, created_at, reserved_images, usage_day)
+        interaction_created_at, locale, provider, status, created_at, reserved_images, usage_day)
     SELECT
         :guild_id, :channel_id, :user_id, :kind, :prompt, :model, :size, :count, :seed,
         :source_image_url, :parent_job_id, :interaction_application_id, :interaction_token,
-        :interaction_created_at, :provider, 'queued', :now, :count, :day
+        :interaction_created_at, :locale, :provider, 'queued', :now, :count, :day
     WHERE (:user_monthly IS NULL OR :count + (
                SELECT coalesce(sum(used + reserved), 0) FROM usage
                WHERE guild_id = :guild_id AND user_id = :user_id
@@ -116,8 +116,8 @@ _CREATE_JOB_POSTGRESQL = """
     SELECT * FROM reserve_job(
         :lock, :guild_id, :channel_id, :user_id, :kind, :prompt, :model, :size, :count, :seed,
         :source_image_url, :parent_job_id, :interaction_application_id, :interaction_token,
-        :interaction_created_at, :provider, :now, :day, :user_daily, :guild_daily, :max_concurrent, :cooldown,
-        :month_first, :month_following, :user_monthly, :guild_monthly)
+        :interaction_created_at, :locale, :provider, :now, :day, :user_daily, :guild_daily, :max_concurrent,
+        :cooldown, :month_first, :month_following, :user_monthly, :guild_monthly)
 """
 
 
@@ -159,6 +159,7 @@ async def create_job(store: Store, new: NewJob, limits: QuotaLimits) -> Job | Qu
         "interaction_application_id": new.interaction_application_id,
         "interaction_token": new.interaction_token,
         "interaction_created_at": _interaction_time(new, now),
+        "locale": new.locale,
         "provider": new.provider.value,
         "now": now,
         "day": day,
@@ -526,6 +527,7 @@ def job_from_row(row: Row) -> Job:
         interaction_application_id=row["interaction_application_id"],
         interaction_token=row["interaction_token"],
         interaction_created_at=row["interaction_created_at"],
+        locale=row["locale"],
         provider=Provider(row["provider"]),
         provider_task_id=row["provider_task_id"],
         status=JobStatus(row["status"]),

@@ -113,6 +113,8 @@ class NewJob:
     interaction_token: str | None = field(default=None, repr=False)
     interaction_created_at: float | None = None
     """When the interaction was created; defaults to the time the job is recorded if a token is given."""
+    locale: str | None = None
+    """The member's Discord locale (``interaction.locale``'s value): their status line is shown in it."""
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -142,6 +144,8 @@ class Job:
     interaction_application_id: int | None
     interaction_token: str | None = field(repr=False)
     interaction_created_at: float | None
+    locale: str | None
+    """The language of the member who asked (see :class:`NewJob`); None: unknown, English."""
     provider: Provider
     provider_task_id: str | None
     status: JobStatus
