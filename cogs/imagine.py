@@ -26,7 +26,7 @@ from bot.db import Job, JobKind, MemberSettings, NewJob, QuotaRefusal, get_membe
 from bot.db.report import count_refusal
 from bot.flux import MAX_COUNT, MAX_PROMPT_LENGTH, InvalidParameters, ModelCatalog, ModelSpec
 from bot.flux.catalog import check_size
-from bot.i18n import localized, tr
+from bot.i18n import lazy, localized, tr
 from bot.images import DownloadError, HostNotAllowed, SourceImage, fetch_source, size_text
 from bot.limits import DM_GUILD_ID, Limits, Member, Refusal, RefusalKind, admit, member_limits
 from cogs.feedback import (
@@ -341,14 +341,15 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
 
     async def _edit_image_menu(self, interaction: discord.Interaction[FluxBot], message: discord.Message) -> None:
         if first_image(message) is None:
-            raise UserFacingError("That message has no image to edit.")
-        await interaction.response.send_modal(EditPromptModal(self, target=message))
+            raise UserFacingError(lazy("That message has no image to edit."))
+        await interaction.response.send_modal(EditPromptModal(self, target=message, locale=interaction.locale))
 
     async def ask_edit_prompt(self, interaction: discord.Interaction[FluxBot], job: Job) -> None:
         """The result's Edit button: ask how to change the image, then edit the posted result."""
         if interaction.message is None or first_image(interaction.message) is None:
-            raise UserFacingError("That result has no image left to edit.")
-        await interaction.response.send_modal(EditPromptModal(self, target=interaction.message, parent=job))
+            raise UserFacingError(lazy("That result has no image left to edit."))
+        modal = EditPromptModal(self, target=interaction.message, parent=job, locale=interaction.locale)
+        await interaction.response.send_modal(modal)
 
     async def edit_message_image(
         self, interaction: discord.Interaction[FluxBot], message: discord.Message, prompt: str, parent: Job | None
@@ -385,7 +386,7 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
         if job.kind is JobKind.EDIT and job.source_image_url is None:
             # A source given to the provider inline (up to ~13 MB) is not kept once its job has ended.
             raise UserFacingError(
-                "The image this edit started from is no longer kept. Use **Edit image** on it again instead."
+                lazy("The image this edit started from is no longer kept. Use **Edit image** on it again instead.")
             )
         source = await self._fresh_source(job.source_image_url) if job.source_image_url else None
         await self.start_job(
@@ -418,7 +419,7 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
         except DownloadError as exc:
             log.info("the source of a re-rolled edit is gone: %s", exc)
             raise UserFacingError(
-                "The image this edit started from is no longer available. Use Edit on the image again instead."
+                lazy("The image this edit started from is no longer available. Use Edit on the image again instead.")
             ) from exc
         return ref
 
@@ -438,7 +439,10 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        """A reply to an image that mentions the bot edits that image, with the reply's text as the prompt."""
+        """A reply to an image that mentions the bot edits that image, with the reply's text as the prompt.
+
+        The bot answers in the channel, where anyone may read it: in the server's language, not the member's.
+        """
         me = self.bot.user
         if message.author.bot or me is None or message.reference is None or not message.guild:
             return
@@ -447,7 +451,8 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
         try:
             await self._edit_from_reply(message)
         except Exception as error:
-            await message.reply(explain(error, f"an edit request in message {message.id}"), mention_author=False)
+            where = f"an edit request in message {message.id}"
+            await message.reply(explain(error, where, message.guild.preferred_locale), mention_author=False)
 
     async def _edit_from_reply(self, message: discord.Message) -> None:
         assert message.reference is not None and message.reference.message_id is not None
@@ -457,18 +462,22 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
         prompt = _MENTION.sub("", message.content).strip()
         if not prompt:
             raise UserFacingError(
-                "Tell me how to change the image: reply to it, mention me, and describe the change. "
-                "(If you did, the bot may lack the Message Content intent.)"
+                lazy(
+                    "Tell me how to change the image: reply to it, mention me, and describe the change. "
+                    "(If you did, the bot may lack the Message Content intent.)"
+                )
             )
         mine = self.bot.user is not None and target.author.id == self.bot.user.id
         if first_image(target) is None and not mine and not self.bot.intents.message_content:
             raise UserFacingError(
-                "That message has no image I can see: without the Message Content intent the bot does not see "
-                "other members' images. Use the message's Apps menu > Edit image instead."
+                lazy(
+                    "That message has no image I can see: without the Message Content intent the bot does not see "
+                    "other members' images. Use the message's Apps menu > Edit image instead."
+                )
             )
         spec = self.catalog.check_edit(prompt=prompt, model=self.catalog.default_edit_model, size=None)
         job = await self._start_edit(message, spec, prompt, await self.source_from_message(target))
-        await message.reply(f"🎨 On it — job #{job.id}.", mention_author=False)
+        await message.reply(tr(_channel_locale(message), "🎨 On it — job #{job}.", job=job.id), mention_author=False)
 
     # -- shared steps ---------------------------------------------------------------------------------
 
@@ -487,16 +496,20 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
         """Record the job for the member behind ``requester`` and queue it.
 
         An interaction (already deferred) also gives the job its token, to show progress in the member's
-        response; a message (a reply asking for an edit) has none.
+        response; a message (a reply asking for an edit) has none. A refusal is in the language of whoever
+        reads it: the member's for an interaction (an ephemeral answer), the server's for a message (a reply
+        in the channel).
         """
         await self.bot.acknowledgements_first()
         if isinstance(requester, discord.Interaction):
             assert requester.channel_id is not None
             interaction, guild_id = requester, requester.guild_id or 0
             channel_id, user_id = requester.channel_id, requester.user.id
+            locale: discord.Locale | None = requester.locale
         else:
             interaction, guild_id = None, requester.guild.id if requester.guild else 0
             channel_id, user_id = requester.channel.id, requester.author.id
+            locale = _channel_locale(requester)
         new = NewJob(
             guild_id=guild_id,
             channel_id=channel_id,
@@ -513,14 +526,15 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
             interaction_token=interaction.token if interaction else None,
             interaction_created_at=interaction.created_at.timestamp() if interaction else None,
             locale=interaction.locale.value if interaction else None,
+            locale=interaction.locale.value if interaction else None,
         )
-        return await self.submit(new, member_of(requester))
+        return await self.submit(new, member_of(requester), locale)
 
-    async def submit(self, new: NewJob, member: Member) -> Job:
+    async def submit(self, new: NewJob, member: Member, locale: discord.Locale | str | None) -> Job:
         """Check ``new`` against the server's rules for ``member``, then record it under their quota and queue it.
 
         Every rule is checked before any provider call; the quota is checked and reserved with the job.
-        Refusals are counted by cause for the server's report.
+        Refusals are counted by cause for the server's report, and told in ``locale``'s language.
         """
         try:
             limits = await admit(
@@ -535,14 +549,14 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
             )
         except Refusal as refusal:
             await self._count_refusal(new.guild_id, refusal.kind)
-            raise UserFacingError(describe_refusal(self._known_roles_only(new.guild_id, refusal))) from None
+            raise UserFacingError(describe_refusal(self._known_roles_only(new.guild_id, refusal), locale)) from None
         outcome = await self.bot.runner.submit(new, limits.quota)
         if isinstance(outcome, QuotaRefusal):
             self.bot.metrics.quota_refused(outcome.kind)
             log.info("user %d refused by the %s limit in guild %d", new.user_id, outcome.kind, new.guild_id)
             await self._count_refusal(new.guild_id, outcome.kind)
             await self.bot.alerts.quota_refused(new.guild_id, outcome)
-            raise UserFacingError(describe_quota_refusal(outcome))
+            raise UserFacingError(describe_quota_refusal(outcome, locale))
         await self.bot.alerts.after_reservation(
             new.guild_id, guild_daily=limits.guild_daily, guild_monthly=limits.guild_monthly
         )
@@ -566,10 +580,18 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
         """Check an uploaded image before anything is sent to the provider."""
         limit = self.bot.settings.edit_max_bytes
         if attachment.content_type and not attachment.content_type.startswith("image/"):
-            raise UserFacingError(f"{attachment.filename} is not an image (PNG, JPEG, WebP or GIF).")
+            raise UserFacingError(
+                lazy("{filename} is not an image (PNG, JPEG, WebP or GIF).", filename=attachment.filename)
+            )
         if attachment.size > limit:
-            size = size_text(attachment.size, round_up=True)
-            raise UserFacingError(f"{attachment.filename} is {size}; the limit is {size_text(limit)}.")
+            raise UserFacingError(
+                lazy(
+                    "{filename} is {size}; the limit is {limit}.",
+                    filename=attachment.filename,
+                    size=size_text(attachment.size, round_up=True),
+                    limit=size_text(limit),
+                )
+            )
         image = await self._fetch_source(attachment.url)
         return Source(image, self._provider_ref(attachment.url, image))
 
@@ -577,7 +599,7 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
         """The first image of ``message`` (an attachment, or an embed's image), checked."""
         found = first_image(message)
         if found is None:
-            raise UserFacingError("That message has no image to edit.")
+            raise UserFacingError(lazy("That message has no image to edit."))
         if isinstance(found, discord.Attachment):
             return await self.source_from_attachment(found)
         image = await self._fetch_source(found)
@@ -612,6 +634,11 @@ def _is_discord_attachment(url: str) -> bool:
     return {"ex", "is", "hm"} <= set(URL(url).query)
 
 
+def _channel_locale(message: discord.Message) -> discord.Locale | None:
+    """The language of what the bot writes in a message's channel, where anyone may read it: the server's."""
+    return message.guild.preferred_locale if message.guild else None
+
+
 def member_of(requester: Requester) -> Member:
     """Who asks, as Discord describes them in this very request: roles are never cached by the bot, so a role
     given, taken or deleted counts from the next request on."""
@@ -640,17 +667,25 @@ def first_image(message: discord.Message) -> discord.Attachment | str | None:
 
 
 class EditPromptModal(discord.ui.Modal, title="Edit image"):
-    """Asks how to change an image (a modal must be the first answer to an interaction)."""
+    """Asks how to change an image (a modal must be the first answer to an interaction), in the language of
+    the member who asked (``locale``): the field is made here, with its label in that language."""
 
-    prompt: discord.ui.TextInput[EditPromptModal] = discord.ui.TextInput(
-        label="How should the image change?",
-        style=discord.TextStyle.paragraph,
-        max_length=MAX_PROMPT_LENGTH,
-        custom_id="prompt",
-    )
-
-    def __init__(self, cog: ImagineCog, *, target: discord.Message, parent: Job | None = None) -> None:
-        super().__init__(timeout=15 * 60)
+    def __init__(
+        self,
+        cog: ImagineCog,
+        *,
+        target: discord.Message,
+        parent: Job | None = None,
+        locale: discord.Locale | str | None = None,
+    ) -> None:
+        super().__init__(title=tr(locale, "Edit image"), timeout=15 * 60)
+        self.prompt: discord.ui.TextInput[EditPromptModal] = discord.ui.TextInput(
+            label=tr(locale, "How should the image change?"),
+            style=discord.TextStyle.paragraph,
+            max_length=MAX_PROMPT_LENGTH,
+            custom_id="prompt",
+        )
+        self.add_item(self.prompt)
         self.cog = cog
         self.target = target
         self.parent = parent
