@@ -526,7 +526,6 @@ class ImagineCog(commands.Cog, name=IMAGINE_COG):
             interaction_token=interaction.token if interaction else None,
             interaction_created_at=interaction.created_at.timestamp() if interaction else None,
             locale=interaction.locale.value if interaction else None,
-            locale=interaction.locale.value if interaction else None,
         )
         return await self.submit(new, member_of(requester), locale)
 
