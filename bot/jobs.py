@@ -80,6 +80,7 @@ from bot.flux import (
     TaskStatus,
     UpstreamError,
 )
+from bot.i18n import N_, Text
 from bot.images import DownloadedImage, DownloadError, ImageError, MediaHosts, download_image
 from bot.logs import bind_job, job_context
 from bot.tasks import TaskSet
@@ -133,17 +134,19 @@ MAX_STRIKES = 3
 #: Seconds between attempts to record an outcome while the database is busy.
 PERSIST_RETRY_DELAY = 1.0
 
-LOST_MESSAGE = (
+# Why a job ended without images, as its member is told. Kept in English in the database (a job's
+# error_message) and translated where shown, in the language of whoever reads it.
+LOST_MESSAGE = N_(
     "The bot restarted while sending this request to the image service, so it cannot tell whether it "
     "was received. It was not sent again and you were not charged; please try again."
 )
-UNKNOWN_OUTCOME_MESSAGE = (
+UNKNOWN_OUTCOME_MESSAGE = N_(
     "The image service did not confirm this request. To avoid paying twice it was not sent again, "
     "and you were not charged; please try again."
 )
-DEADLINE_MESSAGE = "The image service did not finish in time. You were not charged; please try again."
-DELIVERY_FAILED_MESSAGE = "The finished image could not be posted. You were not charged."
-INTERNAL_ERROR_MESSAGE = "The bot could not finish this request. You were not charged; please try again."
+DEADLINE_MESSAGE = N_("The image service did not finish in time. You were not charged; please try again.")
+DELIVERY_FAILED_MESSAGE = N_("The finished image could not be posted. You were not charged.")
+INTERNAL_ERROR_MESSAGE = N_("The bot could not finish this request. You were not charged; please try again.")
 
 
 # -- what the runner reports --------------------------------------------------------------------------
@@ -168,9 +171,10 @@ class JobDone:
 
 @dataclass(frozen=True, slots=True)
 class JobFailed:
-    """``message`` is safe to show the member."""
+    """``message`` is safe to show the member: a text to render in their language, or a message id (one of
+    the bot's fixed sentences, kept in the database) to look up, or a sentence shown as it is."""
 
-    message: str
+    message: Text | str
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,14 +521,14 @@ class JobRunner:
                 log.warning("job %d: submit failed: %s", job.id, error)
                 code, message = (
                     error.code or type(error).__name__,
-                    UNKNOWN_OUTCOME_MESSAGE if unknown else str(error.user_message),
+                    UNKNOWN_OUTCOME_MESSAGE if unknown else error.user_message,
                 )
                 await self._persist(job, partial(self._fail, job, code, message))
                 if isinstance(error, AccountError):
                     await self._account_refused(job, error)
             except ImageError as error:  # refused before anything was sent
                 log.warning("job %d: refused before submitting: %s", job.id, error)
-                await self._persist(job, partial(self._fail, job, "source", str(error.user_message)))
+                await self._persist(job, partial(self._fail, job, "source", error.user_message))
             except Exception:
                 log.exception("job %d: the submit failed unexpectedly; it is not sent again", job.id)
                 await self._persist(job, partial(self._fail, job, "internal", UNKNOWN_OUTCOME_MESSAGE))
@@ -656,7 +660,7 @@ class JobRunner:
         if status.state is TaskState.FAILED:
             assert status.error is not None
             log.warning("job %d failed at the provider: %s", job.id, status.error)
-            await self._fail(job, status.error.code or type(status.error).__name__, str(status.error.user_message))
+            await self._fail(job, status.error.code or type(status.error).__name__, status.error.user_message)
             return
         # A job posts at most the images it reserved, whatever the provider returned.
         refs = [image.url if image.url else _data_uri(image.data or b"") for image in status.images][: job.count]
@@ -748,12 +752,16 @@ class JobRunner:
 
     # -- endings, guards and progress -----------------------------------------------------------
 
-    async def _fail(self, job: Job, code: str, message: str) -> None:
-        failed = await db.mark_failed(self._store, job.id, code, message, owner=self._owner)
+    async def _fail(self, job: Job, code: str, message: Text | str) -> None:
+        kept = kept_message(message)
+        failed = await db.mark_failed(self._store, job.id, code, kept, owner=self._owner)
         self._dispatch_needed.set()  # a provider slot (or a queue place) is free again
         if failed:
             metrics.current().job_ended(job.kind, metrics.job_outcome(code))
-            await self._tell_final(job, JobFailed(message))
+            # Told now, a text with values in it is still whole, so the member reads all of it in their language;
+            # the database has it only in English. Any other is the message id it is kept as.
+            told = message if isinstance(message, Text) and message.values else kept
+            await self._tell_final(job, JobFailed(told))
         self._forget(job.id)
 
     async def _tell_final(self, job: Job, update: FinalWord) -> None:
@@ -899,6 +907,15 @@ class _Shown:
 def new_owner_name() -> str:
     """A name for this process in the database, unique among the processes sharing it: host, pid, random part."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def kept_message(message: Text | str) -> str:
+    """What the database keeps of why a job failed: a fixed sentence as its message id, looked up in the
+    reader's language wherever it is shown (the status line, /history); one with values in it (a provider's
+    reason, a size) in English, as it cannot be looked up."""
+    if isinstance(message, Text):
+        return message.message if not message.values else str(message)
+    return message
 
 
 def _data_uri(data: bytes) -> str:

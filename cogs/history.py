@@ -22,7 +22,7 @@ from discord.ext import commands
 
 from bot.db import JobKind, JobStatus, work
 from bot.db.history import MAX_PAGE, HistoryEntry, HistoryPage, member_history
-from bot.i18n import N_, tr
+from bot.i18n import N_, say, tr
 from bot.limits import DM_GUILD_ID
 from cogs.feedback import reply_with_error
 from cogs.results import jump_url
@@ -141,7 +141,9 @@ def _entry_text(locale: discord.Locale | str, entry: HistoryEntry, queue_place: 
         parts.append(f"[{label}]({jump_url(entry.guild_id, entry.channel_id, entry.posted_message_id)})")
     lines = [" · ".join(parts), f"> {_plain(entry.prompt, PROMPT_SHOWN)}"]
     if entry.status in _ENDED_WITHOUT_IMAGES:
-        reason = entry.error_message or tr(locale, "No reason was recorded.")
+        # The bot's own reasons are kept in English as message ids, shown in the member's language; a reason
+        # with values in it (a provider's words, a size) stays as it was kept.
+        reason = say(locale, entry.error_message) if entry.error_message else tr(locale, "No reason was recorded.")
         lines.append(f"> ↳ {_plain(reason, REASON_SHOWN)}")
     return "\n".join(lines)
 

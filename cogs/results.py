@@ -4,6 +4,11 @@
 the bot token (never through the 15-minute interaction token), and edits the member's deferred response to
 show where the job stands while that token lives. While the job can still be cancelled (queued, or at the
 provider), the status line carries a **Cancel** button; the last word removes it.
+
+Languages: the status line speaks the language of the member who asked (kept with the job, since the runner
+edits it long after their interaction is gone); a result, and anything else posted in the channel, the
+server's (its ``preferred_locale``); a button's answer, the language of whoever clicked. The buttons of a
+posted result keep the labels they were posted with.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
@@ -21,7 +27,7 @@ import discord
 
 from bot import db
 from bot.db import INTERACTION_LIFETIME, CancelOutcome, Job, JobKind
-from bot.i18n import tr
+from bot.i18n import LANGUAGES, N_, say, tr
 from bot.images import DownloadedImage, ImageRejected, fit_images, fits_unchanged
 from bot.jobs import DeliveryError, JobCancelled, JobDone, JobFailed, JobQueued, JobStarted, JobUpdate, PostedResult
 from bot.tasks import TaskSet
@@ -37,8 +43,9 @@ log = logging.getLogger(__name__)
 #: Progress edits stop this long before the interaction token expires.
 TOKEN_MARGIN = 30.0
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
-#: Seconds the upload limit of a server this process does not run (another process's shard) is kept after
-#: Discord was asked for it: boosts change rarely, and a result posted under an old limit is only smaller.
+#: Seconds the upload limit and language of a server this process does not run (another process's shard) are
+#: kept after Discord was asked for them: both change rarely, a result posted under an old limit is only
+#: smaller, and one in the server's old language is still read.
 UPLOAD_LIMIT_KEPT = 3600.0
 #: How many of the bot's recent channel messages are searched for a post made just before a crash.
 HISTORY_SEARCH = 100
@@ -58,18 +65,20 @@ def jump_url(guild_id: int, channel_id: int, message_id: int) -> str:
     return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
 
 
-def status_line(job: Job, update: JobUpdate, locale: discord.Locale | str | None = None) -> str:
-    """The one line the member sees in their deferred response (in ``locale``, their client's language)."""
+def status_line(job: Job, update: JobUpdate, locale: discord.Locale | str | None) -> str:
+    """The one line the member sees in their deferred response, in ``locale`` (the language of the member who
+    asked, kept with the job). It starts with an emoji in every language, saying where the job is."""
     match update:
         case JobQueued(position):
-            return f"⏳ Queued — #{position} in line."
+            return "⏳ " + tr(locale, "Queued — #{position} in line.", position=position)
         case JobStarted(started_at):
             # Discord shows the relative time ("2 minutes ago") and keeps it current: no edit needed for that.
-            return f"🎨 Generating… started <t:{int(started_at)}:R>"
+            return "🎨 " + tr(locale, "Generating… started <t:{started}:R>", started=int(started_at))
         case JobDone(message_id):
-            return f"✅ Done: {jump_url(job.guild_id, job.channel_id, message_id)}"
+            return "✅ " + tr(locale, "Done: {link}", link=jump_url(job.guild_id, job.channel_id, message_id))
         case JobFailed(message):
-            return f"❌ {message}"
+            # A message kept in English in the database is looked up: the bot's own sentences are translated.
+            return "❌ " + say(locale, message)
         case JobCancelled(billed=True):
             return "🛑 " + tr(
                 locale, "Cancelled. The image service had already started, so it still counts toward your limits."
@@ -88,7 +97,7 @@ class DiscordCourier:
         # asked for is sent (the others it replaced are skipped). Empty when no edit waits.
         self._editing: dict[int, _Editing] = {}
         self._progress = TaskSet("status lines")
-        self._upload_limits: dict[int, tuple[int, float]] = {}  # guild id -> (limit, monotonic expiry)
+        self._servers: dict[int, tuple[_Server, float]] = {}  # guild id -> (what is known, monotonic expiry)
 
     async def settled(self) -> None:
         """Until every progress line asked for so far is shown, or skipped for a newer one."""
@@ -99,7 +108,8 @@ class DiscordCourier:
         await self._progress.close()
 
     async def deliver(self, job: Job, images: Sequence[DownloadedImage]) -> int:
-        limit = await self._upload_limit(job)
+        server = await self._server(job)
+        limit, locale = server.upload_limit, server.locale
         stem = f"flux-{job.id}"
         try:
             if fits_unchanged(images, limit):  # the usual case: nothing to re-encode, no thread needed
@@ -110,13 +120,17 @@ class DiscordCourier:
             raise DeliveryError(str(exc), retryable=False) from exc
         files = [discord.File(io.BytesIO(image.data), filename=image.filename) for image in fitted]
         channel = self._channel(job)
-        verb = "edited" if job.kind is JobKind.EDIT else "imagined"
+        member = f"<@{job.user_id}>"
+        if job.kind is JobKind.EDIT:
+            content = tr(locale, "{member} edited:", member=member)
+        else:
+            content = tr(locale, "{member} imagined:", member=member)
         try:
             message = await channel.send(
-                f"<@{job.user_id}> {verb}:",
-                embed=result_embed(job),
+                content,
+                embed=result_embed(job, locale),
                 files=files,
-                view=result_view(job.id),
+                view=result_view(job.id, locale),
                 allowed_mentions=_requester_only(job),
                 # Discord answers a repeated nonce with the first message: a post that happened just
                 # before a crash is not made twice when the job is delivered again after the restart.
@@ -135,9 +149,10 @@ class DiscordCourier:
         channel = self._channel(job)
         since = discord.Object(discord.utils.time_snowflake(datetime.fromtimestamp(job.created_at, UTC)))
         me = self._bot.user
+        footers = job_footers(job.id)  # the server's language may have changed since it was posted
         try:
             async for message in channel.history(limit=HISTORY_SEARCH, after=since):
-                if me is not None and message.author.id == me.id and _footer(message) == job_footer(job.id):
+                if me is not None and message.author.id == me.id and _footer(message) in footers:
                     log.info("job %d: found its earlier post %d; not posting again", job.id, message.id)
                     return PostedResult(message.id, len(message.attachments))
         except DISCORD_ERRORS as exc:
@@ -148,35 +163,38 @@ class DiscordCourier:
         """The job's channel, usable with the bot token alone (no cache needed, also after a restart)."""
         return self._bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id or None)
 
-    async def _upload_limit(self, job: Job) -> int:
-        """The largest file the job's channel takes: its server's, by its boosts.
+    async def _server(self, job: Job) -> _Server:
+        """The largest file the job's channel takes (its server's, by its boosts) and the language of what is
+        posted there (the server's; in direct messages, the member's own).
 
         A server on another process's shard is not in this process's cache (a result may be delivered by any
         process): Discord is asked for it, and the answer kept for :data:`UPLOAD_LIMIT_KEPT` s.
         """
         if not job.guild_id:
-            return DEFAULT_UPLOAD_LIMIT
+            return _Server(DEFAULT_UPLOAD_LIMIT, job.locale)
         if (guild := self._bot.get_guild(job.guild_id)) is not None:
-            return guild.filesize_limit
+            return _Server(guild.filesize_limit, guild.preferred_locale.value)
         now = time.monotonic()
-        kept = self._upload_limits.get(job.guild_id)
+        kept = self._servers.get(job.guild_id)
         if kept is not None and kept[1] > now:
             return kept[0]
         try:
-            limit = (await self._bot.fetch_guild(job.guild_id, with_counts=False)).filesize_limit
+            guild = await self._bot.fetch_guild(job.guild_id, with_counts=False)
         except DISCORD_ERRORS as exc:
             log.warning("job %d: could not read the upload limit of server %d: %s", job.id, job.guild_id, exc)
-            return DEFAULT_UPLOAD_LIMIT  # the smallest there is: the result may be shrunk more than needed
-        self._upload_limits[job.guild_id] = (limit, now + UPLOAD_LIMIT_KEPT)
-        return limit
+            # The smallest limit there is (the result may be shrunk more than needed), and English.
+            return _Server(DEFAULT_UPLOAD_LIMIT, None)
+        server = _Server(guild.filesize_limit, guild.preferred_locale.value)
+        self._servers[job.guild_id] = (server, now + UPLOAD_LIMIT_KEPT)
+        return server
 
     async def notify(self, job: Job, update: JobUpdate) -> None:
         """Show where ``job`` stands in the member's response. A final word (done, failed) is sent before this
         returns; a progress line is sent :data:`PROGRESS_SETTLE` s later, in the background, unless a newer
         line replaced it by then."""
-        line = status_line(job, update)
+        line = status_line(job, update, job.locale)
         # While it may be cancelled the line offers Cancel; the last word takes the button away.
-        view = cancel_view(job.id) if isinstance(update, JobQueued | JobStarted) else None
+        view = cancel_view(job.id, job.locale) if isinstance(update, JobQueued | JobStarted) else None
         if job.interaction_token and job.interaction_application_id and token_alive(job):
             asked = self._ask(job.id)
             edit = self._edit_response(
@@ -187,8 +205,8 @@ class DiscordCourier:
                 return
             if await self._quietly(job, edit):
                 return
-        if isinstance(update, JobFailed):  # no live interaction to tell: say it in the channel
-            await self._tell_in_channel(job, line)
+        if isinstance(update, JobFailed):  # no live interaction to tell: say it in the channel, in its language
+            await self._tell_in_channel(job, status_line(job, update, (await self._server(job)).locale))
 
     def _ask(self, job_id: int) -> tuple[_Editing, int]:
         """Number a line asked for: the job's newest from now on."""
@@ -249,6 +267,14 @@ def token_alive(job: Job) -> bool:
     return time.time() < created + INTERACTION_LIFETIME - TOKEN_MARGIN
 
 
+@dataclass(frozen=True, slots=True)
+class _Server:
+    """What posting in a job's channel depends on: the largest file it takes, and its language (None: English)."""
+
+    upload_limit: int
+    locale: str | None
+
+
 class _Editing:
     """A job's edits in progress: one at a time (``turn``), and the number of the newest one asked for."""
 
@@ -264,20 +290,27 @@ def _requester_only(job: Job) -> discord.AllowedMentions:
     return discord.AllowedMentions(users=[discord.Object(job.user_id)], roles=False, everyone=False)
 
 
-def result_embed(job: Job) -> discord.Embed:
+def result_embed(job: Job, locale: discord.Locale | str | None = None) -> discord.Embed:
+    """A result's details, labelled in ``locale`` (the server's); the prompt, model and size as they are."""
     embed = discord.Embed(description=_clip(job.prompt, 4000), colour=EMBED_COLOUR)
-    embed.add_field(name="Model", value=job.model)
-    embed.add_field(name="Size", value=job.size)
+    embed.add_field(name=tr(locale, "Model"), value=job.model)
+    embed.add_field(name=tr(locale, "Size"), value=job.size)
     if job.result_seed is not None:
-        embed.add_field(name="Seed", value=str(job.result_seed))
-    embed.add_field(name="Time", value=f"{max(0.0, time.time() - job.created_at):.0f} s")
-    embed.set_footer(text=job_footer(job.id))
+        embed.add_field(name=tr(locale, "Seed"), value=str(job.result_seed))
+    seconds = f"{max(0.0, time.time() - job.created_at):.0f}"
+    embed.add_field(name=tr(locale, "Time"), value=tr(locale, "{seconds} s", seconds=seconds))
+    embed.set_footer(text=job_footer(job.id, locale))
     return embed
 
 
-def job_footer(job_id: int) -> str:
+def job_footer(job_id: int, locale: discord.Locale | str | None = None) -> str:
     """The footer of a result's embed; it also identifies the job's post when looking for it later."""
-    return f"Job #{job_id}"
+    return tr(locale, "Job #{number}", number=job_id)
+
+
+def job_footers(job_id: int) -> frozenset[str]:
+    """The job's footer in every language a result may have been posted in."""
+    return frozenset({job_footer(job_id), *(job_footer(job_id, locale) for locale in LANGUAGES)})
 
 
 def _footer(message: discord.Message) -> str | None:
@@ -288,25 +321,26 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def result_view(job_id: int) -> discord.ui.View:
+def result_view(job_id: int, locale: discord.Locale | str | None = None) -> discord.ui.View:
+    """A result's buttons, labelled in ``locale`` (the server's)."""
     view = discord.ui.View(timeout=None)
     for action in ("reroll", "edit", "delete"):
-        view.add_item(JobButton(action, job_id))
+        view.add_item(JobButton(action, job_id, locale=locale))
     return view
 
 
 def cancel_view(job_id: int, locale: discord.Locale | str | None = None) -> discord.ui.View:
-    """The status line's button while the job may be cancelled."""
+    """The status line's button while the job may be cancelled, labelled in ``locale`` (the member's)."""
     view = discord.ui.View(timeout=None)
-    view.add_item(JobButton("cancel", job_id, label=tr(locale, "Cancel")))
+    view.add_item(JobButton("cancel", job_id, locale=locale))
     return view
 
 
 _BUTTONS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
-    "reroll": ("Re-roll", "🎲", discord.ButtonStyle.secondary),
-    "edit": ("Edit", "✏️", discord.ButtonStyle.secondary),
-    "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
-    "cancel": ("Cancel", "✖️", discord.ButtonStyle.secondary),
+    "reroll": (N_("Re-roll"), "🎲", discord.ButtonStyle.secondary),
+    "edit": (N_("Edit"), "✏️", discord.ButtonStyle.secondary),
+    "delete": (N_("Delete"), "🗑️", discord.ButtonStyle.danger),
+    "cancel": (N_("Cancel"), "✖️", discord.ButtonStyle.secondary),
 }
 
 
@@ -332,14 +366,13 @@ class JobButton(
     template=r"flux:(?P<action>reroll|edit|delete|cancel):(?P<job>\d+)",
 ):
     """A result's button, or the status line's Cancel. Its custom_id carries the action and the job id, so it
-    keeps working after a restart: the job's parameters come from the database."""
+    keeps working after a restart: the job's parameters come from the database. Its label is in ``locale``
+    (the one made again from a click's custom id only answers it: its label is never shown)."""
 
-    def __init__(self, action: str, job_id: int, *, label: str | None = None) -> None:
-        default_label, emoji, style = _BUTTONS[action]
+    def __init__(self, action: str, job_id: int, *, locale: discord.Locale | str | None = None) -> None:
+        label, emoji, style = _BUTTONS[action]
         super().__init__(
-            discord.ui.Button(
-                label=label or default_label, emoji=emoji, style=style, custom_id=f"flux:{action}:{job_id}"
-            )
+            discord.ui.Button(label=tr(locale, label), emoji=emoji, style=style, custom_id=f"flux:{action}:{job_id}")
         )
         self.action = action
         self.job_id = job_id
@@ -360,7 +393,9 @@ class JobButton(
                 raise RuntimeError(f"the {IMAGINE_COG} cog is not loaded")
             job = await db.get_job(interaction.client.store, self.job_id)
             if job is None:
-                await interaction.response.send_message("That image is no longer known to the bot.", ephemeral=True)
+                await interaction.response.send_message(
+                    tr(interaction.locale, "That image is no longer known to the bot."), ephemeral=True
+                )
             elif self.action == "reroll":
                 await cog.reroll(interaction, job)
             elif self.action == "edit":
@@ -406,7 +441,8 @@ async def delete_result(interaction: discord.Interaction[Any], job: Job) -> None
     )
     if not allowed:
         await interaction.response.send_message(
-            "Only the member who asked for this image, or a moderator, can delete it.", ephemeral=True
+            tr(interaction.locale, "Only the member who asked for this image, or a moderator, can delete it."),
+            ephemeral=True,
         )
         return
     await interaction.response.defer(ephemeral=True, thinking=False)
