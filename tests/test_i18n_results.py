@@ -185,3 +185,22 @@ async def test_a_reason_with_the_providers_words_is_translated_when_told_and_kep
     assert line == "❌ " + tr("de", REFUSED, reason="prompt too long")
     assert line != "❌ " + REFUSED.format(reason="prompt too long")  # German, not English
     assert kept is not None and kept[0] == REFUSED.format(reason="prompt too long")
+
+
+async def test_a_result_posted_in_german_is_found_again_whatever_the_servers_language_is_now(
+    fluxbot: FluxbotHarness,
+) -> None:
+    world = fluxbot.world
+    world.guild.locale = "de"
+    async with fluxbot.running() as bot:
+        inter = await world.member.slash(world.channel, "imagine", prompt="ein Leuchtturm")
+        result = await world.emu.wait_for_message(world.channel, is_result, author=world.emu.bot_user, timeout=10)
+        await ended(world, inter)
+    world.guild.locale = "en-US"
+    async with fluxbot.running() as bot:  # after a restart, a result may have been posted without being recorded
+        job = await get_job(bot.store, int(button_id(result, "reroll").rsplit(":", 1)[1]))
+        assert job is not None
+        found = await bot.courier.find_posted(job)
+
+    assert result.embeds[0]["footer"]["text"] == f"Auftrag #{job.id}"
+    assert found is not None and (found.message_id, found.images) == (result.id, 1)
