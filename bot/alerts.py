@@ -6,6 +6,9 @@ their period ("guild_daily:80:2026-12-03"), so each threshold is told once a day
 refusal of the operator's account lasts until the operator acts, so its key may be claimed again after
 :data:`PROVIDER_REPEAT` seconds: a lasting outage is told again now and then, never per failing request.
 
+Alerts are posted in the server's language (its community locale, ``guild.preferred_locale``, asked of the
+``locale_of`` the bot gives; English when it is not known, e.g. a server of another process's shard).
+
 Nothing here may break what called it: a member's request or the job runner. Every method logs what goes wrong
 and returns. A post that fails after its key was claimed is not tried again (logged with the server and channel):
 the channel was deleted or the bot may not post there, which another attempt would not fix.
@@ -24,8 +27,9 @@ from bot.db.models import LimitKind, QuotaRefusal
 from bot.db.store import Store, StoreBusyError
 from bot.db.usage import guild_usage_month, guild_usage_today
 from bot.flux import AccountError, BalanceError, CredentialsError
+from bot.i18n import N_, tr
 
-__all__ = ["PROVIDER_REPEAT", "THRESHOLDS", "Alerts", "Post"]
+__all__ = ["PROVIDER_REPEAT", "THRESHOLDS", "Alerts", "LocaleOf", "Post"]
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +42,25 @@ PROVIDER_REPEAT = 6 * 3600.0
 #: Sends ``text`` to the channel ``channel_id``, pinging nobody; raises when Discord refuses.
 Post = Callable[[int, str], Awaitable[None]]
 
+#: A server's locale (``guild.preferred_locale``'s value) by its id, or None when it is not known.
+LocaleOf = Callable[[int], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Texts:
+    """What a budget's alerts say (message ids, whole sentences): at 80%, at 100%, and at a refusal below 100%."""
+
+    warning: str
+    reached: str
+    refused: str
+
 
 @dataclass(frozen=True, slots=True)
 class _Period:
-    """One of the server budgets alerts watch: how its keys, usage and reset time are found, and its words."""
+    """One of the server budgets alerts watch: how its keys, usage and reset time are found, and its texts."""
 
     setting: str
-    adverb: str  # "today", "this month"
-    adjective: str  # "daily", "monthly"
+    texts: _Texts
     key_part: Callable[[float], str]
     usage: Callable[[Store, int], Awaitable[int]]
     resets_at: Callable[[float], float]
@@ -54,9 +69,46 @@ class _Period:
         return f"{self.setting}:{threshold}:{self.key_part(now)}"
 
 
-_DAILY = _Period("guild_daily", "today", "daily", utc_day, guild_usage_today, next_utc_midnight)
+_DAILY = _Period(
+    "guild_daily",
+    _Texts(
+        N_("⚠️ This server has used {used} of its {limit} images today ({percent}%). The daily count resets {resets}."),
+        N_(
+            "🛑 This server has used {used} of its {limit} images today ({percent}%): requests that do not fit "
+            "are refused until the daily count resets {resets}. "
+            "Admins can change the limit with `/limits set guild_daily`."
+        ),
+        N_(
+            "🛑 This server has used {used} of its {limit} images today ({percent}%) and refused a request for "
+            "{refused} more: requests that do not fit are refused until the daily count resets {resets}. "
+            "Admins can change the limit with `/limits set guild_daily`."
+        ),
+    ),
+    utc_day,
+    guild_usage_today,
+    next_utc_midnight,
+)
 _MONTHLY = _Period(
-    "guild_monthly", "this month", "monthly", lambda now: utc_day(now)[:7], guild_usage_month, next_utc_month
+    "guild_monthly",
+    _Texts(
+        N_(
+            "⚠️ This server has used {used} of its {limit} images this month ({percent}%). "
+            "The monthly count resets {resets}."
+        ),
+        N_(
+            "🛑 This server has used {used} of its {limit} images this month ({percent}%): requests that do not "
+            "fit are refused until the monthly count resets {resets}. "
+            "Admins can change the limit with `/limits set guild_monthly`."
+        ),
+        N_(
+            "🛑 This server has used {used} of its {limit} images this month ({percent}%) and refused a request "
+            "for {refused} more: requests that do not fit are refused until the monthly count resets {resets}. "
+            "Admins can change the limit with `/limits set guild_monthly`."
+        ),
+    ),
+    lambda now: utc_day(now)[:7],
+    guild_usage_month,
+    next_utc_month,
 )
 _PERIOD_OF_REFUSAL = {LimitKind.GUILD_DAILY: _DAILY, LimitKind.GUILD_MONTHLY: _MONTHLY}
 
@@ -69,11 +121,13 @@ class Alerts:
         store: Store,
         post: Post,
         *,
+        locale_of: LocaleOf = lambda guild_id: None,
         clock: Callable[[], float] = time.time,
         provider_repeat: float = PROVIDER_REPEAT,
     ) -> None:
         self._store = store
         self._post = post
+        self._locale_of = locale_of
         self._clock = clock
         self._provider_repeat = provider_repeat
         # Budget keys this process knows to be claimed for good (by anyone): a server past 80% would otherwise
@@ -97,7 +151,9 @@ class Alerts:
                 used = await period.usage(self._store, guild_id)
                 reached = [threshold for threshold in THRESHOLDS if used * 100 >= limit * threshold]
                 if reached and await self._claim_up_to(guild_id, period, reached[-1], now):
-                    text = _budget_text(period, reached[-1], used, limit, period.resets_at(now))
+                    text = _budget_text(
+                        period, reached[-1], used, limit, period.resets_at(now), locale=self._locale(guild_id)
+                    )
                     await self._send(guild_id, channel_id, text)
 
         await self._if_channel(guild_id, "the budget alerts", tell)
@@ -120,6 +176,7 @@ class Alerts:
                     int(refusal.current),
                     int(refusal.limit),
                     resets_at,
+                    locale=self._locale(guild_id),
                     refused=refusal.requested,
                 )
                 await self._send(guild_id, channel_id, text)
@@ -138,9 +195,19 @@ class Alerts:
 
         async def tell(channel_id: int) -> None:
             if await claim_alert(self._store, guild_id, f"provider:{cause}", again_after=self._provider_repeat):
-                await self._send(guild_id, channel_id, _provider_text(cause, error.status, self._provider_repeat))
+                again = self._clock() + self._provider_repeat
+                text = _provider_text(self._locale(guild_id), cause, error.status, again)
+                await self._send(guild_id, channel_id, text)
 
         await self._if_channel(guild_id, "the provider alert", tell)
+
+    def _locale(self, guild_id: int) -> str | None:
+        """The server's locale for its alerts; English when it cannot be told (never breaks an alert)."""
+        try:
+            return self._locale_of(guild_id)
+        except Exception:
+            log.exception("guild %d: could not tell the server's locale; the alert is in English", guild_id)
+            return None
 
     async def _if_channel(self, guild_id: int, what: str, tell: Callable[[int], Awaitable[None]]) -> None:
         """``tell(channel_id)`` if the server has an alert channel. Never raises: an alert must not break the
@@ -198,17 +265,21 @@ def _log_failure(guild_id: int, what: str, error: Exception) -> None:
 
 
 def _budget_text(
-    period: _Period, threshold: int, used: int, limit: int, resets_at: float, *, refused: int | None = None
+    period: _Period,
+    threshold: int,
+    used: int,
+    limit: int,
+    resets_at: float,
+    *,
+    locale: str | None,
+    refused: int | None = None,
 ) -> str:
-    share = f"This server has used {used} of its {limit} images {period.adverb} ({used * 100 // limit}%)"
-    resets = f"<t:{int(resets_at)}:R>"
     if threshold < THRESHOLDS[-1]:
-        return f"⚠️ {share}. The {period.adjective} count resets {resets}."
-    what = f"{share} and refused a request for {refused} more" if refused is not None else share
-    return (
-        f"🛑 {what}: requests that do not fit are refused until the {period.adjective} count resets {resets}. "
-        f"Admins can change the limit with `/limits set {period.setting}`."
-    )
+        message = period.texts.warning
+    else:
+        message = period.texts.reached if refused is None else period.texts.refused
+    resets = f"<t:{int(resets_at)}:R>"
+    return tr(locale, message, used=used, limit=limit, percent=used * 100 // limit, resets=resets, refused=refused)
 
 
 def _account_cause(error: AccountError) -> str:
@@ -219,34 +290,28 @@ def _account_cause(error: AccountError) -> str:
     return "account"
 
 
+#: What the provider alert says for each kind of refusal; ``{http}`` is "HTTP 401: " or nothing, ``{again}``
+#: a Discord timestamp (each reader sees it in their own language and time zone).
 _ACCOUNT_TROUBLE = {
-    "credentials": (
-        "its API key was not accepted",
-        "the bot's operator needs to check the provider API key in the bot's configuration",
+    "credentials": N_(
+        "⚠️ The image provider refused the bot's account ({http}its API key was not accepted): the bot's operator "
+        "needs to check the provider API key in the bot's configuration. Requests for images fail until then. "
+        "If this lasts, this alert is repeated {again} at the earliest."
     ),
-    "balance": (
-        "the account has no balance or quota left",
-        "the bot's operator needs to check the provider account's balance or plan",
+    "balance": N_(
+        "⚠️ The image provider refused the bot's account ({http}the account has no balance or quota left): the "
+        "bot's operator needs to check the provider account's balance or plan. Requests for images fail until "
+        "then. If this lasts, this alert is repeated {again} at the earliest."
     ),
-    "account": (
-        "the account needs attention",
-        "the bot's operator needs to check the provider account; the bot's log says why",
+    "account": N_(
+        "⚠️ The image provider refused the bot's account ({http}the account needs attention): the bot's operator "
+        "needs to check the provider account; the bot's log says why. Requests for images fail until then. "
+        "If this lasts, this alert is repeated {again} at the earliest."
     ),
 }
 
 
-def _provider_text(cause: str, status: int | None, repeat: float) -> str:
-    reason, action = _ACCOUNT_TROUBLE[cause]
+def _provider_text(locale: str | None, cause: str, status: int | None, again: float) -> str:
     http = f"HTTP {status}: " if status is not None else ""
-    return (
-        f"⚠️ The image provider refused the bot's account ({http}{reason}): {action}. "
-        f"Requests for images fail until then. While this lasts, this alert is repeated at most every "
-        f"{_duration(repeat)}."
-    )
-
-
-def _duration(seconds: float) -> str:
-    hours, minutes = divmod(round(seconds / 60), 60)
-    if hours and not minutes:
-        return "hour" if hours == 1 else f"{hours} hours"
-    return "minute" if seconds <= 60 else f"{hours * 60 + minutes} minutes"
+    when = f"<t:{int(again)}:R>"
+    return tr(locale, _ACCOUNT_TROUBLE[cause], http=http, again=when)

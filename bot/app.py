@@ -145,7 +145,7 @@ class FluxBot(commands.AutoShardedBot):
         self.flux = flux
         self.courier = DiscordCourier(self)
         #: Tells a server's admins, in its alert channel, that its budget runs out or the provider refuses the bot.
-        self.alerts = Alerts(store, self.post_alert)
+        self.alerts = Alerts(store, self.post_alert, locale_of=self.guild_locale)
         self.runner = JobRunner(
             store=store,
             flux=flux,
@@ -313,6 +313,11 @@ class FluxBot(commands.AutoShardedBot):
             if gate is not None:
                 self._after_acknowledgements = None
                 gate.set()
+
+    def guild_locale(self, guild_id: int) -> str | None:
+        """A server's community locale (what is posted in its channels follows it), if this process has it."""
+        guild = self.get_guild(guild_id)
+        return guild.preferred_locale.value if guild is not None else None
 
     async def post_alert(self, channel_id: int, text: str) -> None:
         """Post an alert in a server's alert channel, pinging nobody; raises when Discord refuses (the channel

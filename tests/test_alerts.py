@@ -364,17 +364,21 @@ async def test_a_provider_refusal_of_the_account_is_told_once_per_kind_and_again
     await alerts.provider_refused(GUILD, secret)
     await alerts.provider_refused(GUILD, secret)
 
-    credentials = (
-        "⚠️ The image provider refused the bot's account (HTTP 401: its API key was not accepted): the bot's "
-        "operator needs to check the provider API key in the bot's configuration. Requests for images fail "
-        "until then. While this lasts, this alert is repeated at most every 6 hours."
-    )
+    def credentials(told_at: float) -> str:
+        """The alert, told at ``told_at``: it says when it may be told again, as a Discord timestamp."""
+        return (
+            "⚠️ The image provider refused the bot's account (HTTP 401: its API key was not accepted): the bot's "
+            "operator needs to check the provider API key in the bot's configuration. Requests for images fail "
+            f"until then. If this lasts, this alert is repeated <t:{int(told_at + PROVIDER_REPEAT)}:R> at the "
+            "earliest."
+        )
+
     assert channel.texts == [
-        credentials,
+        credentials(NOON),
         "⚠️ The image provider refused the bot's account (HTTP 403: the account has no balance or quota left): the "
         "bot's operator needs to check the provider account's balance or plan. Requests for images fail until "
-        "then. While this lasts, this alert is repeated at most every 6 hours.",
-        credentials,
+        f"then. If this lasts, this alert is repeated <t:{int(NOON + PROVIDER_REPEAT)}:R> at the earliest.",
+        credentials(NOON + PROVIDER_REPEAT + 60),
     ]
     assert not any(KEY in text or "body" in text for text in channel.texts)
 
