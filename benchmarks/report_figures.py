@@ -90,13 +90,13 @@ async def report(quick: bool) -> dict[str, float]:
     figures: dict[str, float] = {"read_ms": statistics.median(reads) * 1000}
     if not _FIRST_CHART_DONE:
         started = time.perf_counter()
-        await render_report(data, names=names, title="A busy server")
+        await render_report(data, names=names, server="A busy server")
         figures["first_chart_ms"] = (time.perf_counter() - started) * 1000
         _FIRST_CHART_DONE = True
     charts = []
     for _ in range(QUICK_CHARTS if quick else CHARTS):
         started = time.perf_counter()
-        png = await render_report(data, names=names, title="A busy server")
+        png = await render_report(data, names=names, server="A busy server")
         charts.append(time.perf_counter() - started)
     figures["chart_ms"] = statistics.median(charts) * 1000
     figures["png_kb"] = len(png) / 1024

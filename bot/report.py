@@ -7,6 +7,11 @@ report is drawn: a bot nobody asks for a report never pays its import time or me
 of a second of CPU, so it runs in a worker thread, and one figure at a time (:data:`_DRAWING`): matplotlib's
 global state (rcParams, font caches) is not safe to use from several threads at once.
 
+The summary is written in the language of the admin who asked (``locale``, see :mod:`bot.i18n`), and so is
+the chart when its font has every character of that language's labels: matplotlib's own font (DejaVu Sans)
+draws Latin and Cyrillic but no Chinese or Japanese, so for those the chart's labels stay in English rather
+than come out as empty boxes (the summary is translated all the same).
+
 Member names are chosen by members: they are drawn as plain text (never parsed as mathtext, so "$" cannot
 break a render), and written into the summary with mentions and Markdown escaped.
 """
@@ -21,9 +26,11 @@ import unicodedata
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import discord
 from discord.utils import escape_markdown, escape_mentions
 
 from bot.db.report import UsageReport
+from bot.i18n import N_, tr
 from cogs.text import MESSAGE_LIMIT, fit_lines, shorten
 
 if TYPE_CHECKING:
@@ -41,68 +48,97 @@ _MAX_MODELS = 8
 _MAX_NAME = 40
 #: The longest model name, error code or cause the summary shows (they are short codes; this is a safeguard).
 _MAX_CODE = 32
-_OTHER_MODELS = "other models"
+_OTHER_MODELS = "other models"  # a key of the chart's series: never a model's name, which has no spaces
+
+#: The locale a report is written in (the admin's ``interaction.locale``); see :func:`bot.i18n.tr`.
+Locale = discord.Locale | str | None
 
 #: What each refusal cause (a :class:`bot.limits.RefusalKind` or :class:`bot.db.LimitKind` value) is called in a
 #: report; an unknown cause (from a newer version sharing the database) shows as its code.
+#: The names are message ids, translated where they are shown.
 CAUSES: Mapping[str, str] = {
-    "user_daily": "member's daily limit",
-    "guild_daily": "server's daily limit",
-    "user_monthly": "member's monthly limit",
-    "guild_monthly": "server's monthly limit",
-    "max_concurrent": "jobs at a time",
-    "cooldown": "cooldown",
-    "channel": "channel not allowed",
-    "model": "model not allowed",
-    "count": "too many images at once",
-    "blocked_term": "blocked words",
-    "member_blocked": "blocked member",
-    "access": "no access role",
-    "dms_off": "direct messages off",
+    "user_daily": N_("member's daily limit"),
+    "guild_daily": N_("server's daily limit"),
+    "user_monthly": N_("member's monthly limit"),
+    "guild_monthly": N_("server's monthly limit"),
+    "max_concurrent": N_("jobs at a time"),
+    "cooldown": N_("cooldown"),
+    "channel": N_("channel not allowed"),
+    "model": N_("model not allowed"),
+    "count": N_("too many images at once"),
+    "blocked_term": N_("blocked words"),
+    "member_blocked": N_("blocked member"),
+    "access": N_("no access role"),
+    "dms_off": N_("direct messages off"),
 }
+
+#: Every text the chart draws besides names and figures: the chart is drawn in a language only when its font
+#: has every character of these in that language.
+_CHART_TEXTS = (
+    N_("{server}: {first} to {last} (UTC)"),
+    N_("{server}: {day} (UTC)"),
+    N_("This server"),
+    N_("Images per day (UTC), {total} in total"),
+    N_("images"),
+    N_("other models"),
+    N_("No images in this period"),
+    N_("Top members (images)"),
+    N_("nobody yet"),
+    N_("Totals"),
+    N_("jobs posted"),
+    N_("failed jobs: {count}"),
+    N_("refused requests: {count}"),
+    N_("… and {count} more"),
+    *CAUSES.values(),
+)
 
 #: One chart at a time: matplotlib's rcParams and font caches are shared by every figure of the process.
 _DRAWING = threading.Lock()
 
 
-def member_name(names: Mapping[int, str], user_id: int) -> str:
+def member_name(names: Mapping[int, str], user_id: int, locale: Locale = None) -> str:
     """How a member is called in a report: their display name, on one line, without control or invisible
     characters, at most :data:`_MAX_NAME` characters; ``member <id>`` when the name is unknown (they left)."""
     one_line = " ".join(names.get(user_id, "").split())
     name = "".join(char for char in one_line if unicodedata.category(char) not in {"Cc", "Cf", "Co", "Cs"}).strip()
-    return shorten(name, _MAX_NAME) if name else f"member {user_id}"
+    return shorten(name, _MAX_NAME) if name else tr(locale, "member {user}", user=user_id)
 
 
-async def render_report(report: UsageReport, *, names: Mapping[int, str], title: str) -> bytes:
-    """The report as a PNG of :data:`WIDTH` x :data:`HEIGHT` pixels, drawn in a worker thread.
+async def render_report(
+    report: UsageReport, *, names: Mapping[int, str], server: str | None, locale: Locale = None
+) -> bytes:
+    """The report as a PNG of :data:`WIDTH` x :data:`HEIGHT` pixels, drawn in a worker thread, titled with the
+    ``server``'s name (None: "This server") and the period, in ``locale``'s language where the font draws it.
 
     ``names`` maps the top members' ids to display names. A period without images still gets a chart, which
     says so.
     """
-    members = [(member_name(names, user_id), count) for user_id, count in report.top_members]
-    return await asyncio.to_thread(_draw_locked, report, members, title)
+    return await asyncio.to_thread(_draw_locked, report, names, server, locale)
 
 
-def report_summary(report: UsageReport, *, names: Mapping[int, str]) -> str:
-    """The report's figures as the text of the message that carries the chart: at most 2,000 characters,
-    names escaped so that no name can mention anyone or format the message (send it with no allowed
-    mentions all the same)."""
+def report_summary(report: UsageReport, *, names: Mapping[int, str], locale: Locale = None) -> str:
+    """The report's figures as the text of the message that carries the chart, in ``locale``'s language: at
+    most 2,000 characters, names escaped so that no name can mention anyone or format the message (send it
+    with no allowed mentions all the same)."""
     first, last = report.days[0], report.days[-1]
-    period = first if first == last else f"{first} to {last}"
     lines = [
-        f"**Usage report, {_plural(len(report.days), 'day')} ({period}, UTC)**",
-        f"Images posted: {report.total_images} in {_plural(report.posted_jobs, 'job')}",
+        tr(locale, "**Usage report: {day} (UTC)**", day=first)
+        if first == last
+        else tr(locale, "**Usage report: {first} to {last} (UTC)**", first=first, last=last),
+        tr(locale, "Images posted: {images} (jobs: {jobs})", images=report.total_images, jobs=report.posted_jobs),
     ]
     if report.per_model:
-        lines.append("By model: " + _counts(report.per_model))
+        lines.append(tr(locale, "By model: {counts}", counts=_counts(locale, report.per_model)))
     if report.failures:
-        lines.append("Failed jobs: " + _counts(report.failures))
+        lines.append(tr(locale, "Failed jobs: {counts}", counts=_counts(locale, report.failures)))
     if report.refusals:
-        lines.append("Refused requests: " + _counts(_named_causes(report.refusals)))
+        lines.append(
+            tr(locale, "Refused requests: {counts}", counts=_counts(locale, _named_causes(locale, report.refusals)))
+        )
     if report.top_members:
-        lines.append("Top members:")
+        lines.append(tr(locale, "Top members:"))
         lines.extend(
-            f"{rank}. {_plain(member_name(names, user_id))}: {count}"
+            f"{rank}. {_plain(member_name(names, user_id, locale))}: {count}"
             for rank, (user_id, count) in enumerate(report.top_members, start=1)
         )
     return fit_lines(lines, MESSAGE_LIMIT)
@@ -113,51 +149,60 @@ def _plain(text: str) -> str:
     return escape_markdown(escape_mentions(text))
 
 
-def _counts(counts: Mapping[str, int], shown: int = 10) -> str:
+def _counts(locale: Locale, counts: Mapping[str, int], shown: int = 10) -> str:
     """The first ``shown`` of ``counts`` as one line (a line too long would push the top members out)."""
     items = [f"{_plain(shorten(name, _MAX_CODE))} {count}" for name, count in list(counts.items())[:shown]]
     if len(counts) > shown:
-        items.append(f"… and {len(counts) - shown} more")
+        items.append(tr(locale, "… and {count} more", count=len(counts) - shown))
     return ", ".join(items)
 
 
-def _named_causes(refusals: Mapping[str, int]) -> dict[str, int]:
-    return {CAUSES.get(cause, cause): count for cause, count in refusals.items()}
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+def _named_causes(locale: Locale, refusals: Mapping[str, int]) -> dict[str, int]:
+    """Refusal causes by their names in ``locale``'s language (an unknown cause by its code)."""
+    return {tr(locale, CAUSES[cause]) if cause in CAUSES else cause: count for cause, count in refusals.items()}
 
 
 # --- drawing (in a worker thread) ------------------------------------------------------------------------
 
 
-def _draw_locked(report: UsageReport, members: list[tuple[str, int]], title: str) -> bytes:
+def _draw_locked(report: UsageReport, names: Mapping[int, str], server: str | None, locale: Locale) -> bytes:
     with _DRAWING:
-        return _draw(report, members, title)
+        drawable = _drawable_text()
+        if not all(drawable.draws(tr(locale, text)) for text in _CHART_TEXTS):
+            locale = None  # the font lacks this language's script: English rather than empty boxes
+        members = [(member_name(names, user_id, locale), count) for user_id, count in report.top_members]
+        first, last = report.days[0], report.days[-1]
+        where = server if server is not None else tr(locale, "This server")
+        title = (
+            tr(locale, "{server}: {day} (UTC)", server=where, day=first)
+            if first == last
+            else tr(locale, "{server}: {first} to {last} (UTC)", server=where, first=first, last=last)
+        )
+        return _draw(report, members, title, locale, drawable)
 
 
-def _draw(report: UsageReport, members: list[tuple[str, int]], title: str) -> bytes:
+def _draw(
+    report: UsageReport, members: list[tuple[str, int]], title: str, locale: Locale, drawable: _Drawable
+) -> bytes:
     import matplotlib as mpl  # noqa: PLC0415 - imported on the first report, not when the bot starts
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
     from matplotlib.figure import Figure  # noqa: PLC0415
 
-    drawable = _drawable_text()
     # No text of a report is mathtext or TeX: a "$" in a name or title is a dollar sign.
     with mpl.rc_context({"text.parse_math": False, "text.usetex": False}):
         figure = Figure(figsize=(WIDTH / _DPI, HEIGHT / _DPI), dpi=_DPI, layout="constrained")
         FigureCanvasAgg(figure)
         grid = figure.add_gridspec(2, 2, height_ratios=(3, 2))
         figure.suptitle(drawable(" ".join(title.split()), 90), fontsize=15, parse_math=False)
-        _draw_days(figure.add_subplot(grid[0, :]), report, drawable)
-        _draw_members(figure.add_subplot(grid[1, 0]), members, drawable)
-        _draw_totals(figure.add_subplot(grid[1, 1]), report, drawable)
+        _draw_days(figure.add_subplot(grid[0, :]), report, locale, drawable)
+        _draw_members(figure.add_subplot(grid[1, 0]), members, locale, drawable)
+        _draw_totals(figure.add_subplot(grid[1, 1]), report, locale, drawable)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=_DPI, metadata={"Software": None})
     return buffer.getvalue()
 
 
-def _draw_days(axes: Axes, report: UsageReport, drawable: _Drawable) -> None:
+def _draw_days(axes: Axes, report: UsageReport, locale: Locale, drawable: _Drawable) -> None:
     """Images per day as bars, one colour per model, stacked."""
     from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
 
@@ -174,15 +219,18 @@ def _draw_days(axes: Axes, report: UsageReport, drawable: _Drawable) -> None:
     positions = range(len(report.days))
     bottoms = [0] * len(report.days)
     for index, (model, counts) in enumerate(series.items()):
-        axes.bar(positions, counts, bottom=bottoms, width=0.8, color=f"C{index % 10}", label=drawable(model))
+        label = tr(locale, "other models") if model == _OTHER_MODELS else drawable(model)
+        axes.bar(positions, counts, bottom=bottoms, width=0.8, color=f"C{index % 10}", label=label)
         bottoms = [below + count for below, count in zip(bottoms, counts, strict=True)]
-    axes.set_title(f"Images per day (UTC), {report.total_images} in total", loc="left", parse_math=False)
+    axes.set_title(
+        tr(locale, "Images per day (UTC), {total} in total", total=report.total_images), loc="left", parse_math=False
+    )
     step = max(1, len(report.days) // 15)
     ticks = list(positions)[::-1][::step][::-1]  # today always labelled, then every step-th day before it
     axes.set_xticks(ticks, [report.days[tick][5:] for tick in ticks], rotation=45, ha="right")
     axes.set_xlim(-0.6, len(report.days) - 0.4)
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_ylabel("images")
+    axes.set_ylabel(tr(locale, "images"))
     axes.grid(axis="y", alpha=0.3)
     axes.set_axisbelow(True)
     if series:
@@ -192,7 +240,7 @@ def _draw_days(axes: Axes, report: UsageReport, drawable: _Drawable) -> None:
         axes.text(
             0.5,
             0.5,
-            "No images in this period",
+            tr(locale, "No images in this period"),
             transform=axes.transAxes,
             ha="center",
             va="center",
@@ -202,30 +250,34 @@ def _draw_days(axes: Axes, report: UsageReport, drawable: _Drawable) -> None:
         )
 
 
-def _draw_members(axes: Axes, members: list[tuple[str, int]], drawable: _Drawable) -> None:
+def _draw_members(axes: Axes, members: list[tuple[str, int]], locale: Locale, drawable: _Drawable) -> None:
     """The members who used most, as a ranked list."""
     rows = [(drawable(name), str(count)) for name, count in members]
-    _table(axes, "Top members (images)", rows or [("nobody yet", "")], ranked=bool(rows))
+    _table(
+        axes, locale, tr(locale, "Top members (images)"), rows or [(tr(locale, "nobody yet"), "")], ranked=bool(rows)
+    )
 
 
-def _draw_totals(axes: Axes, report: UsageReport, drawable: _Drawable) -> None:
+def _draw_totals(axes: Axes, report: UsageReport, locale: Locale, drawable: _Drawable) -> None:
     """Images per model, then failed jobs and refused requests by cause."""
     rows: list[tuple[str, str]] = [(drawable(model), str(count)) for model, count in report.per_model.items()]
-    rows.append(("jobs posted", str(report.posted_jobs)))
-    for heading, counts in (("failed jobs", report.failures), ("refused requests", _named_causes(report.refusals))):
-        rows.append((f"{heading}: {sum(counts.values())}", ""))
-        rows.extend((f"    {drawable(cause)}", str(count)) for cause, count in counts.items())
-    _table(axes, "Totals", rows)
+    rows.append((tr(locale, "jobs posted"), str(report.posted_jobs)))
+    rows.append((tr(locale, "failed jobs: {count}", count=sum(report.failures.values())), ""))
+    rows.extend((f"    {drawable(code)}", str(count)) for code, count in report.failures.items())
+    refusals = _named_causes(locale, report.refusals)
+    rows.append((tr(locale, "refused requests: {count}", count=sum(refusals.values())), ""))
+    rows.extend((f"    {drawable(cause)}", str(count)) for cause, count in refusals.items())
+    _table(axes, locale, tr(locale, "Totals"), rows)
 
 
-def _table(axes: Axes, heading: str, rows: list[tuple[str, str]], *, ranked: bool = False) -> None:
+def _table(axes: Axes, locale: Locale, heading: str, rows: list[tuple[str, str]], *, ranked: bool = False) -> None:
     """Rows of a label and a right-aligned figure in an axes without frame; rows beyond what fits are left
     out with a note. A rank is a text of its own, so that a right-to-left name cannot carry it to its end."""
     axes.set_axis_off()
     axes.set_title(heading, loc="left", parse_math=False)
     room = 13
     if len(rows) > room:
-        rows = [*rows[: room - 1], (f"... and {len(rows) - room + 1} more", "")]
+        rows = [*rows[: room - 1], (tr(locale, "… and {count} more", count=len(rows) - room + 1), "")]
     indent = 0.06 if ranked else 0.0
     for index, (label, figure) in enumerate(rows):
         y = 1 - (index + 0.5) / room
@@ -244,6 +296,10 @@ class _Drawable:
 
     def __call__(self, text: str, limit: int = _MAX_NAME) -> str:
         return shorten("".join(char if ord(char) in self._charmap else "?" for char in text), limit)
+
+    def draws(self, text: str) -> bool:
+        """Whether the font has every character of ``text``."""
+        return all(ord(char) in self._charmap for char in text)
 
 
 @functools.cache

@@ -9,6 +9,9 @@ command under ``/limits``, sub-groups included: discord.py runs only the *direct
 Role and member rules, access roles and blocks are changed here; what they mean for one member is computed
 in :mod:`bot.limits` only. No answer or report pings anyone: mentions in them only name.
 
+Every answer is in the language of the member who asked (``interaction.locale``, see :mod:`bot.i18n`): a
+member's /usage in theirs, an admin's /limits answers and report in the admin's.
+
 Answers whose length depends on data are fitted into Discord's 2,000 characters (:mod:`cogs.text`).
 """
 
@@ -30,6 +33,7 @@ from bot.db.alerts import alert_channel, set_alert_channel
 from bot.db.days import next_utc_midnight, next_utc_month
 from bot.db.report import usage_report
 from bot.db.rules import RuleChanges, RuleOverrides
+from bot.i18n import N_, tr
 from bot.limits import DM_GUILD_ID, Limits, Origin, limits_for, member_limits
 from bot.report import render_report, report_summary
 from cogs.feedback import DISCORD_ERRORS, UserFacingError
@@ -43,32 +47,44 @@ __all__ = ["LimitsCog", "setup"]
 
 log = logging.getLogger(__name__)
 
+#: The locale an answer is written in (``interaction.locale``); see :func:`bot.i18n.tr`.
+Locale = discord.Locale | str | None
 
-def _limit(value: int | None) -> str:
-    return "no limit" if value is None else str(value)
+
+def _limit(locale: Locale, value: int | None) -> str:
+    return tr(locale, "no limit") if value is None else str(value)
 
 
-#: How /limits calls each field of a role or member rule, in the order shown.
-_RULE_LABELS: Mapping[str, str] = {
-    "user_daily": "images a day",
-    "user_monthly": "images a month",
-    "max_count": "images per request",
-    "max_concurrent": "jobs at a time",
-    "cooldown_seconds": "s cooldown",
+def _cooldown(locale: Locale, seconds: float) -> str:
+    if not seconds:
+        return tr(locale, "none")
+    shown = format(seconds, "g")
+    return tr(locale, "{seconds} s", seconds=shown)
+
+
+#: How /limits calls each field of a role or member rule, in the order shown; the value is a number, "no
+#: limit" or (cooldown) a duration or "none".
+_RULE_PARTS: Mapping[str, str] = {
+    "user_daily": N_("images a day: {value}"),
+    "user_monthly": N_("images a month: {value}"),
+    "max_count": N_("images per request: {value}"),
+    "max_concurrent": N_("jobs at a time: {value}"),
+    "cooldown_seconds": N_("cooldown: {value}"),
 }
 
 
-def _rule_text(rule: RuleOverrides) -> str:
-    """A rule in one line: "5 images a day, no limit on images a month, 10 s cooldown"."""
+def _rule_text(locale: Locale, rule: RuleOverrides) -> str:
+    """A rule in one line: "images a day: 5, images a month: no limit, cooldown: 10 s" (the number comes after
+    its label, so that no word has to agree with it)."""
     parts = []
     for name, value in rule.fields().items():
-        label = _RULE_LABELS[name]
         if name == "cooldown_seconds":
-            parts.append(f"{value:g} {label}" if value else "no cooldown")
+            shown = _cooldown(locale, value)
         elif value == 0 and name != "max_count":
-            parts.append(f"no limit on {label}")
+            shown = _limit(locale, None)
         else:
-            parts.append(f"{value:g} {label}")
+            shown = f"{value:g}"
+        parts.append(tr(locale, _RULE_PARTS[name], value=shown))
     return ", ".join(parts)
 
 
@@ -103,6 +119,19 @@ class LimitsGroup(app_commands.Group):
         self.cog = cog
 
 
+#: /usage's count lines: (without a limit, with one).
+_TODAY = (N_("**Your images today:** {used}"), N_("**Your images today:** {used} of {limit} ({left} left)"))
+_MONTH = (N_("**This month:** {used}"), N_("**This month:** {used} of {limit} ({left} left)"))
+_SERVER_TODAY = (
+    N_("**This server today:** {used}"),
+    N_("**This server today:** {used} of {limit} ({left} left)"),
+)
+_SERVER_MONTH = (
+    N_("**This server this month:** {used}"),
+    N_("**This server this month:** {used} of {limit} ({left} left)"),
+)
+
+
 class LimitsCog(commands.Cog, name="Limits"):
     """Usage for members, limits for admins."""
 
@@ -127,34 +156,52 @@ class LimitsCog(commands.Cog, name="Limits"):
 
     async def usage(self, interaction: discord.Interaction[FluxBot]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
+        locale = interaction.locale
         store = self.bot.store
         guild_id = interaction.guild_id or DM_GUILD_ID
         limits = await member_limits(store, self.bot.settings, guild_id, member_of(interaction))
         mine = await db.user_usage(store, guild_id, interaction.user.id)
-        head = [f"**Your images today:** {mine.today}" + _of(limits.user_daily, mine.today)]
-        head.append(f"**This month:** {mine.month}" + _of(limits.user_monthly, mine.month))
+        head = [
+            _count(locale, _TODAY, mine.today, limits.user_daily),
+            _count(locale, _MONTH, mine.month, limits.user_monthly),
+        ]
         jobs = [
-            f"• Job #{job.id} ({job.count} x {job.model}): {await self._job_state(job.id, job.status)}"
+            tr(
+                locale,
+                "• Job #{job} ({count} x {model}): {state}",
+                job=job.id,
+                count=job.count,
+                model=job.model,
+                state=await self._job_state(locale, job.id, job.status),
+            )
             for job in await db.active_jobs(store, guild_id, interaction.user.id)
         ]
         tail = []
         now = store.now()
         if guild_id != DM_GUILD_ID:
             server = await db.guild_usage_today(store, guild_id)
-            tail.append(f"**This server today:** {server}" + _of(limits.guild_daily, server))
+            tail.append(_count(locale, _SERVER_TODAY, server, limits.guild_daily))
             if limits.guild_monthly is not None:
                 month = await db.guild_usage_month(store, guild_id)
-                tail.append(f"**This server this month:** {month}" + _of(limits.guild_monthly, month))
-        tail.append("**Your limits here:**")
-        tail.extend(f"• {label}: {value} ({_origin(limits, field)})" for label, field, value in _member_rows(limits))
-        tail.append(
-            f"Daily counts reset <t:{int(next_utc_midnight(now))}:R>"
-            + (
-                f", monthly ones <t:{int(next_utc_month(now))}:R>."
-                if limits.user_monthly is not None or limits.guild_monthly is not None
-                else "."
-            )
+                tail.append(_count(locale, _SERVER_MONTH, month, limits.guild_monthly))
+        tail.append(tr(locale, "**Your limits here:**"))
+        tail.extend(
+            tr(locale, "• {label}: {value} ({origin})", label=tr(locale, label), value=value, origin=origin)
+            for label, value, origin in _member_rows(locale, limits)
         )
+        daily = int(next_utc_midnight(now))
+        if limits.user_monthly is not None or limits.guild_monthly is not None:
+            monthly = int(next_utc_month(now))
+            tail.append(
+                tr(
+                    locale,
+                    "Daily counts reset <t:{daily}:R>, monthly ones <t:{monthly}:R>.",
+                    daily=daily,
+                    monthly=monthly,
+                )
+            )
+        else:
+            tail.append(tr(locale, "Daily counts reset <t:{daily}:R>.", daily=daily))
         # The jobs give way first: the totals and the rules always show.
         room = MESSAGE_LIMIT - len("\n".join(head + tail)) - 2
         lines = [*head, *([fit_lines(jobs, room)] if jobs else []), *tail]
@@ -162,10 +209,16 @@ class LimitsCog(commands.Cog, name="Limits"):
             fit_lines(lines), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
         )
 
-    async def _job_state(self, job_id: int, status: JobStatus) -> str:
+    async def _job_state(self, locale: Locale, job_id: int, status: JobStatus) -> str:
+        """A job in progress as /history calls it (the same words, the same message ids)."""
         if status is JobStatus.QUEUED:
-            return f"queued #{await db.queue_position(self.bot.store, job_id)}"
-        return {JobStatus.SUBMITTING: "starting", JobStatus.SUBMITTED: "generating"}.get(status, "being posted")
+            place = await db.queue_position(self.bot.store, job_id)
+            return tr(locale, "queued, #{place} in line", place=place)
+        if status is JobStatus.SUBMITTING:
+            return tr(locale, "starting")
+        if status is JobStatus.SUBMITTED:
+            return tr(locale, "generating")
+        return tr(locale, "being posted")
 
     # -- /limits -----------------------------------------------------------------------------------
 
@@ -173,24 +226,25 @@ class LimitsCog(commands.Cog, name="Limits"):
         """The server's rules, then its role rules, access roles, member rules and blocks, over as many
         messages as they need (a few at most; the rest is counted)."""
         assert interaction.guild_id is not None
+        locale = interaction.locale
         store, guild_id = self.bot.store, interaction.guild_id
         limits = await self.limits(guild_id)
         roles = await db.role_rules(store, guild_id)
         members = await db.member_rules(store, guild_id)
         blocked = await db.blocked_members(store, guild_id)
         channel = await alert_channel(store, guild_id)
-        role = _role_namer(interaction.guild)
+        role = _role_namer(locale, interaction.guild)
         lines = [
-            self._describe(limits),
-            f"**Alerts:** {f'in <#{channel}>' if channel else 'off'}",
-            "**Who may use the bot:** "
-            + (", ".join(map(role, limits.access_roles)) if limits.access_roles else "everyone")
-            + (" (and members with Manage Server)" if limits.access_roles else ""),
-            f"**Role rules ({len(roles)}):**" + ("" if roles else " none"),
-            *(f"• {role(role_id)}: {_rule_text(rule)}" for role_id, rule in roles.items()),
-            f"**Member rules ({len(members)}):**" + ("" if members else " none"),
-            *(f"• <@{user_id}>: {_rule_text(rule)}" for user_id, rule in members.items()),
-            _blocked_members_text(blocked),
+            self._describe(locale, limits),
+            tr(locale, "**Alerts:** in <#{channel}>", channel=channel) if channel else tr(locale, "**Alerts:** off"),
+            _who_may_use(locale, limits.access_roles, role),
+            tr(locale, "**Role rules ({count}):**", count=len(roles)) if roles else tr(locale, "**Role rules:** none"),
+            *(f"• {role(role_id)}: {_rule_text(locale, rule)}" for role_id, rule in roles.items()),
+            tr(locale, "**Member rules ({count}):**", count=len(members))
+            if members
+            else tr(locale, "**Member rules:** none"),
+            *(f"• <@{user_id}>: {_rule_text(locale, rule)}" for user_id, rule in members.items()),
+            _blocked_members_text(locale, blocked),
         ]
         # Roles and members are mentioned so the admin sees who they are; nobody is pinged.
         quiet = discord.AllowedMentions.none()
@@ -199,44 +253,52 @@ class LimitsCog(commands.Cog, name="Limits"):
         for page in more:
             await interaction.followup.send(page, ephemeral=True, allowed_mentions=quiet)
 
-    def _describe(self, limits: Limits, title: str | None = None) -> str:
+    def _describe(self, locale: Locale, limits: Limits, title: str | None = None) -> str:
         """The server's rules, one per line, within a message's length (with ``title`` above them)."""
 
         def row(label: str, field: str, value: str) -> str:
-            origin = "set here" if field in limits.overridden else "default"
-            return f"**{label}:** {value} ({origin})"
+            origin = tr(locale, "set here") if field in limits.overridden else tr(locale, "default")
+            return tr(locale, "**{label}:** {value} ({origin})", label=tr(locale, label), value=value, origin=origin)
+
+        def limit(value: int | None) -> str:
+            return _limit(locale, value)
 
         # Lists a server can make long are fitted in a share of the message each.
-        models = fit_lines(limits.allowed_models, 500, sep=", ") if limits.allowed_models else "all"
+        models = fit_lines(limits.allowed_models, 500, sep=", ") if limits.allowed_models else tr(locale, "all")
         mentions = [f"<#{c}>" for c in limits.allowed_channels or ()]
-        channels = fit_lines(mentions, 1000, sep=", ") if mentions else "everywhere"
+        channels = fit_lines(mentions, 1000, sep=", ") if mentions else tr(locale, "everywhere")
         return fit_lines(
             [
                 *([title] if title else []),
-                row("Images per member per day", "user_daily", _limit(limits.user_daily)),
-                row("Images for the server per day", "guild_daily", _limit(limits.guild_daily)),
-                row("Images per member per month (UTC)", "user_monthly", _limit(limits.user_monthly)),
-                row("Images for the server per month (UTC)", "guild_monthly", _limit(limits.guild_monthly)),
-                row("Images per request", "max_count", str(limits.max_count)),
-                row("Jobs per member at a time", "max_concurrent", _limit(limits.max_concurrent)),
-                row("Cooldown", "cooldown_seconds", f"{limits.cooldown:g} s" if limits.cooldown else "none"),
-                row("Models", "allowed_models", models),
-                row("Channels", "allowed_channels", channels),
-                f"**Blocked words and phrases:** {len(limits.blocked_terms)} (see `/limits blocklist list`)",
+                row(N_("Images per member per day"), "user_daily", limit(limits.user_daily)),
+                row(N_("Images for the server per day"), "guild_daily", limit(limits.guild_daily)),
+                row(N_("Images per member per month (UTC)"), "user_monthly", limit(limits.user_monthly)),
+                row(N_("Images for the server per month (UTC)"), "guild_monthly", limit(limits.guild_monthly)),
+                row(N_("Images per request"), "max_count", str(limits.max_count)),
+                row(N_("Jobs per member at a time"), "max_concurrent", limit(limits.max_concurrent)),
+                row(N_("Cooldown"), "cooldown_seconds", _cooldown(locale, limits.cooldown)),
+                row(N_("Models"), "allowed_models", models),
+                row(N_("Channels"), "allowed_channels", channels),
+                tr(
+                    locale,
+                    "**Blocked words and phrases:** {count} (see `/limits blocklist list`)",
+                    count=len(limits.blocked_terms),
+                ),
             ]
         )
 
     async def change(self, interaction: discord.Interaction[FluxBot], **changes: Any) -> None:
         assert interaction.guild_id is not None
+        locale = interaction.locale
         if not changes:
-            raise UserFacingError("Give at least one setting to change.")
+            raise UserFacingError(tr(locale, "Give at least one setting to change."))
         try:
             await db.update_guild_settings(self.bot.store, interaction.guild_id, interaction.user.id, **changes)
-        except ValueError as exc:
-            raise UserFacingError(str(exc)) from exc
+        except ValueError as exc:  # the options' ranges keep this from happening; the reason is for admins
+            raise UserFacingError(tr(locale, "That setting was refused: {reason}", reason=exc)) from exc
         log.info("guild %d: user %d changed limits %s", interaction.guild_id, interaction.user.id, changes)
         limits = await self.limits(interaction.guild_id)
-        await interaction.response.send_message(self._describe(limits, "Updated."), ephemeral=True)
+        await interaction.response.send_message(self._describe(locale, limits, tr(locale, "Updated.")), ephemeral=True)
 
     async def set_models(self, interaction: discord.Interaction[FluxBot], models: str) -> None:
         names = models.replace(",", " ").split()
@@ -247,8 +309,12 @@ class LimitsCog(commands.Cog, name="Limits"):
         unknown = [name for name in names if name not in catalog.names]
         if unknown or not names:
             raise UserFacingError(
-                f"Unknown model{'s' if len(unknown) > 1 else ''}: {', '.join(unknown) or '(none given)'}. "
-                f"Available: {', '.join(catalog.names)}, or `all`."
+                tr(
+                    interaction.locale,
+                    "Unknown models: {unknown}. Available: {available}, or `all`.",
+                    unknown=", ".join(unknown) or tr(interaction.locale, "(none given)"),
+                    available=", ".join(catalog.names),
+                )
             )
         await self.change(interaction, allowed_models=names)
 
@@ -256,6 +322,7 @@ class LimitsCog(commands.Cog, name="Limits"):
         self, interaction: discord.Interaction[FluxBot], channel_id: int | None, *, allow: bool
     ) -> None:
         assert interaction.guild_id is not None
+        locale = interaction.locale
         current = (await self.limits(interaction.guild_id)).allowed_channels
         if channel_id is None:
             await self.change(interaction, allowed_channels=None)
@@ -265,27 +332,32 @@ class LimitsCog(commands.Cog, name="Limits"):
             channels.append(channel_id)
         elif not allow:
             if channel_id not in channels:
-                raise UserFacingError(f"<#{channel_id}> is not on the list of allowed channels.")
+                raise UserFacingError(
+                    tr(locale, "<#{channel}> is not on the list of allowed channels.", channel=channel_id)
+                )
             channels.remove(channel_id)
             if not channels:
-                raise UserFacingError("That is the last allowed channel. Use `/limits channels everywhere` instead.")
+                raise UserFacingError(
+                    tr(locale, "That is the last allowed channel. Use `/limits channels everywhere` instead.")
+                )
         await self.change(interaction, allowed_channels=channels)
 
     async def blocklist(self, interaction: discord.Interaction[FluxBot], action: str, term: str | None) -> None:
         assert interaction.guild_id is not None
+        locale = interaction.locale
         store, guild_id, user_id = self.bot.store, interaction.guild_id, interaction.user.id
         if action == "list":
             terms = await db.blocked_terms(store, guild_id)
-            await interaction.response.send_message(_blocklist_text(terms), ephemeral=True)
+            await interaction.response.send_message(_blocklist_text(locale, terms), ephemeral=True)
             return
         if not term or not db.normalize_term(term):
-            raise UserFacingError("Give the word or phrase.")
+            raise UserFacingError(tr(locale, "Give the word or phrase."))
         if action == "add":
             changed = await db.add_blocked_term(store, guild_id, term, changed_by=user_id)
-            text = "Blocked." if changed else "That was already blocked."
+            text = tr(locale, "Blocked.") if changed else tr(locale, "That was already blocked.")
         else:
             changed = await db.remove_blocked_term(store, guild_id, term, changed_by=user_id)
-            text = "Unblocked." if changed else "That was not blocked."
+            text = tr(locale, "Unblocked.") if changed else tr(locale, "That was not blocked.")
         if changed:
             log.info(
                 "guild %d: user %d %s a blocked term", guild_id, user_id, "added" if action == "add" else "removed"
@@ -296,47 +368,64 @@ class LimitsCog(commands.Cog, name="Limits"):
         self, interaction: discord.Interaction[FluxBot], member: discord.abc.User, reason: str | None
     ) -> None:
         assert interaction.guild_id is not None
+        locale = interaction.locale
         store, guild_id, user_id = self.bot.store, interaction.guild_id, interaction.user.id
         if member.bot:
-            raise UserFacingError("Bots cannot use the image commands; there is nothing to block.")
+            raise UserFacingError(tr(locale, "Bots cannot use the image commands; there is nothing to block."))
         if member.id == user_id:
-            raise UserFacingError("You cannot block yourself.")
+            raise UserFacingError(tr(locale, "You cannot block yourself."))
         changed = await db.block_member(store, guild_id, member.id, reason=reason, changed_by=user_id)
         if changed:
             log.info("guild %d: user %d blocked member %d", guild_id, user_id, member.id)
         stored = db.normalize_reason(reason)
-        text = (
-            f"{member.mention} is blocked here"
-            + (f" (reason: {stored})" if stored else " (no reason given)")
-            + ("." if changed else "; that was already so.")
-        )
+        who = member.mention
+        if stored and changed:
+            text = tr(locale, "{member} is blocked here (reason: {reason}).", member=who, reason=stored)
+        elif stored:
+            text = tr(
+                locale, "{member} is blocked here (reason: {reason}); that was already so.", member=who, reason=stored
+            )
+        elif changed:
+            text = tr(locale, "{member} is blocked here (no reason given).", member=who)
+        else:
+            text = tr(locale, "{member} is blocked here (no reason given); that was already so.", member=who)
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
     async def unblock(self, interaction: discord.Interaction[FluxBot], member: discord.abc.User) -> None:
         assert interaction.guild_id is not None
+        locale = interaction.locale
         store, guild_id, user_id = self.bot.store, interaction.guild_id, interaction.user.id
         changed = await db.unblock_member(store, guild_id, member.id, changed_by=user_id)
         if changed:
             log.info("guild %d: user %d unblocked member %d", guild_id, user_id, member.id)
-        text = f"{member.mention} is no longer blocked here." if changed else f"{member.mention} was not blocked here."
+        text = (
+            tr(locale, "{member} is no longer blocked here.", member=member.mention)
+            if changed
+            else tr(locale, "{member} was not blocked here.", member=member.mention)
+        )
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
     async def set_role_rule(
         self, interaction: discord.Interaction[FluxBot], role: discord.Role, changes: RuleChanges
     ) -> None:
         assert interaction.guild_id is not None
+        locale = interaction.locale
         if not changes:
-            raise UserFacingError("Give at least one limit for this role.")
+            raise UserFacingError(tr(locale, "Give at least one limit for this role."))
         rule = await db.set_role_rule(
             self.bot.store, interaction.guild_id, role.id, changed_by=interaction.user.id, **changes
         )
         log.info(
             "guild %d: user %d set the rule of role %d: %s", interaction.guild_id, interaction.user.id, role.id, changes
         )
-        await self._answer(interaction, f"Members with {role.mention} now get: {_rule_text(rule)}.")
+        await self._answer(
+            interaction,
+            tr(locale, "Members with {role} now get: {rule}.", role=role.mention, rule=_rule_text(locale, rule)),
+        )
 
     async def clear_role_rule(self, interaction: discord.Interaction[FluxBot], role: discord.Role) -> None:
         assert interaction.guild_id is not None
+        locale = interaction.locale
         cleared = await db.clear_role_rule(
             self.bot.store, interaction.guild_id, role.id, changed_by=interaction.user.id
         )
@@ -346,17 +435,20 @@ class LimitsCog(commands.Cog, name="Limits"):
             )
         await self._answer(
             interaction,
-            f"{role.mention} no longer changes any limit." if cleared else f"{role.mention} had no rule here.",
+            tr(locale, "{role} no longer changes any limit.", role=role.mention)
+            if cleared
+            else tr(locale, "{role} had no rule here.", role=role.mention),
         )
 
     async def set_member_rule(
         self, interaction: discord.Interaction[FluxBot], member: discord.abc.User, changes: RuleChanges
     ) -> None:
         assert interaction.guild_id is not None
+        locale = interaction.locale
         if member.bot:
-            raise UserFacingError("Bots cannot use the image commands; they need no limits.")
+            raise UserFacingError(tr(locale, "Bots cannot use the image commands; they need no limits."))
         if not changes:
-            raise UserFacingError("Give at least one limit for this member.")
+            raise UserFacingError(tr(locale, "Give at least one limit for this member."))
         rule = await db.set_member_rule(
             self.bot.store, interaction.guild_id, member.id, changed_by=interaction.user.id, **changes
         )
@@ -367,19 +459,28 @@ class LimitsCog(commands.Cog, name="Limits"):
             member.id,
             changes,
         )
-        await self._answer(interaction, f"{member.mention} now gets, whatever their roles: {_rule_text(rule)}.")
+        await self._answer(
+            interaction,
+            tr(
+                locale,
+                "{member} now gets, whatever their roles: {rule}.",
+                member=member.mention,
+                rule=_rule_text(locale, rule),
+            ),
+        )
 
     async def clear_member_rule(self, interaction: discord.Interaction[FluxBot], member: discord.abc.User) -> None:
         assert interaction.guild_id is not None
+        locale = interaction.locale
         store, guild_id, user_id = self.bot.store, interaction.guild_id, interaction.user.id
         cleared = await db.clear_member_rule(store, guild_id, member.id, changed_by=user_id)
         if cleared:
             log.info("guild %d: user %d cleared the rule of member %d", guild_id, user_id, member.id)
         await self._answer(
             interaction,
-            f"{member.mention} gets the limits of their roles and the server again."
+            tr(locale, "{member} gets the limits of their roles and the server again.", member=member.mention)
             if cleared
-            else f"{member.mention} had no rule of their own here.",
+            else tr(locale, "{member} had no rule of their own here.", member=member.mention),
         )
 
     async def change_access(
@@ -387,18 +488,31 @@ class LimitsCog(commands.Cog, name="Limits"):
     ) -> None:
         """Add ``role`` to the roles that may use the bot, remove it, or (``role`` None) let everyone in."""
         assert interaction.guild_id is not None
+        locale = interaction.locale
         store, guild_id, user_id = self.bot.store, interaction.guild_id, interaction.user.id
         if role is None:
             removed = await db.clear_access_roles(store, guild_id, changed_by=user_id)
-            text = "Everyone may use the bot here again." if removed else "Everyone could already use the bot here."
+            text = (
+                tr(locale, "Everyone may use the bot here again.")
+                if removed
+                else tr(locale, "Everyone could already use the bot here.")
+            )
         elif role.is_default():
-            raise UserFacingError("Every member has @everyone. Use `/limits access everyone` instead.")
+            raise UserFacingError(tr(locale, "Every member has @everyone. Use `/limits access everyone` instead."))
         elif allow:
             changed = await db.add_access_role(store, guild_id, role.id, changed_by=user_id)
-            text = f"Members with {role.mention} may use the bot." if changed else f"{role.mention} was on the list."
+            text = (
+                tr(locale, "Members with {role} may use the bot.", role=role.mention)
+                if changed
+                else tr(locale, "{role} was on the list.", role=role.mention)
+            )
         else:
             changed = await db.remove_access_role(store, guild_id, role.id, changed_by=user_id)
-            text = f"{role.mention} is off the list." if changed else f"{role.mention} was not on the list."
+            text = (
+                tr(locale, "{role} is off the list.", role=role.mention)
+                if changed
+                else tr(locale, "{role} was not on the list.", role=role.mention)
+            )
         log.info(
             "guild %d: user %d %s",
             guild_id,
@@ -408,18 +522,24 @@ class LimitsCog(commands.Cog, name="Limits"):
             else f"{'added' if allow else 'removed'} access role {role.id}",
         )
         roles = (await self.limits(guild_id)).access_roles
-        who = ", ".join(map(_role_namer(interaction.guild), roles)) if roles else "everyone"
-        await self._answer(interaction, f"{text}\n**Who may use the bot:** {who}")
+        await self._answer(
+            interaction, f"{text}\n{_who_may_use(locale, roles, _role_namer(locale, interaction.guild))}"
+        )
 
     async def set_alerts(self, interaction: discord.Interaction[FluxBot], channel_id: int | None) -> None:
         assert interaction.guild_id is not None
+        locale = interaction.locale
         guild = interaction.guild
         target = guild.get_channel(channel_id) if guild is not None and channel_id is not None else None
         if isinstance(target, discord.abc.GuildChannel) and guild is not None:
             allowed = target.permissions_for(guild.me)
             if not (allowed.view_channel and allowed.send_messages):
                 raise UserFacingError(
-                    f"I cannot post in {target.mention}. Give me View Channel and Send Messages there."
+                    tr(
+                        locale,
+                        "I cannot post in {channel}. Give me View Channel and Send Messages there.",
+                        channel=target.mention,
+                    )
                 )
         changed = await set_alert_channel(
             self.bot.store, interaction.guild_id, channel_id, changed_by=interaction.user.id
@@ -429,23 +549,29 @@ class LimitsCog(commands.Cog, name="Limits"):
                 "guild %d: user %d set the alert channel to %s", interaction.guild_id, interaction.user.id, channel_id
             )
         text = (
-            f"Alerts go to <#{channel_id}>: when this server reaches 80% and 100% of its daily or monthly images, "
-            "and when the image provider refuses the bot's account."
+            tr(
+                locale,
+                "Alerts go to <#{channel}>: when this server reaches 80% and 100% of its daily or monthly images, "
+                "and when the image provider refuses the bot's account.",
+                channel=channel_id,
+            )
             if channel_id is not None
-            else "Alerts are off."
+            else tr(locale, "Alerts are off.")
         )
         await self._answer(interaction, text)
 
     async def report(self, interaction: discord.Interaction[FluxBot], days: int) -> None:
-        """The server's usage over ``days`` days as a chart (drawn off the event loop) and a summary."""
+        """The server's usage over ``days`` days as a chart (drawn off the event loop) and a summary, in the
+        admin's language."""
         assert interaction.guild_id is not None
+        locale = interaction.locale
         await interaction.response.defer(ephemeral=True, thinking=True)
         report = await usage_report(self.bot.store, interaction.guild_id, days)
         names = await self._names(interaction.guild, [user_id for user_id, _ in report.top_members])
-        title = f"{interaction.guild.name if interaction.guild else 'This server'}: the last {days} day(s)"
-        png = await render_report(report, names=names, title=title)
+        server = interaction.guild.name if interaction.guild else None
+        png = await render_report(report, names=names, server=server, locale=locale)
         await interaction.followup.send(
-            report_summary(report, names=names),
+            report_summary(report, names=names, locale=locale),
             file=discord.File(io.BytesIO(png), filename="report.png"),
             ephemeral=True,
             allowed_mentions=discord.AllowedMentions.none(),
@@ -472,60 +598,83 @@ class LimitsCog(commands.Cog, name="Limits"):
 
     async def reset(self, interaction: discord.Interaction[FluxBot]) -> None:
         assert interaction.guild_id is not None
+        locale = interaction.locale
         await db.reset_guild_settings(self.bot.store, interaction.guild_id, interaction.user.id)
         log.info("guild %d: user %d reset the limits to the defaults", interaction.guild_id, interaction.user.id)
         limits = await self.limits(interaction.guild_id)
-        await interaction.response.send_message(self._describe(limits, "Back to the defaults."), ephemeral=True)
+        await interaction.response.send_message(
+            self._describe(locale, limits, tr(locale, "Back to the defaults.")), ephemeral=True
+        )
 
 
-def _blocklist_text(terms: list[str]) -> str:
+def _blocklist_text(locale: Locale, terms: list[str]) -> str:
     if not terms:
-        return "No words or phrases are blocked."
-    head = f"Blocked ({len(terms)}): "
-    return head + fit_lines([code(term) for term in terms], MESSAGE_LIMIT - len(head), sep=", ")
+        return tr(locale, "No words or phrases are blocked.")
+    room = MESSAGE_LIMIT - len(tr(locale, "Blocked ({count}): {terms}", count=len(terms), terms=""))
+    listed = fit_lines([code(term) for term in terms], room, sep=", ")
+    return tr(locale, "Blocked ({count}): {terms}", count=len(terms), terms=listed)
 
 
-def _blocked_members_text(blocked: list[db.BlockedMember]) -> str:
+def _blocked_members_text(locale: Locale, blocked: list[db.BlockedMember]) -> str:
     """The blocked members for ``/limits show``, as mentions with their reasons, within a share of the message."""
     if not blocked:
-        return "**Blocked members:** none"
+        return tr(locale, "**Blocked members:** none")
     entries = [f"<@{b.user_id}>" + (f" ({shorten(b.reason, 100)})" if b.reason else "") for b in blocked]
-    return f"**Blocked members ({len(blocked)}):** " + fit_lines(entries, 600, sep=", ")
+    return tr(
+        locale,
+        "**Blocked members ({count}):** {members}",
+        count=len(blocked),
+        members=fit_lines(entries, 600, sep=", "),
+    )
 
 
-def _role_namer(guild: discord.Guild | None) -> Callable[[int], str]:
+def _who_may_use(locale: Locale, roles: tuple[int, ...] | list[int], role: Callable[[int], str]) -> str:
+    if not roles:
+        return tr(locale, "**Who may use the bot:** everyone")
+    return tr(
+        locale, "**Who may use the bot:** {roles} (and members with Manage Server)", roles=", ".join(map(role, roles))
+    )
+
+
+def _role_namer(locale: Locale, guild: discord.Guild | None) -> Callable[[int], str]:
     """How /limits names a role: its mention, or "role <id> (gone)" once it was deleted (it matches nobody)."""
 
     def name(role_id: int) -> str:
         if guild is not None and guild.get_role(role_id) is None:
-            return f"role {role_id} (gone)"
+            return tr(locale, "role {role} (gone)", role=role_id)
         return f"<@&{role_id}>"
 
     return name
 
 
-def _member_rows(limits: Limits) -> list[tuple[str, str, str]]:
-    """A member's own limits for /usage: (label, field, value)."""
-    return [
-        ("Images per day", "user_daily", _limit(limits.user_daily)),
-        ("Images per month (UTC)", "user_monthly", _limit(limits.user_monthly)),
-        ("Images per request", "max_count", str(limits.max_count)),
-        ("Jobs at a time", "max_concurrent", _limit(limits.max_concurrent)),
-        ("Cooldown", "cooldown", f"{limits.cooldown:g} s" if limits.cooldown else "none"),
+def _member_rows(locale: Locale, limits: Limits) -> list[tuple[str, str, str]]:
+    """A member's own limits for /usage: (label to translate, value, where it comes from)."""
+    rows = [
+        (N_("Images per day"), "user_daily", _limit(locale, limits.user_daily)),
+        (N_("Images per month (UTC)"), "user_monthly", _limit(locale, limits.user_monthly)),
+        (N_("Images per request"), "max_count", str(limits.max_count)),
+        (N_("Jobs at a time"), "max_concurrent", _limit(locale, limits.max_concurrent)),
+        (N_("Cooldown"), "cooldown", _cooldown(locale, limits.cooldown)),
     ]
+    return [(label, value, _origin(locale, limits, field)) for label, field, value in rows]
 
 
-def _origin(limits: Limits, field: str) -> str:
+def _origin(locale: Locale, limits: Limits, field: str) -> str:
     """Where a member's limit comes from: "from role @Patrons", "set for you", "this server's" or "default"."""
     origin: Origin | None = limits.origins.get(field)
     if origin is not None:
-        return "set for you" if origin.kind == "member" else f"from role <@&{origin.role_id}>"
+        if origin.kind == "member":
+            return tr(locale, "set for you")
+        return tr(locale, "from role <@&{role}>", role=origin.role_id)
     stored = "cooldown_seconds" if field == "cooldown" else field
-    return "this server's" if stored in limits.overridden else "default"
+    return tr(locale, "this server's") if stored in limits.overridden else tr(locale, "default")
 
 
-def _of(limit: int | None, used: int) -> str:
-    return "" if limit is None else f" of {limit} ({max(0, limit - used)} left)"
+def _count(locale: Locale, texts: tuple[str, str], used: int, limit: int | None) -> str:
+    """One of /usage's count lines: what was used, and of how many with what is left when there is a limit."""
+    if limit is None:
+        return tr(locale, texts[0], used=used)
+    return tr(locale, texts[1], used=used, limit=limit, left=max(0, limit - used))
 
 
 def _build_usage_command(cog: LimitsCog) -> app_commands.Command[Any, ..., Any]:

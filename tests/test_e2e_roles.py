@@ -76,8 +76,8 @@ async def test_the_most_generous_role_wins_each_limit_and_a_member_rule_beats_ro
     assert all("Your images today: 3 of 3" in status_line(i) for i in carols if not status_line(i).startswith("✅"))
     assert "this server allows at most 2." in status_line(big[0])
     assert all("Your images today: 1 of 1" in status_line(i) for i in daves if not status_line(i).startswith("✅"))
-    assert f"Members with <@&{patrons.id}> now get: 3 images a day." in patrons_answer
-    assert f"<@{dave.id}> now gets, whatever their roles: 1 images a day." in member_answer
+    assert f"Members with <@&{patrons.id}> now get: images a day: 3." in patrons_answer
+    assert f"<@{dave.id}> now gets, whatever their roles: images a day: 1." in member_answer
     assert f"• Images per day: 3 (from role <@&{patrons.id}>)" in usage_text
     assert f"• Images per request: 2 (from role <@&{boosters.id}>)" in usage_text
     assert "• Jobs at a time: no limit (default)" in usage_text
@@ -155,7 +155,7 @@ async def test_a_deleted_role_stops_matching_and_limits_show_marks_it_gone(fluxb
     assert status_line(before).startswith("✅")
     assert status_line(after) == "Only members with certain roles may use the bot here. Ask a server admin."
     assert f"**Who may use the bot:** role {artists.id} (gone)" in shown
-    assert f"• role {patrons.id} (gone): 5 images a day" in shown
+    assert f"• role {patrons.id} (gone): images a day: 5" in shown
 
 
 async def test_thirty_simultaneous_requests_by_members_of_a_role_get_exactly_its_daily_limit_each(
@@ -193,7 +193,7 @@ async def test_limits_show_pages_long_lists_below_discords_limit(fluxbot: Fluxbo
     texts = [shown.original.content if shown.original else "", *(m.content for m in shown.followups)]
     assert len(texts) >= 2 and all(len(text) <= 2000 for text in texts)
     listed = "\n".join(texts)
-    assert all(f"<@{who.id}>: 7 images a day, 15 s cooldown" in listed for who in regulars)
+    assert all(f"<@{who.id}>: images a day: 7, cooldown: 15 s" in listed for who in regulars)
     assert not any(m.pinged_ids for m in shown.followups)
 
 
@@ -217,7 +217,7 @@ async def test_the_report_attaches_a_png_chart_and_a_summary_that_pings_nobody(f
     assert len(image.convert("RGB").getcolors(maxcolors=1 << 24) or []) > 2  # drawn, not blank
     assert answer.visible_to == world.admin.id
     assert not answer.pinged_ids and not answer.pinged_role_ids and not answer.pinged_everyone
-    assert "Images posted: 4 in 3 jobs" in answer.content  # bob's 2 of 3, alice's 2 in one
+    assert "Images posted: 4 (jobs: 3)" in answer.content  # bob's 2 of 3, alice's 2 in one
     assert "Refused requests: member's daily limit 1" in answer.content
     assert "everyone look: 2" in answer.content and "@everyone" not in answer.content
 

@@ -330,7 +330,7 @@ def colours(image: Image.Image) -> int:
 
 
 async def test_the_chart_is_a_png_of_the_set_size_with_bars_in_several_colours() -> None:
-    png = await render_report(busy_report(), names={1000: "Alice", 1001: "Bob"}, title="Images on My Server")
+    png = await render_report(busy_report(), names={1000: "Alice", 1001: "Bob"}, server="Images on My Server")
 
     image = decoded(png)
     assert image.size == (WIDTH, HEIGHT) == (1200, 900)
@@ -343,7 +343,7 @@ async def test_models_beyond_eight_share_one_colour() -> None:
     many = {f"model-{n}": 12 - n for n in range(12)}
     crowded = UsageReport(report.guild_id, report.days, dict.fromkeys(report.days, many), many, (), 90, {}, {})
 
-    image = decoded(await render_report(crowded, names={}, title="Many models"))
+    image = decoded(await render_report(crowded, names={}, server="Many models"))
 
     assert image.size == (WIDTH, HEIGHT)
     assert colours(image) > 9
@@ -352,7 +352,7 @@ async def test_models_beyond_eight_share_one_colour() -> None:
 async def test_an_empty_period_still_draws_a_chart() -> None:
     empty = UsageReport(GUILD, ("2025-03-14",), {}, {}, (), 0, {}, {})
 
-    image = decoded(await render_report(empty, names={}, title="Nothing yet"))
+    image = decoded(await render_report(empty, names={}, server="Nothing yet"))
 
     assert image.size == (WIDTH, HEIGHT)
     assert colours(image) > 1
@@ -386,7 +386,7 @@ async def test_names_members_chose_are_drawn_as_plain_text() -> None:
         {"$\\nocommand$": 3},
     )
 
-    image = decoded(await render_report(hostile, names=names, title="$\\nocommand$ server " + "z" * 300))
+    image = decoded(await render_report(hostile, names=names, server="$\\nocommand$ server " + "z" * 300))
 
     assert image.size == (WIDTH, HEIGHT)
     assert colours(image) > 4
@@ -406,7 +406,7 @@ async def test_the_event_loop_runs_other_work_while_a_chart_is_drawn() -> None:
     await asyncio.sleep(0)  # the ticker is waiting on its first sleep
     ticks = 0
     try:
-        await render_report(busy_report(), names={}, title="Busy")
+        await render_report(busy_report(), names={}, server="Busy")
         during = ticks  # read before anything else can run: a ticker that only ran afterwards would not count
     finally:
         drawing = False
@@ -433,8 +433,8 @@ def test_the_bot_imports_no_plotting_library_until_a_report_is_drawn() -> None:
 
 async def test_two_charts_drawn_at_once_both_come_out_whole() -> None:
     first, second = await asyncio.gather(
-        render_report(busy_report(), names={}, title="One"),
-        render_report(busy_report(3), names={}, title="Two"),
+        render_report(busy_report(), names={}, server="One"),
+        render_report(busy_report(3), names={}, server="Two"),
     )
     assert decoded(first).size == decoded(second).size == (WIDTH, HEIGHT)
     assert first != second
@@ -458,7 +458,7 @@ def test_the_summary_names_members_without_pinging_or_formatting() -> None:
     assert (
         "Refused requests: member's daily limit 17, no access role 3, blocked member 1, some\\_newer\\_rule 1" in text
     )
-    assert f"Images posted: {report.total_images} in 321 jobs" in text
+    assert f"Images posted: {report.total_images} (jobs: 321)" in text
     assert "2025-01-01 to 2025-03-30" in text
     lines = text.splitlines()
     assert lines.index("Top members:") == len(lines) - 5
@@ -487,4 +487,4 @@ def test_the_summary_fits_a_message_however_many_models_and_long_names() -> None
 
 def test_the_summary_of_an_empty_day() -> None:
     empty = UsageReport(GUILD, ("2025-03-14",), {}, {}, (), 0, {}, {})
-    assert report_summary(empty, names={}) == "**Usage report, 1 day (2025-03-14, UTC)**\nImages posted: 0 in 0 jobs"
+    assert report_summary(empty, names={}) == "**Usage report: 2025-03-14 (UTC)**\nImages posted: 0 (jobs: 0)"
