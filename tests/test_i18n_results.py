@@ -204,3 +204,16 @@ async def test_a_result_posted_in_german_is_found_again_whatever_the_servers_lan
 
     assert result.embeds[0]["footer"]["text"] == f"Auftrag #{job.id}"
     assert found is not None and (found.message_id, found.images) == (result.id, 1)
+
+
+async def test_a_result_in_direct_messages_is_in_the_members_own_language(fluxbot: FluxbotHarness) -> None:
+    world = fluxbot.world
+    yuki = world.guild.add_member("yuki", locale="ja")
+    dm = world.emu.dm_channel(yuki)
+    async with fluxbot.running(ALLOW_DMS="true"):
+        await yuki.slash(dm, "imagine", prompt="夜の灯台")
+        result = await world.emu.wait_for_message(dm, is_result, author=world.emu.bot_user, timeout=10)
+
+    assert result.content == f"<@{yuki.id}> さんの生成結果:"
+    assert [label for label, _ in fields(result)] == ["モデル", "サイズ", "シード", "所要時間"]
+    assert labels(result) == ["再生成", "編集", "削除"]
