@@ -12,7 +12,22 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
+
 from bot import db
+from bot.db import QuotaRefusal, StoreBusyError
+from bot.flux import (
+    AccountError,
+    FluxConnectionError,
+    FluxError,
+    FluxTimeoutError,
+    ModerationError,
+    UpstreamError,
+)
+from bot.flux.errors import error_for
+from bot.images import DownloadError
+from bot.limits import Refusal, RefusalKind
+from cogs.feedback import describe_quota_refusal, describe_refusal, explain
 from tests.conftest import png_bytes
 from tests.fakediscord import Attachment, Channel, Interaction, Member, Message
 from tests.fluxbot_harness import FluxbotHarness, is_result, status_line
@@ -140,3 +155,59 @@ async def test_a_reply_asking_for_an_edit_is_answered_in_the_servers_language_no
 
     assert told.content.startswith("Sag mir, wie sich das Bild ändern soll: Antworte darauf, erwähne mich")
     assert re.fullmatch(r"🎨 Wird gemacht – Auftrag #\d+\.", taken.content), taken.content  # noqa: RUF001
+
+
+# -- every refusal and error, in every language ------------------------------------------------------------
+
+REFUSALS = [
+    Refusal(RefusalKind.DMS_OFF),
+    Refusal(RefusalKind.CHANNEL, ("111", "222")),
+    Refusal(RefusalKind.MODEL, ("flux-dev", "flux-pro")),
+    Refusal(RefusalKind.COUNT, ("2",)),
+    Refusal(RefusalKind.BLOCKED_TERM),
+    Refusal(RefusalKind.MEMBER_BLOCKED, ("spam",)),
+    Refusal(RefusalKind.MEMBER_BLOCKED),
+    Refusal(RefusalKind.ACCESS, ("333",)),
+    Refusal(RefusalKind.ACCESS),
+]
+QUOTA_REFUSALS = [
+    QuotaRefusal(kind, limit=5, current=5, requested=requested, resets_at=resets_at)
+    for kind in db.LimitKind
+    for requested in (1, 3)
+    for resets_at in (None, 1_800_000_000.0)
+]
+#: A locale of each shipped language (Discord's names).
+LOCALES = ["zh-CN", "es-ES", "pt-BR", "ru", "ja", "de"]
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_every_refusal_is_told_in_every_language_with_its_values_as_they_are(locale: str) -> None:
+    for refusal in REFUSALS:
+        english, translated = describe_refusal(refusal, None), describe_refusal(refusal, locale)
+        assert translated != english, refusal.kind
+        assert all(value in translated for value in refusal.allowed), (refusal.kind, translated)
+    for quota in QUOTA_REFUSALS:
+        english, translated = describe_quota_refusal(quota, None), describe_quota_refusal(quota, locale)
+        assert translated != english, quota
+        assert "5" in translated
+        assert ("<t:1800000000:R>" in translated) == (quota.resets_at is not None), translated
+
+
+@pytest.mark.parametrize("locale", LOCALES)
+def test_the_image_services_and_the_bots_own_errors_are_told_in_every_language(locale: str) -> None:
+    errors: list[BaseException] = [
+        cls("operator detail") for cls in (FluxError, FluxTimeoutError, AccountError, ModerationError, UpstreamError)
+    ]
+    errors += [
+        FluxConnectionError("refused", reached_server=False),
+        error_for(status=400, code=None, message="width must be a multiple of 32"),
+        DownloadError("GET x answered HTTP 404", retryable=False),
+        DownloadError("GET x failed", retryable=True),
+        StoreBusyError("locked"),
+        KeyError("unexpected"),
+    ]
+    for error in errors:
+        english, translated = explain(error, "a test", None), explain(error, "a test", locale)
+        assert translated != english, type(error).__name__
+    reason = explain(errors[6], "a test", locale)
+    assert reason.endswith("`width must be a multiple of 32`")  # the provider's own words, as it wrote them
