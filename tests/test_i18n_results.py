@@ -132,9 +132,9 @@ async def test_the_status_line_and_its_cancel_button_follow_the_member_even_afte
         result = await world.emu.wait_for_message(world.channel, is_result, author=world.emu.bot_user, timeout=10)
         line = await ended(world, inter)
 
-    assert re.fullmatch(r"🎨 生成中…\(<t:\d+:R>に開始\)", generating)
+    assert re.fullmatch(r"🎨 生成中…（<t:\d+:R>に開始）", generating)  # noqa: RUF001
     assert buttons == ["キャンセル"]
-    assert line == f"✅ 完了しました:{link(world, result)}"
+    assert line == f"✅ 完了しました：{link(world, result)}"  # noqa: RUF001
     # The result is the server's (English here), whoever asked for it.
     assert [label for label, _ in fields(result)] == ["Model", "Size", "Seed", "Time"]
     assert labels(result) == ["Re-roll", "Edit", "Delete"]
@@ -150,10 +150,10 @@ async def test_a_failure_is_kept_in_english_and_read_in_each_members_language(fl
         page = await (await li.slash(world.channel, "history")).wait_response()
         kept = await bot.store.fetch_one("SELECT status, error_message FROM jobs WHERE user_id = ?", (li.id,))
 
-    assert line == "❌ 生成好的图片无法发布。没有向你收费。"
+    assert line == "❌ 生成好的图片无法发布。没有扣除任何额度。"
     assert kept is not None and (kept[0], kept[1]) == (JobStatus.FAILED.value, DELIVERY_FAILED_MESSAGE)
     assert isinstance(page, Message)
-    assert "> ↳ 生成好的图片无法发布。没有向你收费。" in page.embeds[0]["description"]
+    assert "> ↳ 生成好的图片无法发布。没有扣除任何额度。" in page.embeds[0]["description"]
     assert not results_in(world.channel)
 
 
@@ -214,6 +214,6 @@ async def test_a_result_in_direct_messages_is_in_the_members_own_language(fluxbo
         await yuki.slash(dm, "imagine", prompt="夜の灯台")
         result = await world.emu.wait_for_message(dm, is_result, author=world.emu.bot_user, timeout=10)
 
-    assert result.content == f"<@{yuki.id}> さんの生成結果:"
+    assert result.content == f"<@{yuki.id}> さんの生成結果："  # noqa: RUF001
     assert [label for label, _ in fields(result)] == ["モデル", "サイズ", "シード", "所要時間"]
     assert labels(result) == ["再生成", "編集", "削除"]
