@@ -141,7 +141,7 @@ def report_summary(report: UsageReport, *, names: Mapping[int, str], locale: Loc
             f"{rank}. {_plain(member_name(names, user_id, locale))}: {count}"
             for rank, (user_id, count) in enumerate(report.top_members, start=1)
         )
-    return fit_lines(lines, MESSAGE_LIMIT)
+    return fit_lines(lines, MESSAGE_LIMIT, locale=locale)
 
 
 def _plain(text: str) -> str:

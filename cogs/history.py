@@ -125,7 +125,7 @@ def history_embed(
     for a job that ended without images, why."""
     title = tr(locale, "Your images in direct messages") if in_dms else tr(locale, "Your images in this server")
     entries = [_entry_text(locale, entry, queue_places.get(entry.id)) for entry in history.entries]
-    embed = discord.Embed(title=title, description=fit_lines(entries, DESCRIPTION_LIMIT, sep="\n\n"))
+    embed = discord.Embed(title=title, description=fit_lines(entries, DESCRIPTION_LIMIT, sep="\n\n", locale=locale))
     embed.set_footer(text=tr(locale, "Page {page} of {pages}", page=history.page, pages=history.pages))
     return embed
 

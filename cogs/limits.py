@@ -204,9 +204,9 @@ class LimitsCog(commands.Cog, name="Limits"):
             tail.append(tr(locale, "Daily counts reset <t:{daily}:R>.", daily=daily))
         # The jobs give way first: the totals and the rules always show.
         room = MESSAGE_LIMIT - len("\n".join(head + tail)) - 2
-        lines = [*head, *([fit_lines(jobs, room)] if jobs else []), *tail]
+        lines = [*head, *([fit_lines(jobs, room, locale=locale)] if jobs else []), *tail]
         await interaction.followup.send(
-            fit_lines(lines), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+            fit_lines(lines, locale=locale), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
         )
 
     async def _job_state(self, locale: Locale, job_id: int, status: JobStatus) -> str:
@@ -248,7 +248,7 @@ class LimitsCog(commands.Cog, name="Limits"):
         ]
         # Roles and members are mentioned so the admin sees who they are; nobody is pinged.
         quiet = discord.AllowedMentions.none()
-        first, *more = pages(lines)
+        first, *more = pages(lines, locale=locale)
         await interaction.response.send_message(first, ephemeral=True, allowed_mentions=quiet)
         for page in more:
             await interaction.followup.send(page, ephemeral=True, allowed_mentions=quiet)
@@ -264,9 +264,13 @@ class LimitsCog(commands.Cog, name="Limits"):
             return _limit(locale, value)
 
         # Lists a server can make long are fitted in a share of the message each.
-        models = fit_lines(limits.allowed_models, 500, sep=", ") if limits.allowed_models else tr(locale, "all")
+        models = (
+            fit_lines(limits.allowed_models, 500, sep=", ", locale=locale)
+            if limits.allowed_models
+            else tr(locale, "all")
+        )
         mentions = [f"<#{c}>" for c in limits.allowed_channels or ()]
-        channels = fit_lines(mentions, 1000, sep=", ") if mentions else tr(locale, "everywhere")
+        channels = fit_lines(mentions, 1000, sep=", ", locale=locale) if mentions else tr(locale, "everywhere")
         return fit_lines(
             [
                 *([title] if title else []),
@@ -284,7 +288,8 @@ class LimitsCog(commands.Cog, name="Limits"):
                     "**Blocked words and phrases:** {count} (see `/limits blocklist list`)",
                     count=len(limits.blocked_terms),
                 ),
-            ]
+            ],
+            locale=locale,
         )
 
     async def change(self, interaction: discord.Interaction[FluxBot], **changes: Any) -> None:
@@ -611,7 +616,7 @@ def _blocklist_text(locale: Locale, terms: list[str]) -> str:
     if not terms:
         return tr(locale, "No words or phrases are blocked.")
     room = MESSAGE_LIMIT - len(tr(locale, "Blocked ({count}): {terms}", count=len(terms), terms=""))
-    listed = fit_lines([code(term) for term in terms], room, sep=", ")
+    listed = fit_lines([code(term) for term in terms], room, sep=", ", locale=locale)
     return tr(locale, "Blocked ({count}): {terms}", count=len(terms), terms=listed)
 
 
@@ -624,7 +629,7 @@ def _blocked_members_text(locale: Locale, blocked: list[db.BlockedMember]) -> st
         locale,
         "**Blocked members ({count}):** {members}",
         count=len(blocked),
-        members=fit_lines(entries, 600, sep=", "),
+        members=fit_lines(entries, 600, sep=", ", locale=locale),
     )
 
 
