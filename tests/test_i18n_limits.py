@@ -69,16 +69,16 @@ async def test_a_member_whose_discord_is_in_chinese_gets_usage_in_chinese(fluxbo
 
     assert status_line(done).startswith("✅")
     lines = in_chinese.splitlines()
-    assert lines[0] == "**你今天的图片:** 1 / 5 (剩余 4)"
-    assert lines[1] == "**本月:** 1"
-    assert lines[2] == "**本服务器今天:** 1"
-    assert lines[3] == "**你在这里的限额:**"
+    assert lines[0] == "**你今天的图片：** 1 / 5（剩余 4）"
+    assert lines[1] == "**本月：** 1"
+    assert lines[2] == "**本服务器今天：** 1"
+    assert lines[3] == "**你在这里的限额：**"
     assert lines[4:9] == [
-        "• 每日图片数:5 (本服务器的设置)",
-        "• 每月图片数 (UTC):不限 (默认)",
-        "• 每次请求的图片数:4 (默认)",
-        "• 同时进行的任务数:不限 (默认)",
-        "• 请求间隔:30 秒 (本服务器的设置)",
+        "• 每日图片数：5（本服务器的设置）",
+        "• 每月图片数（UTC）：不限（默认）",
+        "• 每次请求的图片数：4（默认）",
+        "• 同时进行的任务数：不限（默认）",
+        "• 请求间隔：30 秒（本服务器的设置）",
     ]
     assert re.fullmatch(r"每日计数将于<t:\d+:R>重置。", lines[9])
     assert not re.search(r"[A-Za-z]{3,}", in_chinese.replace("UTC", ""))  # no English word left
