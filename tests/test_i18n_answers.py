@@ -67,9 +67,9 @@ async def test_a_member_whose_discord_is_in_chinese_gets_the_servers_refusals_in
         in_english = await imagine(fluxbot, world.member, world.channel, prompt="so much gore")
 
     assert blocked == "此服务器不允许该提示词中的某个词语。请换个说法。"
-    assert model == "此服务器不允许使用该模型。允许的模型：flux-dev, flux-pro。"  # noqa: RUF001
+    assert model == "此服务器不允许使用该模型。允许的模型：flux-dev, flux-pro。"
     assert first.startswith("✅")
-    assert re.fullmatch(r"已达到每日限额。你今天的图片：1 / 1。<t:\d+:R>重置。", over), over  # noqa: RUF001
+    assert re.fullmatch(r"已达到每日限额。你今天的图片：1 / 1。<t:\d+:R>重置。", over), over
     # The same refusal, in the same server, for a member whose Discord is in English.
     assert in_english == "This server does not allow a word or phrase in that prompt. Please rephrase it."
     assert fluxbot.flux.count("POST", "/flux/images") == 1
@@ -112,7 +112,7 @@ async def test_the_bots_own_checks_of_a_request_answer_in_the_members_language(f
     assert isinstance(not_an_image, Message)
     assert not_an_image.content == "notas.txt não é uma imagem (PNG, JPEG, WebP ou GIF)."
     # Found while the image is checked, far from the answer: still in the member's language.
-    assert status_line(tiny) == "Размер изображения — 48×32 пикс.; каждая сторона должна быть не меньше 64."  # noqa: RUF001
+    assert status_line(tiny) == "Размер изображения — 48×32 пикс.; каждая сторона должна быть не меньше 64."
     assert fluxbot.flux.count("POST", "/flux/images") == 0
 
 
@@ -131,7 +131,7 @@ async def test_the_edit_image_window_is_in_the_language_of_the_member_who_opens_
     assert modal["title"] == "画像を編集"
     (row,) = modal["components"]
     (field,) = row["components"]
-    assert (field["custom_id"], field["label"]) == ("prompt", "画像をどう変えますか？")  # noqa: RUF001
+    assert (field["custom_id"], field["label"]) == ("prompt", "画像をどう変えますか？")
     assert fluxbot.flux.requests_to("POST", "/flux/images")[0].json["prompt"] == "帽子をかぶせて"
 
 
@@ -154,7 +154,7 @@ async def test_a_reply_asking_for_an_edit_is_answered_in_the_servers_language_no
         await world.emu.wait_for_message(world.channel, is_result, author=world.emu.bot_user, after=photo)
 
     assert told.content.startswith("Sag mir, wie sich das Bild ändern soll: Antworte darauf, erwähne mich")
-    assert re.fullmatch(r"🎨 Wird gemacht – Auftrag #\d+\.", taken.content), taken.content  # noqa: RUF001
+    assert re.fullmatch(r"🎨 Wird gemacht – Auftrag #\d+\.", taken.content), taken.content
 
 
 # -- every refusal and error, in every language ------------------------------------------------------------

@@ -132,9 +132,9 @@ async def test_the_status_line_and_its_cancel_button_follow_the_member_even_afte
         result = await world.emu.wait_for_message(world.channel, is_result, author=world.emu.bot_user, timeout=10)
         line = await ended(world, inter)
 
-    assert re.fullmatch(r"🎨 生成中…（<t:\d+:R>に開始）", generating)  # noqa: RUF001
+    assert re.fullmatch(r"🎨 生成中…（<t:\d+:R>に開始）", generating)
     assert buttons == ["キャンセル"]
-    assert line == f"✅ 完了しました：{link(world, result)}"  # noqa: RUF001
+    assert line == f"✅ 完了しました：{link(world, result)}"
     # The result is the server's (English here), whoever asked for it.
     assert [label for label, _ in fields(result)] == ["Model", "Size", "Seed", "Time"]
     assert labels(result) == ["Re-roll", "Edit", "Delete"]
@@ -214,6 +214,6 @@ async def test_a_result_in_direct_messages_is_in_the_members_own_language(fluxbo
         await yuki.slash(dm, "imagine", prompt="夜の灯台")
         result = await world.emu.wait_for_message(dm, is_result, author=world.emu.bot_user, timeout=10)
 
-    assert result.content == f"<@{yuki.id}> さんの生成結果："  # noqa: RUF001
+    assert result.content == f"<@{yuki.id}> さんの生成結果："
     assert [label for label, _ in fields(result)] == ["モデル", "サイズ", "シード", "所要時間"]
     assert labels(result) == ["再生成", "編集", "削除"]
