@@ -11,7 +11,7 @@ import pytest
 from bot.app import FluxBot, open_bot
 from bot.settings import Settings, load_settings
 from tests.conftest import KEY
-from tests.fakediscord import Channel, DiscordEmulator, Interaction, Message, run_bot
+from tests.fakediscord import Channel, DiscordEmulator, Interaction, Member, Message, run_bot
 from tests.fakediscord.fixtures import World
 from tests.fluxemu import FluxEmulator
 
@@ -80,6 +80,18 @@ def is_result(message: Message) -> bool:
 def results_in(channel: Channel) -> list[Message]:
     """The results in ``channel`` that are still there."""
     return [m for m in channel.messages.values() if is_result(m) and not m.deleted]
+
+
+def settled(inter: Interaction) -> bool:
+    """Done, failed or refused: anything but a progress line."""
+    text = status_line(inter)
+    return bool(text) and not text.startswith(("⏳", "🎨"))
+
+
+async def ask(who: Member, fluxbot: FluxbotHarness, command: str, **options: object) -> str:
+    """``who`` runs ``command`` in the world's channel; its (ephemeral) answer, sent at once."""
+    inter = await who.slash(fluxbot.world.channel, command, **options)
+    return (await inter.wait_response()).content
 
 
 def status_line(inter: Interaction) -> str:

@@ -21,7 +21,7 @@ from bot.flux import AccountError, AceDataClient, BalanceError, CredentialsError
 from bot.jobs import JobDone, JobFailed, JobRunner
 from tests.conftest import KEY, NO_WAIT, FakeClock, open_backend
 from tests.fakediscord import Interaction, Message, Perm
-from tests.fluxbot_harness import FluxbotHarness, status_line
+from tests.fluxbot_harness import FluxbotHarness, settled, status_line
 from tests.fluxemu import FluxEmulator
 from tests.test_jobs import RecordingCourier
 
@@ -384,11 +384,6 @@ async def test_a_provider_refusal_of_the_account_is_told_once_per_kind_and_again
 
 
 # -- end to end --------------------------------------------------------------------------------------------
-
-
-def settled(inter: Interaction) -> bool:
-    text = status_line(inter)
-    return bool(text) and not text.startswith(("⏳", "🎨"))
 
 
 async def ask(fluxbot: FluxbotHarness, prompt: str) -> Interaction:

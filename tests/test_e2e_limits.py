@@ -10,14 +10,8 @@ import pytest
 
 from bot import db
 from bot.db.days import next_utc_month
-from tests.fakediscord import CommandNotAvailable, Interaction
-from tests.fluxbot_harness import FluxbotHarness, is_result, status_line
-
-
-def settled(inter: Interaction) -> bool:
-    """Done, failed or refused: anything but a progress line."""
-    text = status_line(inter)
-    return bool(text) and not text.startswith(("⏳", "🎨"))
+from tests.fakediscord import CommandNotAvailable
+from tests.fluxbot_harness import FluxbotHarness, is_result, settled, status_line
 
 
 async def test_fifty_simultaneous_requests_get_exactly_the_daily_limit(fluxbot: FluxbotHarness) -> None:

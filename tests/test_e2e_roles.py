@@ -17,20 +17,8 @@ from PIL import Image
 from bot import db
 from tests.fakediscord import Interaction
 from tests.fakediscord.model import Member
-from tests.fluxbot_harness import FluxbotHarness, is_result, status_line
+from tests.fluxbot_harness import FluxbotHarness, ask, is_result, settled, status_line
 from tests.test_e2e_buttons import job_of
-
-
-def settled(inter: Interaction) -> bool:
-    """Done, failed or refused: anything but a progress line."""
-    text = status_line(inter)
-    return bool(text) and not text.startswith(("⏳", "🎨"))
-
-
-async def ask(who: Member, fluxbot: FluxbotHarness, command: str, **options: object) -> str:
-    """An admin command's (ephemeral) answer."""
-    inter = await who.slash(fluxbot.world.channel, command, **options)
-    return (await inter.wait_response()).content
 
 
 async def imagine_all(fluxbot: FluxbotHarness, asks: list[tuple[Member, str]], count: int = 1) -> list[Interaction]:

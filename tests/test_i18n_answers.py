@@ -29,14 +29,8 @@ from bot.images import DownloadError
 from bot.limits import Refusal, RefusalKind
 from cogs.feedback import describe_quota_refusal, describe_refusal, explain
 from tests.conftest import png_bytes
-from tests.fakediscord import Attachment, Channel, Interaction, Member, Message
-from tests.fluxbot_harness import FluxbotHarness, is_result, status_line
-
-
-def settled(inter: Interaction) -> bool:
-    """Done, failed or refused: anything but a progress line."""
-    text = status_line(inter)
-    return bool(text) and not text.startswith(("⏳", "🎨"))
+from tests.fakediscord import Attachment, Channel, Member, Message
+from tests.fluxbot_harness import FluxbotHarness, is_result, settled, status_line
 
 
 async def imagine(harness: FluxbotHarness, who: Member, channel: Channel, **options: Any) -> str:

@@ -22,7 +22,7 @@ from bot.report import render_report, report_summary
 from tests.conftest import FakeClock
 from tests.fakediscord import Interaction
 from tests.fakediscord.model import Member
-from tests.fluxbot_harness import FluxbotHarness, status_line
+from tests.fluxbot_harness import FluxbotHarness, ask, settled, status_line
 from tests.test_alerts import ALERTS, GUILD, NOON, Channel
 from tests.test_report import busy_report
 
@@ -30,17 +30,6 @@ from tests.test_report import busy_report
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(NOON)
-
-
-def settled(inter: Interaction) -> bool:
-    text = status_line(inter)
-    return bool(text) and not text.startswith(("⏳", "🎨"))
-
-
-async def ask(who: Member, fluxbot: FluxbotHarness, command: str, **options: object) -> str:
-    """A command's ephemeral answer, sent at once."""
-    inter = await who.slash(fluxbot.world.channel, command, **options)
-    return (await inter.wait_response()).content
 
 
 async def usage_of(who: Member, fluxbot: FluxbotHarness) -> str:
