@@ -115,25 +115,38 @@ async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+async def recorded_job(
+    store: Store, *, guild: int, channel: int, user: int, prompt: str, model: str = "flux-dev", count: int = 1
+) -> Job:
+    """A queued generation of ``count`` images of ``model`` in size 1:1, recorded without limits."""
+    new = NewJob(
+        guild_id=guild,
+        channel_id=channel,
+        user_id=user,
+        kind=JobKind.GENERATE,
+        prompt=prompt,
+        model=model,
+        size="1:1",
+        count=count,
+        provider=Provider.ACEDATA,
+    )
+    job = await create_job(store, new, QuotaLimits())
+    assert isinstance(job, Job), job
+    return job
+
+
 async def queued_jobs(store: Store, guild: int, channel: int, user: int, n: int = 1) -> list[Job]:
     """``n`` jobs of one image each, asked by ``user`` in ``channel`` of ``guild``, recorded without limits."""
-    jobs = []
-    for index in range(n):
-        new = NewJob(
-            guild_id=guild,
-            channel_id=channel,
-            user_id=user,
-            kind=JobKind.GENERATE,
+    return [
+        await recorded_job(
+            store,
+            guild=guild,
+            channel=channel,
+            user=user,
             prompt=f"a lighthouse in {guild}/{channel}, #{index} of {user}",
-            model="flux-dev",
-            size="1:1",
-            count=1,
-            provider=Provider.ACEDATA,
         )
-        job = await create_job(store, new, QuotaLimits())
-        assert isinstance(job, Job), job
-        jobs.append(job)
-    return jobs
+        for index in range(n)
+    ]
 
 
 def free_port() -> int:

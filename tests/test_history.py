@@ -18,13 +18,9 @@ from bot.db import (
     Job,
     JobKind,
     JobStatus,
-    NewJob,
-    Provider,
-    QuotaLimits,
     SqliteStore,
     Store,
     cancel_job,
-    create_job,
     mark_failed,
     mark_posted,
     mark_submitted,
@@ -33,7 +29,7 @@ from bot.db import (
 )
 from bot.db.history import MAX_PAGE, PAGE_SIZE, HistoryEntry, HistoryPage, member_history
 from cogs.history import DESCRIPTION_LIMIT, history_embed, history_view
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, recorded_job
 
 GUILD = 41
 OTHER_GUILD = 42
@@ -51,20 +47,7 @@ def clock() -> FakeClock:
 async def ask(store: Store, clock: FakeClock, prompt: str, *, guild: int = GUILD, user: int = MEMBER) -> Job:
     """One job recorded a minute after the previous one."""
     clock.advance(60.0)
-    new = NewJob(
-        guild_id=guild,
-        channel_id=CHANNEL,
-        user_id=user,
-        kind=JobKind.GENERATE,
-        prompt=prompt,
-        model="flux-dev",
-        size="1:1",
-        count=1,
-        provider=Provider.ACEDATA,
-    )
-    job = await create_job(store, new, QuotaLimits())
-    assert isinstance(job, Job), job
-    return job
+    return await recorded_job(store, guild=guild, channel=CHANNEL, user=user, prompt=prompt)
 
 
 async def post(store: Store, job: Job, message_id: int) -> None:

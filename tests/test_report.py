@@ -16,12 +16,7 @@ from PIL import Image
 
 from bot.db import (
     Job,
-    JobKind,
-    NewJob,
-    Provider,
-    QuotaLimits,
     Store,
-    create_job,
     mark_failed,
     mark_lost,
     mark_posted,
@@ -31,7 +26,7 @@ from bot.db import (
 )
 from bot.db.report import MAX_REPORT_DAYS, UsageReport, count_refusal, usage_report
 from bot.report import HEIGHT, WIDTH, render_report, report_summary
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, recorded_job
 
 GUILD = 111
 OTHER_GUILD = 999
@@ -49,20 +44,9 @@ def clock() -> FakeClock:
 
 
 async def new_job(store: Store, *, user: int, model: str = "flux-dev", count: int = 1, guild: int = GUILD) -> Job:
-    new = NewJob(
-        guild_id=guild,
-        channel_id=CHANNEL,
-        user_id=user,
-        kind=JobKind.GENERATE,
-        prompt="a lighthouse at dusk",
-        model=model,
-        size="1:1",
-        count=count,
-        provider=Provider.ACEDATA,
+    return await recorded_job(
+        store, guild=guild, channel=CHANNEL, user=user, prompt="a lighthouse at dusk", model=model, count=count
     )
-    job = await create_job(store, new, QuotaLimits())
-    assert isinstance(job, Job), job
-    return job
 
 
 async def posted(
